@@ -1,0 +1,110 @@
+"""Settings come from the environment; the README lists every one of them."""
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def database_from_url(url: str) -> dict:
+    """A Django DATABASES entry from postgresql://user:password@host:port/name."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got {url!r}")
+    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": query.pop("host", None) or parts.hostname or "",
+        "PORT": str(parts.port or ""),
+        "OPTIONS": query,
+        # Durability is the point of the store: never turn synchronous_commit off.
+        "CONN_MAX_AGE": 60,
+    }
+
+
+SECRET_KEY = env("DJANGO_SECRET_KEY", "dev-insecure-secret-key-change-me")
+DEBUG = env("DJANGO_DEBUG", "0") == "1"
+ALLOWED_HOSTS = [h for h in env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+
+# This node's id and the cluster: "n1=redis://127.0.0.1:6379/0,n2=...,n3=...".
+CONFIGSTORE_NODE_ID = env("CONFIGSTORE_NODE_ID", "n1")
+CONFIGSTORE_PEERS = env("CONFIGSTORE_PEERS", "n1=redis://127.0.0.1:6379/0")
+CONFIGSTORE_SECRET = env("CONFIGSTORE_SECRET", "dev-cluster-secret-change-me")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "consensus",
+    "configstore",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "configstore.urls"
+WSGI_APPLICATION = "configstore.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": database_from_url(
+        env("DATABASE_URL", f"postgresql://postgres@127.0.0.1:5432/configstore_{CONFIGSTORE_NODE_ID}")
+    )
+}
+
+AUTH_PASSWORD_VALIDATORS = []
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "data" / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Celery carries Paxos messages only: JSON, no pickle, fire-and-forget.
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env("CONFIGSTORE_LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,1 @@
+"""Consensus: the pure Multi-Paxos core (consensus.paxos) and its runtime (storage, transport)."""
