@@ -1,0 +1,112 @@
+"""Safety invariants, checked after every simulated step (DESIGN.md "Invariants").
+
+The checker sees only what the cores hand to durable storage and to the state machine,
+and keeps its own record of history, so it judges the protocol by its effects:
+- a slot is chosen when a quorum of acceptors durably accepted the same (slot, ballot);
+  at most one value may ever be chosen per slot;
+- a value a node learns as chosen, or applies, is the one the acceptors chose;
+- applied logs agree slot by slot and are applied in order (so each is a prefix of any
+  longer one);
+- an acceptor's promise never goes down, across crashes, and it never accepts below it;
+- every chosen command was submitted by a client, and no request id is applied twice
+  on a node.
+"""
+
+from __future__ import annotations
+
+from consensus.paxos import Ballot, Command, DurableState, Ready, Value
+
+
+class Violation(AssertionError):
+    """A safety or liveness property failed."""
+
+
+class Checker:
+    def __init__(self, ids: tuple[str, ...], quorum: int) -> None:
+        self.quorum = quorum
+        self.max_promised = dict.fromkeys(ids, Ballot.ZERO)
+        self.votes: dict[tuple[int, Ballot], tuple[Value, set[str]]] = {}
+        self.chosen: dict[int, Value] = {}
+        self.applied: dict[int, Value] = {}
+        self.submitted: dict[str, Command] = {}
+        self.last_chosen_slot = 0
+
+    def on_submit(self, command: Command) -> None:
+        self.submitted[command.request_id] = command
+
+    def on_restart(self, node: str, state: DurableState) -> None:
+        if state.promised < self.max_promised[node]:
+            raise Violation(
+                f"{node} restarted with promise {state.promised} below the "
+                f"{self.max_promised[node]} it had promised before the crash"
+            )
+
+    def on_persist(self, node: str, before: DurableState, ready: Ready, now: float) -> None:
+        promised = before.promised
+        if ready.promised is not None:
+            if ready.promised <= self.max_promised[node]:
+                raise Violation(
+                    f"{node} lowered or repeated its promise: {self.max_promised[node]} -> "
+                    f"{ready.promised} at t={now:.3f}"
+                )
+            promised = ready.promised
+            self.max_promised[node] = ready.promised
+        for slot, ballot, value in ready.accepted:
+            if ballot < promised:
+                raise Violation(
+                    f"{node} accepted slot {slot} at ballot {ballot} below its promise "
+                    f"{promised} at t={now:.3f}"
+                )
+            self._vote(node, slot, ballot, value, now)
+        for slot, value in ready.chosen:
+            truth = self.chosen.get(slot)
+            if truth is None:
+                raise Violation(f"{node} learned slot {slot} as chosen, but no quorum chose it")
+            if truth != value:
+                raise Violation(f"{node} learned slot {slot} = {value}, but {truth} was chosen")
+
+    def _vote(self, node: str, slot: int, ballot: Ballot, value: Value, now: float) -> None:
+        key = (slot, ballot)
+        if key not in self.votes:
+            self.votes[key] = (value, set())
+        proposed, voters = self.votes[key]
+        if proposed != value:
+            raise Violation(f"two values proposed for slot {slot} in ballot {ballot}")
+        voters.add(node)
+        if len(voters) >= self.quorum:
+            chosen = self.chosen.get(slot)
+            if chosen is None:
+                self.chosen[slot] = value
+                self.last_chosen_slot = max(self.last_chosen_slot, slot)
+                for command in value.commands:
+                    if self.submitted.get(command.request_id) != command:
+                        raise Violation(f"slot {slot} chose {command}, which no client submitted")
+            elif chosen != value:
+                raise Violation(
+                    f"two values chosen for slot {slot}: {chosen} and then {value} "
+                    f"(ballot {ballot}) at t={now:.3f}"
+                )
+
+    def on_apply(
+        self,
+        node: str,
+        applied_index: int,
+        slot: int,
+        value: Value,
+        fresh: list[Command],
+        applied_ids: set[str],
+    ) -> None:
+        if slot != applied_index + 1:
+            raise Violation(f"{node} applied slot {slot} after {applied_index}: out of order")
+        if self.chosen.get(slot) != value:
+            raise Violation(f"{node} applied slot {slot} = {value}, chosen {self.chosen.get(slot)}")
+        reference = self.applied.setdefault(slot, value)
+        if reference != value:
+            raise Violation(
+                f"applied logs diverge at slot {slot}: {reference} vs {value} on {node}"
+            )
+        seen = set()
+        for command in fresh:
+            if command.request_id in applied_ids or command.request_id in seen:
+                raise Violation(f"{node} applied request {command.request_id} twice")
+            seen.add(command.request_id)

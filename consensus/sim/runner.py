@@ -1,0 +1,93 @@
+"""Running many seeds (in parallel processes) and reporting failures with their replay."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from .checks import Violation
+from .cluster import Params, Simulation, Stats
+
+
+@dataclass(frozen=True)
+class Failure:
+    seed: int
+    nodes: int
+    reason: str
+    replay: str
+
+
+@dataclass
+class Summary:
+    seeds: int = 0
+    steps: int = 0
+    messages: int = 0
+    crashes: int = 0
+    partitions: int = 0
+    commands: int = 0
+    seconds: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
+
+    def line(self) -> str:
+        verdict = "ok" if not self.failures else f"{len(self.failures)} FAILED"
+        return (
+            f"sim {verdict}: {self.seeds} seeds, {self.steps} steps, {self.messages} messages, "
+            f"{self.crashes} crashes, {self.partitions} partitions, {self.commands} commands, "
+            f"{self.seconds:.1f}s"
+        )
+
+
+def replay_command(seed: int, params: Params) -> str:
+    parts = ["python -m consensus.sim", f"--seeds 1 --first-seed {seed} --nodes {params.nodes}"]
+    parts += [f"--bug {b}" for b in sorted(params.bugs)]
+    if params.wire:
+        parts.append("--wire")
+    return " ".join(parts)
+
+
+def run_seed(seed: int, params: Params) -> Stats | Failure:
+    """One seed: its stats, or the violation it found with the command that replays it."""
+    try:
+        return Simulation(seed, params).run()
+    except Violation as violation:
+        return Failure(seed, params.nodes, str(violation), replay_command(seed, params))
+
+
+def _run_chunk(args: tuple[list[tuple[int, Params]], bool]) -> list[Stats | Failure]:
+    jobs, stop_at_first = args
+    results: list[Stats | Failure] = []
+    for seed, params in jobs:
+        result = run_seed(seed, params)
+        results.append(result)
+        if stop_at_first and isinstance(result, Failure):
+            break
+    return results
+
+
+def run_seeds(
+    seeds: list[tuple[int, Params]], *, processes: int | None = None, stop_at_first: bool = False
+) -> Summary:
+    """Run every (seed, params); `processes` workers (default: one per CPU)."""
+    started = time.perf_counter()
+    processes = processes or os.cpu_count() or 1
+    chunks = [(seeds[i::processes], stop_at_first) for i in range(processes)]
+    if processes == 1 or len(seeds) < 4:
+        results = _run_chunk((seeds, stop_at_first))
+    else:
+        with ProcessPoolExecutor(processes) as pool:
+            results = [r for chunk in pool.map(_run_chunk, chunks) for r in chunk]
+    summary = Summary(seconds=time.perf_counter() - started)
+    for result in results:
+        summary.seeds += 1
+        if isinstance(result, Failure):
+            summary.failures.append(result)
+            continue
+        summary.steps += result.steps
+        summary.messages += result.messages
+        summary.crashes += result.crashes
+        summary.partitions += result.partitions
+        summary.commands += result.submitted
+    summary.failures.sort(key=lambda f: (f.seed, f.nodes))
+    return summary

@@ -1,0 +1,58 @@
+"""consensus/paxos is pure: no framework, no I/O, no clock, no global randomness."""
+
+import ast
+from pathlib import Path
+
+import consensus.paxos
+
+CORE = Path(consensus.paxos.__file__).parent
+FORBIDDEN_MODULES = {
+    "asyncio",
+    "celery",
+    "datetime",
+    "django",
+    "kombu",
+    "multiprocessing",
+    "os",
+    "psycopg",
+    "redis",
+    "select",
+    "socket",
+    "subprocess",
+    "threading",
+    "time",
+    "concurrent",
+    "uuid",
+    "secrets",
+}
+
+
+def _modules():
+    files = sorted(CORE.glob("*.py"))
+    assert len(files) >= 5
+    return [(f.name, ast.parse(f.read_text())) for f in files]
+
+
+def test_the_core_imports_no_framework_io_clock_or_thread_module():
+    for name, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert not roots & FORBIDDEN_MODULES, f"{name} imports {roots & FORBIDDEN_MODULES}"
+
+
+def test_the_core_draws_randomness_only_from_a_random_passed_in():
+    for name, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "random":
+                raise AssertionError(f"{name}: from random import ...")
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "random"
+            ):
+                assert node.attr == "Random", f"{name} uses random.{node.attr}"

@@ -1,0 +1,287 @@
+"""Transcript tests of the Multi-Paxos node, one behaviour each."""
+
+import pytest
+
+from consensus.paxos import (
+    NOOP,
+    Accept,
+    Accepted,
+    Ballot,
+    Chosen,
+    Command,
+    Config,
+    DurableState,
+    Forward,
+    Heartbeat,
+    Prepare,
+    Promise,
+    Role,
+    Value,
+)
+
+from .harness import Harness
+
+
+def value_of(*rids):
+    return Value(tuple(Command(r, f"payload of {r}") for r in rids))
+
+
+def test_a_node_that_hears_no_leader_runs_phase_one_and_leads():
+    h = Harness(3)
+    h.advance(1.0)
+    assert len(h.leaders()) == 1
+    leader = h.node(h.leaders()[0])
+    for i in h.ids:
+        assert h.node(i).promised == leader.ballot
+        if i != leader.id:
+            assert h.node(i).leader_id == leader.id
+
+
+def test_the_candidate_persists_its_own_promise_before_sending_prepare():
+    h = Harness(3)
+    h.now = 10.0
+    ready = h.tick("n1")
+    prepares = [m for _, m in ready.messages if isinstance(m, Prepare)]
+    assert prepares and ready.promised == prepares[0].ballot
+
+
+def test_a_command_is_chosen_and_applied_identically_everywhere():
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n2", "r1")
+    h.deliver()
+    assert all(h.applied[i] == [(1, ("r1",))] for i in h.ids)
+
+
+def test_a_follower_learns_a_slot_chosen_one_hop_after_the_leader_proposes_it():
+    # In a 3-node cluster the leader's Accept is its vote; the follower's own is the second.
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n1", "r1")
+    accept_to_n2 = [(s, d, m) for s, d, m in h.in_flight if d == "n2" and isinstance(m, Accept)]
+    h.in_flight = []
+    ready = h.handle("n2", h.node("n2").on_message("n1", accept_to_n2[0][2], h.now))
+    assert ready.committed == [(1, value_of("r1"))]
+
+
+def test_many_commands_share_a_slot_when_submitted_together():
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n1", *[f"r{k}" for k in range(50)])
+    h.deliver()
+    assert h.applied["n3"] == [(1, tuple(f"r{k}" for k in range(50)))]
+
+
+def test_batches_are_capped_at_max_batch_commands_per_slot():
+    h = Harness(3, max_batch=4)
+    h.elect("n1")
+    h.submit("n1", *[f"r{k}" for k in range(10)])
+    h.deliver()
+    assert [len(rids) for _, rids in h.applied["n1"]] == [4, 4, 2]
+
+
+def test_no_more_than_window_slots_are_in_flight_and_the_rest_waits():
+    h = Harness(3, window=2, max_batch=1)
+    h.elect("n1")
+    h.in_flight = []
+    ready = h.submit("n1", "a", "b", "c", "d")
+    accepts = [m for _, m in ready.messages if isinstance(m, Accept)]
+    assert {slot for m in accepts for slot, _ in m.entries} == {1, 2}
+    h.deliver()
+    assert [rids for _, rids in h.applied["n2"]] == [("a",), ("b",), ("c",), ("d",)]
+
+
+def test_a_new_leader_adopts_the_highest_accepted_value_of_each_open_slot():
+    h = Harness(3)
+    h.elect("n1")
+    # n1 proposes r1 in slot 1; only n2 accepts; n1's vote plus n2's: chosen, but n3 and
+    # (since we drop the Accepted) n1 never learn it. Then n1 crashes.
+    h.submit("n1", "r1")
+    h.deliver(drop=lambda s, d, m: d == "n3" or isinstance(m, Accepted))
+    h.crash("n1")
+    # n3 becomes leader through n2 and must re-propose r1 in slot 1.
+    h.now += 10
+    h.tick("n3")
+    h.deliver()
+    assert h.node("n3").role is Role.LEADER
+    assert h.applied["n3"] == [(1, ("r1",))]
+
+
+def test_the_highest_ballot_wins_when_promises_report_different_values():
+    h = Harness(5)  # quorum of 3: the candidate, n1 and n2
+    n3 = h.node("n3")
+    h.now = 10.0
+    h.tick("n3")
+    prepare = next(m for _, _, m in h.in_flight if isinstance(m, Prepare))
+    h.in_flight = []
+    low, high = Ballot(1, "n1"), Ballot(1, "n2")
+    h.handle(
+        "n3", n3.on_message("n1", Promise(prepare.ballot, 1, ((1, low, value_of("a")),)), h.now)
+    )
+    assert n3.role is Role.CANDIDATE
+    ready = h.handle(
+        "n3", n3.on_message("n2", Promise(prepare.ballot, 1, ((1, high, value_of("b")),)), h.now)
+    )
+    assert n3.role is Role.LEADER
+    accepts = [m for _, m in ready.messages if isinstance(m, Accept)]
+    assert accepts and all(m.entries == ((1, value_of("b")),) for m in accepts)
+
+
+def test_a_new_leader_fills_gaps_with_no_ops():
+    h = Harness(3)
+    h.elect("n1")
+    n2 = h.node("n2")
+    b = h.node("n1").ballot
+    # n2 accepted slots 1 and 3 from n1, never slot 2.
+    h.handle(
+        "n2", n2.on_message("n1", Accept(b, ((1, value_of("a")), (3, value_of("c"))), 0), h.now)
+    )
+    h.crash("n1")
+    h.in_flight = []
+    h.now += 10
+    h.tick("n3")
+    h.deliver()
+    assert h.node("n3").role is Role.LEADER
+    assert [rids for _, rids in h.applied["n3"]] == [("a",), (), ("c",)]
+    assert h.durable["n3"].chosen[2] == NOOP
+
+
+def test_a_retried_request_is_applied_once():
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n2", "r1")
+    h.deliver()
+    h.submit("n3", "r1")  # the client retries elsewhere after the commit
+    h.advance(1.0)
+    # Even if the duplicate is chosen again in a later slot, the applier drops it.
+    applied = [r for i in h.ids for _, rids in h.applied[i] for r in rids]
+    assert applied.count("r1") == 3  # once per node
+
+
+def test_the_applier_drops_a_request_id_chosen_twice():
+    h = Harness(3)
+    h.elect("n1")
+    b = h.node("n1").ballot
+    n2 = h.node("n2")
+    twice = value_of("r1", "r1")
+    h.handle("n2", n2.on_message("n1", Chosen(((1, value_of("r1")), (2, twice))), h.now))
+    assert h.applied["n2"] == [(1, ("r1",)), (2, ())]
+    assert b == h.node("n1").ballot
+
+
+def test_a_follower_whose_leader_is_gone_forwards_after_the_next_election():
+    h = Harness(3)
+    h.elect("n1")
+    h.crash("n1")
+    h.submit("n2", "r1")  # forwarded to the dead n1 and lost
+    h.advance(2.0)
+    assert h.applied["n2"] == [(1, ("r1",))] or h.applied["n2"][-1][1] == ("r1",)
+    assert h.applied["n2"] == h.applied["n3"]
+
+
+def test_submits_forwarded_with_lost_messages_are_retried_until_chosen():
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n3", "r1")
+    h.deliver(drop=lambda s, d, m: isinstance(m, Forward))
+    assert h.applied["n3"] == []
+    h.advance(0.5)
+    assert [rids for _, rids in h.applied["n3"]] == [("r1",)]
+
+
+def test_a_lagging_follower_catches_up_from_the_leader():
+    h = Harness(3, max_catchup=3)
+    h.elect("n1")
+    for k in range(10):
+        h.submit("n1", f"r{k}")
+        h.deliver(drop=lambda s, d, m: d == "n3")
+    assert h.applied["n3"] == []
+    h.advance(1.0)
+    assert h.applied["n3"] == h.applied["n1"]
+    assert len(h.applied["n3"]) == 10
+
+
+def test_a_restarted_node_keeps_its_promise_and_accepted_values():
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n1", "r1")
+    h.deliver(drop=lambda s, d, m: isinstance(m, Accepted))
+    promised = h.node("n2").promised
+    h.crash("n2")
+    n2 = h.restart("n2")
+    assert n2.promised == promised
+    assert n2.acceptor.accepted[1] == (promised, value_of("r1"))
+    stale = Prepare(Ballot(promised.round - 1, "n3"), 1)
+    ready = n2.on_message("n3", stale, h.now)
+    assert [type(m).__name__ for _, m in ready.messages] == ["Nack"]
+
+
+def test_a_leader_cut_off_from_a_majority_steps_down():
+    h = Harness(3)
+    h.elect("n1")
+    h.advance(2.0, drop=lambda s, d, m: "n1" in (s, d))
+    assert h.node("n1").role is not Role.LEADER
+    assert h.leaders() and "n1" not in h.leaders()
+
+
+def test_a_deposed_leader_follows_the_higher_ballot():
+    h = Harness(3)
+    h.elect("n1")
+    h.elect("n2")
+    h.advance(0.2)
+    assert h.leaders() == ["n2"]
+    assert h.node("n1").leader_id == "n2"
+
+
+def test_heartbeats_carry_the_commit_index():
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n1", "r1")
+    h.deliver()
+    h.sent = []
+    h.advance(0.2)
+    beats = [m for src, _, m in h.sent if src == "n1" and isinstance(m, Heartbeat)]
+    assert len(beats) >= 4 and all(m.commit_index == 1 for m in beats)
+
+
+def test_a_single_node_cluster_chooses_alone():
+    h = Harness(1)
+    h.advance(1.0)
+    h.submit("n1", "r1")
+    assert h.applied["n1"] == [(1, ("r1",))]
+
+
+def test_five_nodes_learn_through_accepted_broadcast():
+    h = Harness(5)
+    h.elect("n1")
+    h.submit("n4", "r1")
+    h.deliver()
+    assert all(h.applied[i] == [(1, ("r1",))] for i in h.ids)
+
+
+def test_a_five_node_cluster_survives_two_crashes():
+    h = Harness(5)
+    h.elect("n1")
+    h.crash("n1")
+    h.crash("n2")
+    h.submit("n3", "r1")
+    h.advance(3.0)
+    assert all(h.applied[i] == [(1, ("r1",))] for i in ("n3", "n4", "n5"))
+
+
+def test_config_rejects_unknown_nodes_and_bugs():
+    with pytest.raises(ValueError):
+        Config("n9", ("n1", "n2"))
+    with pytest.raises(ValueError):
+        Config("n1", ("n1",), bugs=frozenset({"typo"}))
+
+
+def test_durable_state_applies_a_ready_in_full():
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n1", "r1")
+    h.deliver()
+    state = h.durable["n2"]
+    assert isinstance(state, DurableState)
+    assert state.promised == h.node("n1").ballot
+    assert state.chosen == {1: value_of("r1")}

@@ -1,0 +1,91 @@
+"""The simulator: thousands of seeds pass, runs replay exactly, and every deliberately
+broken behaviour is caught within the seeds CI runs."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from consensus.sim import Failure, Params, Stats, run_seed, run_seeds
+
+# The seeds CI runs: 1,500 on 3 nodes and 1,500 on 5 nodes, plus JSON-wire seeds.
+CI_SEEDS = 1500
+WIRE_SEEDS = 200
+
+
+def _failures_text(summary) -> str:
+    return "\n".join(f"seed {f.seed}: {f.reason}\n  replay: {f.replay}" for f in summary.failures)
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_ci_seeds_keep_every_safety_and_liveness_property(nodes):
+    summary = run_seeds([(seed, Params(nodes=nodes)) for seed in range(1, CI_SEEDS + 1)])
+    print(f"\n{nodes} nodes: {summary.line()}")
+    assert not summary.failures, _failures_text(summary)
+    assert summary.seeds == CI_SEEDS
+    # The faults really happened.
+    assert summary.crashes > CI_SEEDS and summary.partitions > CI_SEEDS
+    assert summary.commands > 20 * CI_SEEDS
+
+
+def test_seeds_with_every_message_round_tripped_through_json():
+    jobs = [
+        (seed, Params(nodes=3 if seed % 2 else 5, wire=True)) for seed in range(1, WIRE_SEEDS + 1)
+    ]
+    summary = run_seeds(jobs)
+    assert not summary.failures, _failures_text(summary)
+
+
+def _digest_in_subprocess(seed: int, hashseed: str) -> str:
+    code = (
+        "from consensus.sim import Params, run_seed;"
+        f"print(run_seed({seed}, Params(nodes=5)).digest)"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": hashseed}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_a_seed_replays_exactly_in_another_process_with_another_hash_seed():
+    here = run_seed(7, Params(nodes=5))
+    assert isinstance(here, Stats)
+    assert _digest_in_subprocess(7, "1") == _digest_in_subprocess(7, "2") == here.digest
+    assert run_seed(8, Params(nodes=5)).digest != here.digest
+
+
+# Each broken behaviour, and the words of the violation the checks must report for it.
+BROKEN = {
+    "ignore_promise": "below its promise",
+    "no_adopt": "two values chosen",
+    "no_dedup": "twice",
+    "forget_on_restart": "below the",
+}
+
+
+@pytest.mark.parametrize("bug", sorted(BROKEN))
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_each_broken_behaviour_is_caught_within_the_ci_seeds(bug, nodes):
+    jobs = [(seed, Params(nodes=nodes, bugs=frozenset({bug}))) for seed in range(1, 301)]
+    summary = run_seeds(jobs)
+    caught = [f for f in summary.failures if BROKEN[bug] in f.reason]
+    assert caught, f"{bug} was not caught in seeds 1-300 on {nodes} nodes"
+    # The printed replay reproduces the same violation.
+    first = caught[0]
+    assert f"--first-seed {first.seed} " in first.replay and f"--bug {bug}" in first.replay
+    again = run_seed(first.seed, Params(nodes=nodes, bugs=frozenset({bug})))
+    assert isinstance(again, Failure) and again.reason == first.reason
+
+
+def test_the_command_line_prints_a_replay_line_and_exits_non_zero_on_a_violation():
+    cmd = [sys.executable, "-m", "consensus.sim", "--seeds", "40", "--first-seed", "1"]
+    broken = subprocess.run(cmd + ["--bug", "no_adopt"], capture_output=True, text=True)
+    assert broken.returncode == 1
+    replay = next(line for line in broken.stdout.splitlines() if "replay:" in line)
+    replay_cmd = replay.split("replay: ", 1)[1].split()
+    assert replay_cmd[:3] == ["python", "-m", "consensus.sim"]
+    again = subprocess.run([sys.executable, *replay_cmd[1:]], capture_output=True, text=True)
+    assert again.returncode == 1 and "1 FAILED" in again.stdout
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("sim ok: 40 seeds")
