@@ -1,0 +1,24 @@
+# One image for every node's web, worker and migrate containers (see docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# The project and its dependencies, plus the WSGI server the web container runs.
+COPY . /app
+RUN pip install . gunicorn
+
+# Never run the node as root.
+RUN groupadd --system --gid 10001 configstore \
+    && useradd --system --uid 10001 --gid configstore --home-dir /app --no-create-home \
+       --shell /usr/sbin/nologin configstore \
+    && mkdir -p /app/data \
+    && chown -R configstore:configstore /app/data
+USER configstore
+
+EXPOSE 8000
+CMD ["gunicorn", "configstore.wsgi:application", "--bind", "0.0.0.0:8000"]

@@ -1,0 +1,567 @@
+"""docker-compose.yml is the production topology of DESIGN.md ("Topology").
+
+Three nodes; each has its own PostgreSQL and its own Redis broker, a one-shot migrate, a Celery
+worker consuming only its own inbox `consensus.<node>` with `-P solo`, and a web container. All
+nodes agree on one peer set, and each node's broker is its own entry in that set.
+
+The structural checks are plain functions over the loaded file, so the same checks run on the
+file as PyYAML reads it, on the file as `docker compose config` resolves it (when Docker Compose
+is installed), and on deliberately broken copies, to show that each check can fail.
+No test here touches the database.
+"""
+
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+NODES = ("n1", "n2", "n3")
+APP_ROLES = ("migrate", "worker", "web")
+ROLES = ("postgres", "redis", *APP_ROLES)
+SECRETS = {"CONFIGSTORE_SECRET": "x" * 32, "DJANGO_SECRET_KEY": "y" * 32}
+
+
+def load_compose() -> dict:
+    """The compose file with YAML merge keys (<<:) and aliases resolved, aliases unshared."""
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    # A JSON round trip gives every alias its own copy, so editing one service in a
+    # test never silently edits another that shares an anchor.
+    return json.loads(json.dumps(data))
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def service(compose: dict, role: str, node: str) -> dict:
+    name = f"{role}-{node}"
+    services = compose.get("services") or {}
+    assert name in services, f"service {name} is missing"
+    assert isinstance(services[name], dict), f"service {name} is not a mapping"
+    return services[name]
+
+
+def environment(svc: dict) -> dict[str, str]:
+    """A service's environment as a dict, from either the mapping or the list form."""
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return {key: (None if value is None else str(value)) for key, value in env.items()}
+
+
+def env_var(compose: dict, role: str, node: str, name: str) -> str:
+    value = environment(service(compose, role, node)).get(name)
+    assert value, f"{role}-{node} does not set {name}"
+    return value
+
+
+def tokens(command) -> list[str]:
+    if command is None:
+        return []
+    if isinstance(command, str):
+        return shlex.split(command)
+    return [str(part) for part in command]
+
+
+def healthcheck_tokens(svc: dict) -> list[str]:
+    """The command a healthcheck runs, as tokens; [] when there is no usable healthcheck."""
+    check = svc.get("healthcheck")
+    if not isinstance(check, dict) or check.get("disable"):
+        return []
+    test = check.get("test")
+    if isinstance(test, str):
+        return shlex.split(test)
+    test = tokens(test)
+    if not test or test[0] == "NONE":
+        return []
+    if test[0] == "CMD":
+        return test[1:]
+    if test[0] == "CMD-SHELL":
+        return shlex.split(" ".join(test[1:]))
+    return test
+
+
+def option_values(argv: list[str], *names: str) -> list[str]:
+    """Every value given to any of the options `names` (`-Q x`, `--queues x`, `--queues=x`)."""
+    values = []
+    for i, token in enumerate(argv):
+        for name in names:
+            if token == name and i + 1 < len(argv):
+                values.append(argv[i + 1])
+            elif name.startswith("--") and token.startswith(name + "="):
+                values.append(token[len(name) + 1 :])
+    return values
+
+
+def parse_peers(spec: str) -> list[tuple[str, str]]:
+    peers = []
+    for entry in spec.split(","):
+        node_id, sep, url = entry.strip().partition("=")
+        assert sep and node_id and url, f"malformed CONFIGSTORE_PEERS entry {entry!r}"
+        peers.append((node_id, url))
+    return peers
+
+
+def url_host(url: str) -> str:
+    host = urlsplit(url).hostname
+    assert host, f"no host in {url!r}"
+    return host
+
+
+def named_volumes(svc: dict) -> list[str]:
+    """Names of the named volumes (not bind mounts) a service mounts."""
+    names = []
+    for volume in svc.get("volumes") or []:
+        if isinstance(volume, dict):
+            if volume.get("type", "volume") == "volume" and volume.get("source"):
+                names.append(volume["source"])
+        else:
+            source, sep, _ = str(volume).partition(":")
+            if sep and not source.startswith(("/", ".", "~", "$")):
+                names.append(source)
+    return names
+
+
+def published_ports(svc: dict) -> set[str]:
+    """'host:container' for every published port, from the short or the long syntax."""
+    ports = set()
+    for port in svc.get("ports") or []:
+        if isinstance(port, dict):
+            ports.add(f"{port.get('published')}:{port.get('target')}")
+        else:
+            parts = str(port).split(":")
+            ports.add(":".join(parts[-2:]))
+    return ports
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def check_every_node_has_its_services(compose: dict) -> None:
+    for node in NODES:
+        for role in ROLES:
+            service(compose, role, node)
+
+
+def check_images_and_storage(compose: dict) -> None:
+    declared = set(compose.get("volumes") or {})
+    seen: dict[str, str] = {}
+    for node in NODES:
+        postgres = service(compose, "postgres", node)
+        redis = service(compose, "redis", node)
+        assert str(postgres.get("image", "")).startswith("postgres:16"), f"postgres-{node} image"
+        assert str(redis.get("image", "")).startswith("redis:7"), f"redis-{node} image"
+        redis_argv = tokens(redis.get("command"))
+        assert option_values(redis_argv, "--appendonly") == ["yes"], (
+            f"redis-{node} must run with --appendonly yes"
+        )
+        for svc, role in ((postgres, "postgres"), (redis, "redis")):
+            volumes = named_volumes(svc)
+            assert volumes, f"{role}-{node} keeps its data in no named volume"
+            for volume in volumes:
+                assert volume in declared, f"volume {volume} of {role}-{node} is not declared"
+                assert volume not in seen, (
+                    f"{role}-{node} shares volume {volume} with {seen.get(volume)}"
+                )
+                seen[volume] = f"{role}-{node}"
+
+
+def check_each_node_has_its_own_database_and_broker(compose: dict) -> None:
+    databases, brokers = {}, {}
+    for node in NODES:
+        node_dbs = {env_var(compose, role, node, "DATABASE_URL") for role in APP_ROLES}
+        node_brokers = {env_var(compose, role, node, "CELERY_BROKER_URL") for role in APP_ROLES}
+        assert len(node_dbs) == 1, f"{node}'s services disagree on DATABASE_URL: {node_dbs}"
+        assert len(node_brokers) == 1, f"{node}'s services disagree on the broker: {node_brokers}"
+        (databases[node],) = node_dbs
+        (brokers[node],) = node_brokers
+        assert url_host(databases[node]) == f"postgres-{node}", (
+            f"{node}'s DATABASE_URL is not its own postgres-{node}: {databases[node]}"
+        )
+        assert url_host(brokers[node]) == f"redis-{node}", (
+            f"{node}'s CELERY_BROKER_URL is not its own redis-{node}: {brokers[node]}"
+        )
+    db_hosts = {url_host(url) for url in databases.values()}
+    broker_hosts = {url_host(url) for url in brokers.values()}
+    assert len(db_hosts) == len(NODES), f"nodes share a database host: {databases}"
+    assert len(broker_hosts) == len(NODES), f"nodes share a broker host: {brokers}"
+
+
+def check_peers_are_identical_and_name_the_three_nodes(compose: dict) -> None:
+    specs = {
+        f"{role}-{node}": env_var(compose, role, node, "CONFIGSTORE_PEERS")
+        for node in NODES
+        for role in APP_ROLES
+    }
+    assert len(set(specs.values())) == 1, f"CONFIGSTORE_PEERS differs between services: {specs}"
+    peers = parse_peers(next(iter(specs.values())))
+    ids = [node_id for node_id, _ in peers]
+    assert sorted(ids) == sorted(NODES), f"CONFIGSTORE_PEERS names {ids}, not exactly {NODES}"
+    services = compose.get("services") or {}
+    for node_id, url in peers:
+        assert urlsplit(url).scheme == "redis", f"peer {node_id} is not a redis:// URL: {url}"
+        assert url_host(url) in services, f"peer {node_id}'s broker {url} is no service"
+
+
+def check_broker_is_the_nodes_own_peer_entry(compose: dict) -> None:
+    for node in NODES:
+        for role in APP_ROLES:
+            peers = dict(parse_peers(env_var(compose, role, node, "CONFIGSTORE_PEERS")))
+            broker = env_var(compose, role, node, "CELERY_BROKER_URL")
+            assert peers.get(node) == broker, (
+                f"{role}-{node}: CELERY_BROKER_URL {broker} is not {node}'s entry "
+                f"in CONFIGSTORE_PEERS ({peers.get(node)})"
+            )
+
+
+def check_node_ids(compose: dict) -> None:
+    for node in NODES:
+        for role in APP_ROLES:
+            assert env_var(compose, role, node, "CONFIGSTORE_NODE_ID") == node, (
+                f"{role}-{node} has CONFIGSTORE_NODE_ID "
+                f"{env_var(compose, role, node, 'CONFIGSTORE_NODE_ID')}"
+            )
+
+
+def check_healthchecks(compose: dict) -> None:
+    for node in NODES:
+        for role in ("postgres", "redis", "web", "worker"):
+            argv = healthcheck_tokens(service(compose, role, node))
+            assert argv, f"{role}-{node} has no healthcheck"
+        assert "pg_isready" in healthcheck_tokens(service(compose, "postgres", node))
+        redis_check = healthcheck_tokens(service(compose, "redis", node))
+        assert "redis-cli" in redis_check and "ping" in redis_check, f"redis-{node} healthcheck"
+        web_check = " ".join(healthcheck_tokens(service(compose, "web", node)))
+        assert "http://127.0.0.1:8000/healthz" in web_check, f"web-{node} healthcheck"
+        worker_check = healthcheck_tokens(service(compose, "worker", node))
+        worker_argv = tokens(service(compose, "worker", node).get("command"))
+        assert "inspect" in worker_check and "ping" in worker_check, f"worker-{node} healthcheck"
+        names = option_values(worker_argv, "-n", "--hostname")
+        assert len(names) == 1, f"worker-{node} does not set its node name with -n"
+        destinations = option_values(worker_check, "-d", "--destination")
+        assert destinations == names, (
+            f"worker-{node}'s healthcheck pings {destinations}, but the worker is named {names}"
+        )
+
+
+def check_worker_commands(compose: dict) -> None:
+    for node in NODES:
+        argv = tokens(service(compose, "worker", node).get("command"))
+        assert argv[:1] == ["celery"] and "worker" in argv, f"worker-{node} runs {argv}"
+        assert option_values(argv, "-A", "--app") == ["configstore"], f"worker-{node} app"
+        queues = [q for value in option_values(argv, "-Q", "--queues") for q in value.split(",")]
+        assert queues == [f"consensus.{node}"], (
+            f"worker-{node} consumes {queues}, not only its inbox consensus.{node}"
+        )
+        assert option_values(argv, "-P", "--pool") == ["solo"], f"worker-{node} is not -P solo"
+
+
+def check_web_and_migrate_commands(compose: dict) -> None:
+    for index, node in enumerate(NODES, start=1):
+        web = service(compose, "web", node)
+        argv = tokens(web.get("command"))
+        assert argv[:2] == ["gunicorn", "configstore.wsgi:application"], f"web-{node} runs {argv}"
+        assert option_values(argv, "--bind", "-b") == ["0.0.0.0:8000"], f"web-{node} bind"
+        assert f"800{index}:8000" in published_ports(web), f"web-{node} not on host port 800{index}"
+        migrate = service(compose, "migrate", node)
+        assert tokens(migrate.get("command"))[:3] == ["python", "manage.py", "migrate"], (
+            f"migrate-{node} does not run manage.py migrate"
+        )
+        assert str(migrate.get("restart", "no")) == "no", f"migrate-{node} must run once"
+
+
+def check_secrets_come_from_the_environment(compose: dict) -> None:
+    required = {
+        "CONFIGSTORE_SECRET": re.compile(r"^\$\{CONFIGSTORE_SECRET:?\?[^}]*\}$"),
+        "DJANGO_SECRET_KEY": re.compile(r"^\$\{DJANGO_SECRET_KEY:?\?[^}]*\}$"),
+    }
+    for node in NODES:
+        for role in APP_ROLES:
+            for name, pattern in required.items():
+                value = env_var(compose, role, node, name)
+                assert pattern.match(value), (
+                    f"{role}-{node}: {name} must be the required variable ${{{name}:?...}} "
+                    f"from the environment, not {value!r}"
+                )
+
+
+def check_depends_on_own_node(compose: dict) -> None:
+    wanted = {
+        "postgres": "service_healthy",
+        "redis": "service_healthy",
+        "migrate": "service_completed_successfully",
+    }
+    for node in NODES:
+        for role in ("web", "worker"):
+            depends = service(compose, role, node).get("depends_on")
+            assert isinstance(depends, dict), (
+                f"{role}-{node}: depends_on must be a mapping with conditions, not {depends!r}"
+            )
+            for dep_role, condition in wanted.items():
+                dep = f"{dep_role}-{node}"
+                got = (depends.get(dep) or {}).get("condition")
+                assert got == condition, f"{role}-{node} waits for {dep} with {got!r}"
+            foreign = [d for d in depends if not d.endswith(f"-{node}")]
+            assert not foreign, f"{role}-{node} depends on another node's services: {foreign}"
+        migrate_depends = service(compose, "migrate", node).get("depends_on")
+        assert isinstance(migrate_depends, dict), f"migrate-{node} depends_on"
+        assert (migrate_depends.get(f"postgres-{node}") or {}).get("condition") == (
+            "service_healthy"
+        ), f"migrate-{node} does not wait for a healthy postgres-{node}"
+
+
+STRUCTURE_CHECKS = [
+    check_every_node_has_its_services,
+    check_images_and_storage,
+    check_each_node_has_its_own_database_and_broker,
+    check_peers_are_identical_and_name_the_three_nodes,
+    check_broker_is_the_nodes_own_peer_entry,
+    check_node_ids,
+    check_healthchecks,
+    check_worker_commands,
+    check_web_and_migrate_commands,
+    check_depends_on_own_node,
+]
+ALL_CHECKS = [*STRUCTURE_CHECKS, check_secrets_come_from_the_environment]
+
+
+@pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda check: check.__name__[len("check_") :])
+def test_compose_file(check):
+    check(load_compose())
+
+
+# ------------------------------------------------------------------- each check can fail
+
+
+def _env(compose, name):
+    return compose["services"][name]["environment"]
+
+
+def _set_command(name, argv):
+    def mutate(compose):
+        compose["services"][name]["command"] = argv
+
+    return mutate
+
+
+def _peers_everywhere(spec):
+    def mutate(compose):
+        for node in NODES:
+            for role in APP_ROLES:
+                _env(compose, f"{role}-{node}")["CONFIGSTORE_PEERS"] = spec
+
+    return mutate
+
+
+PEERS = "n1=redis://redis-n1:6379/0,n2=redis://redis-n2:6379/0,n3=redis://redis-n3:6379/0"
+WORKER_N1 = ["celery", "-A", "configstore", "worker", "-n", "celery@n1", "-P", "solo"]
+
+BREAKAGES = {
+    "missing redis-n2": (
+        lambda c: c["services"].pop("redis-n2"),
+        check_every_node_has_its_services,
+    ),
+    "postgres-n2 shares n1's volume": (
+        lambda c: c["services"]["postgres-n2"].update(
+            volumes=["postgres-n1:/var/lib/postgresql/data"]
+        ),
+        check_images_and_storage,
+    ),
+    "redis without appendonly": (
+        _set_command("redis-n3", ["redis-server"]),
+        check_images_and_storage,
+    ),
+    "worker-n3 on n1's database": (
+        lambda c: _env(c, "worker-n3").update(
+            DATABASE_URL="postgresql://configstore:pw@postgres-n1:5432/configstore"
+        ),
+        check_each_node_has_its_own_database_and_broker,
+    ),
+    "all of n2 on n1's database": (
+        lambda c: [
+            _env(c, f"{role}-n2").update(
+                DATABASE_URL="postgresql://configstore:pw@postgres-n1:5432/configstore"
+            )
+            for role in APP_ROLES
+        ],
+        check_each_node_has_its_own_database_and_broker,
+    ),
+    "web-n2 on n1's broker": (
+        lambda c: _env(c, "web-n2").update(CELERY_BROKER_URL="redis://redis-n1:6379/0"),
+        check_broker_is_the_nodes_own_peer_entry,
+    ),
+    "broker not the peer entry": (
+        lambda c: [
+            _env(c, f"{role}-n3").update(CELERY_BROKER_URL="redis://redis-n3:6379/1")
+            for role in APP_ROLES
+        ],
+        check_broker_is_the_nodes_own_peer_entry,
+    ),
+    "worker-n1 peers without n3": (
+        lambda c: _env(c, "worker-n1").update(CONFIGSTORE_PEERS=PEERS.rsplit(",", 1)[0]),
+        check_peers_are_identical_and_name_the_three_nodes,
+    ),
+    "a fourth peer everywhere": (
+        _peers_everywhere(PEERS + ",n4=redis://redis-n3:6379/0"),
+        check_peers_are_identical_and_name_the_three_nodes,
+    ),
+    "a duplicated peer everywhere": (
+        _peers_everywhere(PEERS.replace("n3=", "n2=")),
+        check_peers_are_identical_and_name_the_three_nodes,
+    ),
+    "web-n3 claims to be n1": (
+        lambda c: _env(c, "web-n3").update(CONFIGSTORE_NODE_ID="n1"),
+        check_node_ids,
+    ),
+    "postgres-n2 without healthcheck": (
+        lambda c: c["services"]["postgres-n2"].pop("healthcheck"),
+        check_healthchecks,
+    ),
+    "web-n1 healthcheck disabled": (
+        lambda c: c["services"]["web-n1"].update(healthcheck={"disable": True}),
+        check_healthchecks,
+    ),
+    "worker-n2 healthcheck pings n1": (
+        lambda c: c["services"]["worker-n2"]["healthcheck"].update(
+            test=["CMD", "celery", "-A", "configstore", "inspect", "ping", "-d", "celery@n1"]
+        ),
+        check_healthchecks,
+    ),
+    "worker-n1 consumes n2's inbox": (
+        _set_command("worker-n1", [*WORKER_N1, "-Q", "consensus.n2"]),
+        check_worker_commands,
+    ),
+    "worker-n1 consumes an extra queue": (
+        _set_command("worker-n1", [*WORKER_N1, "-Q", "consensus.n1,celery"]),
+        check_worker_commands,
+    ),
+    "worker-n1 prefork pool": (
+        _set_command("worker-n1", "celery -A configstore worker -n celery@n1 -Q consensus.n1"),
+        check_worker_commands,
+    ),
+    "web-n2 on the wrong host port": (
+        lambda c: c["services"]["web-n2"].update(ports=["8001:8000"]),
+        check_web_and_migrate_commands,
+    ),
+    "literal cluster secret": (
+        lambda c: _env(c, "worker-n2").update(CONFIGSTORE_SECRET="hunter2"),
+        check_secrets_come_from_the_environment,
+    ),
+    "cluster secret with a default": (
+        lambda c: _env(c, "web-n1").update(CONFIGSTORE_SECRET="${CONFIGSTORE_SECRET:-hunter2}"),
+        check_secrets_come_from_the_environment,
+    ),
+    "web-n1 only waits for postgres to start": (
+        lambda c: c["services"]["web-n1"]["depends_on"]["postgres-n1"].update(
+            condition="service_started"
+        ),
+        check_depends_on_own_node,
+    ),
+    "worker-n3 depends_on as a list": (
+        lambda c: c["services"]["worker-n3"].update(depends_on=["postgres-n3", "redis-n3"]),
+        check_depends_on_own_node,
+    ),
+    "worker-n2 waits for n1's redis": (
+        lambda c: c["services"]["worker-n2"]["depends_on"].update(
+            {"redis-n1": {"condition": "service_healthy"}}
+        ),
+        check_depends_on_own_node,
+    ),
+    "web-n3 does not wait for migrate": (
+        lambda c: c["services"]["web-n3"]["depends_on"].pop("migrate-n3"),
+        check_depends_on_own_node,
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_check_fails_on_broken_compose_file(breakage):
+    mutate, check = BREAKAGES[breakage]
+    compose = load_compose()
+    check(copy.deepcopy(compose))  # the intact file passes this check...
+    mutate(compose)
+    with pytest.raises(AssertionError):  # ...and the broken one does not
+        check(compose)
+
+
+# --------------------------------------------------------------- docker compose, if present
+
+
+def _compose_unavailable_reason() -> str | None:
+    docker = shutil.which("docker")
+    if docker is None:
+        return "no `docker` binary on PATH"
+    try:
+        result = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"`docker compose version` could not run: {error}"
+    if result.returncode != 0:
+        return (
+            "the docker client has no compose plugin "
+            f"(`docker compose version` exited {result.returncode})"
+        )
+    return None
+
+
+@pytest.fixture(scope="module")
+def docker_compose(tmp_path_factory):
+    """Runs `docker compose ... ARGS` on the file with only the given variables set."""
+    reason = _compose_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    empty_env_file = tmp_path_factory.mktemp("compose") / "empty.env"
+    empty_env_file.write_text("")
+
+    def run(*args: str, variables: dict[str, str]) -> subprocess.CompletedProcess:
+        # Nothing from the caller's environment or a developer's .env decides the outcome.
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("COMPOSE_")
+            and key not in {"CONFIGSTORE_SECRET", "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD"}
+        }
+        env.update(variables)
+        argv = ["docker", "compose", "-f", str(COMPOSE_FILE), "--project-directory", str(ROOT)]
+        argv += ["--env-file", str(empty_env_file), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+
+    return run
+
+
+def test_docker_compose_config_is_valid(docker_compose):
+    result = docker_compose("config", "-q", variables=SECRETS)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_docker_compose_requires_the_secrets(docker_compose, missing):
+    variables = {k: v for k, v in SECRETS.items() if k != missing}
+    result = docker_compose("config", "-q", variables=variables)
+    assert result.returncode != 0, f"compose accepted the file without {missing}"
+    assert missing in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def resolved_compose(docker_compose):
+    """The file as Docker Compose itself reads it: anchors, merge keys and variables resolved."""
+    result = docker_compose("config", "--format", "json", variables=SECRETS)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("check", STRUCTURE_CHECKS, ids=lambda c: c.__name__[len("check_") :])
+def test_docker_compose_resolves_to_the_same_topology(resolved_compose, check):
+    """Compose's reading of the anchors and merge keys gives the topology checked above."""
+    check(copy.deepcopy(resolved_compose))
