@@ -4,6 +4,8 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from kombu import Exchange, Queue
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -81,7 +83,10 @@ TEMPLATES = [
 
 DATABASES = {
     "default": database_from_url(
-        env("DATABASE_URL", f"postgresql://postgres@127.0.0.1:5432/configstore_{CONFIGSTORE_NODE_ID}")
+        env(
+            "DATABASE_URL",
+            f"postgresql://postgres@127.0.0.1:5432/configstore_{CONFIGSTORE_NODE_ID}",
+        )
     )
 }
 
@@ -105,6 +110,33 @@ CELERY_RESULT_BACKEND = None
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("CONFIGSTORE_LOG_LEVEL", "INFO")},
 }
+
+# The replicated state machine: apply(slot, command, node_id) -> (outcome, result).
+CONFIGSTORE_STATE_MACHINE = "configstore.statemachine.apply_command"
+# Test-only fault switches (see consensus/faults.py); off unless this names a file.
+CONFIGSTORE_FAULTS_FILE = env("CONFIGSTORE_FAULTS_FILE")
+# How often the worker ticks the Paxos core, and the core's timings (consensus.paxos.Config).
+CONFIGSTORE_TICK_SECONDS = float(env("CONFIGSTORE_TICK_MS", "10")) / 1000
+CONFIGSTORE_PAXOS = {
+    "heartbeat_interval": float(env("CONFIGSTORE_HEARTBEAT_MS", "50")) / 1000,
+    "election_timeout": float(env("CONFIGSTORE_ELECTION_TIMEOUT_MS", "300")) / 1000,
+    "retransmit_interval": float(env("CONFIGSTORE_RETRANSMIT_MS", "200")) / 1000,
+    "window": int(env("CONFIGSTORE_WINDOW", "32")),
+    "max_batch": int(env("CONFIGSTORE_MAX_BATCH", "512")),
+}
+# Celery in the node's worker: fire-and-forget Paxos envelopes only.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 16
+CELERY_TASK_ACKS_LATE = False
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The node's inbox is consumed without acks: a Paxos envelope lost with a crashed worker is
+# just a lost message (the protocol retransmits), and acks cost most of a Celery hop.
+_INBOX = f"consensus.{CONFIGSTORE_NODE_ID}"
+CELERY_TASK_QUEUES = [
+    Queue(_INBOX, Exchange(_INBOX, type="direct"), routing_key=_INBOX, no_ack=True)
+]
+CELERY_DB_REUSE_MAX = 1_000_000  # keep the worker's database connection across tasks

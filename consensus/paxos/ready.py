@@ -29,6 +29,17 @@ class Ready:
     def must_persist(self) -> bool:
         return self.promised is not None or bool(self.accepted) or bool(self.chosen)
 
+    def extend(self, later: Ready) -> None:
+        """Merge the Ready of a later step into this one, so that several steps (the
+        messages of one envelope) are persisted in one write and sent in one envelope per
+        peer. Order is kept: later writes win, messages and committed slots append."""
+        if later.promised is not None:
+            self.promised = later.promised
+        self.accepted.extend(later.accepted)
+        self.chosen.extend(later.chosen)
+        self.messages.extend(later.messages)
+        self.committed.extend(later.committed)
+
 
 @dataclass(slots=True)
 class DurableState:

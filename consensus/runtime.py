@@ -1,0 +1,245 @@
+"""The node runtime: the pure core wrapped in PostgreSQL storage and the Celery transport.
+
+One runtime lives in the node's Celery worker (started by the bootstep in
+consensus/worker.py). Every input (an envelope from a peer, a submission from the web
+tier, a timer tick) goes to the core under one lock; the resulting Ready is handled in
+the order the core demands:
+
+  1. persist and apply in one PostgreSQL transaction (consensus.storage.commit_ready);
+  2. only after it commits, send the messages, one envelope per peer.
+
+If the transaction fails, the core's memory is ahead of the database: the runtime drops
+the core and rebuilds it from the database before the next input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from importlib import import_module
+
+import redis
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from consensus import storage
+from consensus.envelope import BadEnvelope, open_envelope, seal
+from consensus.faults import Faults
+from consensus.paxos import Config, Node, Ready
+from consensus.transport import CeleryTransport, parse_peers
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY = 0.5  # seconds between status publications
+STATUS_TTL = 3  # seconds a published status stays readable
+
+
+def status_key(node_id: str) -> str:
+    return f"configstore:status:{node_id}"
+
+
+def load_state_machine(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(import_module(module), name)
+
+
+class NodeRuntime:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        peers: dict[str, str],
+        secret: bytes,
+        state_machine,
+        transport: CeleryTransport,
+        faults: Faults,
+        core_options: dict | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.peers = peers
+        self.nodes = tuple(sorted(peers))
+        self.secret = secret
+        self.state_machine = state_machine
+        self.transport = transport
+        self.faults = faults
+        self.config = Config(node_id=node_id, nodes=self.nodes, **(core_options or {}))
+        self.counters: Counter[str] = Counter()
+        self.last_contact: dict[str, float] = {}
+        self._lock = threading.RLock()
+        self._node: Node | None = None
+        self._rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+        self._status_at = 0.0
+        self._redis = None
+
+    @classmethod
+    def from_settings(cls) -> NodeRuntime:
+        peers = parse_peers(settings.CONFIGSTORE_PEERS)
+        if settings.CONFIGSTORE_NODE_ID not in peers:
+            raise ValueError(
+                f"CONFIGSTORE_NODE_ID {settings.CONFIGSTORE_NODE_ID!r} is not in CONFIGSTORE_PEERS"
+            )
+        return cls(
+            node_id=settings.CONFIGSTORE_NODE_ID,
+            peers=peers,
+            secret=settings.CONFIGSTORE_SECRET.encode(),
+            state_machine=load_state_machine(settings.CONFIGSTORE_STATE_MACHINE),
+            transport=CeleryTransport(peers),
+            faults=Faults(settings.CONFIGSTORE_FAULTS_FILE or None),
+            core_options=settings.CONFIGSTORE_PAXOS,
+        )
+
+    # ------------------------------------------------------------------ inputs
+
+    def deliver(self, envelope) -> None:
+        """An envelope from a peer (the `consensus.deliver` task)."""
+        try:
+            opened = open_envelope(self.secret, self.node_id, self.nodes, envelope)
+        except BadEnvelope as refused:
+            self.counters[f"refused_{refused.reason}"] += 1
+            log.warning("dropped an envelope: %s", refused)
+            return
+        if opened.kind != "paxos":
+            self.counters["refused_malformed"] += 1
+            log.warning("dropped a %s envelope sent as a Paxos delivery", opened.kind)
+            return
+        if self.faults.dropped(opened.sender, self.node_id):
+            self.counters["fault_dropped_in"] += 1
+            return
+        self.counters["envelopes_in"] += 1
+        self.last_contact[opened.sender] = time.time()
+        with self._lock:
+            node = self._core()
+            now = time.monotonic()
+            ready = Ready()
+            for message in opened.messages:
+                ready.extend(node.on_message(opened.sender, message, now))
+            self._handle(ready)
+
+    def submit(self, envelope) -> None:
+        """Commands from this node's web tier (the `consensus.submit` task)."""
+        try:
+            opened = open_envelope(self.secret, self.node_id, self.nodes, envelope)
+        except BadEnvelope as refused:
+            self.counters[f"refused_{refused.reason}"] += 1
+            log.warning("dropped a submission: %s", refused)
+            return
+        if opened.kind != "submit":
+            self.counters["refused_malformed"] += 1
+            return
+        self.counters["commands_submitted"] += len(opened.commands)
+        with self._lock:
+            self._handle(self._core().submit(opened.commands, time.monotonic()))
+
+    def tick(self) -> None:
+        """Timers of the core, and the periodic status publication."""
+        with self._lock:
+            try:
+                self._handle(self._core().on_tick(time.monotonic()))
+            except Exception:
+                log.exception("tick failed")
+        now = time.monotonic()
+        if now - self._status_at >= STATUS_EVERY:
+            self._status_at = now
+            self.publish_status()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _core(self) -> Node:
+        if self._node is None:
+            close_old_connections()
+            state, applied = storage.load()
+            self._node = Node(
+                self.config, state, applied_index=applied, now=time.monotonic(), rng=self._rng
+            )
+            log.info(
+                "node %s started: promised %s, %d accepted, %d chosen, applied %d",
+                self.node_id,
+                state.promised,
+                len(state.accepted),
+                len(state.chosen),
+                applied,
+            )
+        return self._node
+
+    def _handle(self, ready: Ready) -> None:
+        """Persist, then send, then apply (consensus.storage). A Ready with nothing to send
+        is persisted and applied in one transaction."""
+        try:
+            if ready.messages:
+                storage.persist(ready)
+            else:
+                storage.persist_and_apply(ready, self.state_machine, self.node_id)
+        except Exception:
+            self._rebuild("persisting a step failed")
+            return
+        self._send(ready.messages)
+        if ready.committed:
+            self.counters["slots_applied"] += len(ready.committed)
+            if ready.messages:
+                try:
+                    storage.apply(ready.committed, self.state_machine, self.node_id)
+                except Exception:
+                    self._rebuild("applying committed slots failed")
+
+    def _rebuild(self, what: str) -> None:
+        """The core's memory is ahead of the database: drop it and reload from there."""
+        log.exception("%s; rebuilding the node from its database", what)
+        self._node = None
+        self.counters["storage_failures"] += 1
+        connection.close()
+
+    def _send(self, messages) -> None:
+        by_peer: dict[str, list] = {}
+        for to, message in messages:
+            by_peer.setdefault(to, []).append(message)
+        for peer, batch in by_peer.items():
+            if self.faults.dropped(self.node_id, peer):
+                self.counters["fault_dropped_out"] += 1
+                continue
+            envelope = seal(self.secret, self.node_id, peer, batch)
+            self.counters["envelopes_out"] += 1
+            self.counters["messages_out"] += len(batch)
+            self.transport.send(peer, envelope, delay=self.faults.delay(self.node_id, peer))
+
+    def status(self) -> dict:
+        with self._lock:
+            core = self._core().status()
+        now = time.time()
+        return {
+            **core,
+            "time": now,
+            "peers": {
+                p: (round(now - self.last_contact[p], 3) if p in self.last_contact else None)
+                for p in self.nodes
+                if p != self.node_id
+            },
+            "counters": {**self.counters, "send_errors": self.transport.send_errors},
+        }
+
+    def publish_status(self) -> None:
+        """Publish this node's status on its own broker, for clusterstatus and the admin."""
+        try:
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(
+                    self.peers[self.node_id], socket_timeout=0.5, socket_connect_timeout=0.5
+                )
+            self._redis.set(status_key(self.node_id), json.dumps(self.status()), ex=STATUS_TTL)
+        except Exception as error:  # noqa: BLE001 - status is best effort
+            log.debug("cannot publish status: %s", error)
+
+
+_current: NodeRuntime | None = None
+
+
+def current() -> NodeRuntime | None:
+    return _current
+
+
+def set_current(runtime: NodeRuntime | None) -> None:
+    global _current
+    _current = runtime

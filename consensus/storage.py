@@ -1,0 +1,170 @@
+"""PostgreSQL storage of a node's Paxos state, and the applier.
+
+Contract with the core (consensus/paxos/ready.py), in the order the runtime calls them:
+  1. `persist(ready)` writes the promise, accepted and chosen entries in one transaction
+     and returns only once it has committed (synchronous_commit stays on);
+  2. the runtime sends the Ready's messages;
+  3. `apply(ready.committed, ...)` applies the committed slots, strictly in order, in one
+     transaction that also records each request id's outcome, advances the applied index
+     and NOTIFYs `configstore_applied` with the request ids it applied.
+A crash between 1 and 3 is safe: the node restarts from the chosen log and the applied
+index and hands the same slots out again.
+
+Statements go through psycopg's pipeline mode, so a step costs a few round trips rather
+than one per row: the hot path of every commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from django.db import connection, transaction
+
+from consensus.paxos import Ballot, Command, DurableState, Ready, Value, commands_to_apply
+
+APPLIED_CHANNEL = "configstore_applied"
+NOTIFY_LIMIT = 7000  # bytes per NOTIFY payload (PostgreSQL caps it at 8000)
+
+#: apply(cursor, slot, command, node_id) -> (outcome, result). Runs inside the apply
+#: transaction with a psycopg cursor; it must be deterministic.
+StateMachine = Callable[[object, int, Command, str], tuple[str, dict]]
+
+_PROMISE = (
+    "INSERT INTO consensus_acceptor_state (id, promised_round, promised_node) VALUES (1, %s, %s) "
+    "ON CONFLICT (id) DO UPDATE SET promised_round = EXCLUDED.promised_round, "
+    "promised_node = EXCLUDED.promised_node "
+    # The database itself refuses to lower a promise.
+    'WHERE (consensus_acceptor_state.promised_round, consensus_acceptor_state.promised_node COLLATE "C") '
+    '< (EXCLUDED.promised_round, EXCLUDED.promised_node COLLATE "C")'
+)
+_ACCEPTED = (
+    "INSERT INTO consensus_accepted_slot (slot, ballot_round, ballot_node, value) "
+    "VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT (slot) DO UPDATE SET "
+    "ballot_round = EXCLUDED.ballot_round, ballot_node = EXCLUDED.ballot_node, value = EXCLUDED.value"
+)
+_CHOSEN = (
+    "INSERT INTO consensus_chosen_slot (slot, value) VALUES (%s, %s::jsonb) "
+    "ON CONFLICT (slot) DO NOTHING"
+)
+_APPLIED_REQUEST = (
+    "INSERT INTO consensus_applied_request (request_id, slot, outcome, result, applied_at) "
+    "VALUES (%s, %s, %s, %s::jsonb, %s)"
+)
+_APPLIED_INDEX = (
+    "INSERT INTO consensus_applied_state (id, applied_index) VALUES (1, %s) "
+    "ON CONFLICT (id) DO UPDATE SET applied_index = EXCLUDED.applied_index"
+)
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def load() -> tuple[DurableState, int]:
+    """The durable state and the applied index, as the node left them."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT promised_round, promised_node FROM consensus_acceptor_state")
+        row = cursor.fetchone()
+        promised = Ballot(row[0], row[1]) if row else Ballot.ZERO
+        cursor.execute("SELECT slot, ballot_round, ballot_node, value FROM consensus_accepted_slot")
+        accepted = {
+            slot: (Ballot(r, n), Value.from_json(_json(v))) for slot, r, n, v in cursor.fetchall()
+        }
+        cursor.execute("SELECT slot, value FROM consensus_chosen_slot")
+        chosen = {slot: Value.from_json(_json(v)) for slot, v in cursor.fetchall()}
+        cursor.execute("SELECT applied_index FROM consensus_applied_state")
+        row = cursor.fetchone()
+        applied = row[0] if row else 0
+    return DurableState(promised, accepted, chosen), applied
+
+
+def _raw():
+    """The psycopg connection under Django's (pipeline mode needs the real thing)."""
+    connection.ensure_connection()
+    return connection.connection
+
+
+def persist(ready: Ready) -> None:
+    """Step 1: the Ready's durable writes, committed before this returns."""
+    if not ready.must_persist:
+        return
+    with transaction.atomic():
+        conn = _raw()
+        with conn.pipeline(), conn.cursor() as cursor:
+            _write_acceptor(cursor, ready)
+
+
+def _write_acceptor(cursor, ready: Ready) -> None:
+    if ready.promised is not None:
+        cursor.execute(_PROMISE, [ready.promised.round, ready.promised.node_id])
+    if ready.accepted:
+        latest = {slot: (b, v) for slot, b, v in ready.accepted}
+        cursor.executemany(
+            _ACCEPTED,
+            [(s, b.round, b.node_id, json.dumps(v.to_json())) for s, (b, v) in latest.items()],
+        )
+    if ready.chosen:
+        cursor.executemany(_CHOSEN, [(s, json.dumps(v.to_json())) for s, v in ready.chosen])
+
+
+def persist_and_apply(ready: Ready, state_machine: StateMachine, node_id: str) -> list[str]:
+    """Steps 1 and 3 in one transaction, for a Ready with nothing to send."""
+    with transaction.atomic():
+        conn = _raw()
+        with conn.pipeline(), conn.cursor() as cursor:
+            _write_acceptor(cursor, ready)
+            return _apply(cursor, ready.committed, state_machine, node_id)
+
+
+def apply(
+    committed: list[tuple[int, Value]], state_machine: StateMachine, node_id: str
+) -> list[str]:
+    """Step 3: apply committed slots in order. Returns the request ids applied."""
+    if not committed:
+        return []
+    with transaction.atomic():
+        conn = _raw()
+        with conn.pipeline(), conn.cursor() as cursor:
+            return _apply(cursor, committed, state_machine, node_id)
+
+
+def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list[str]:
+    if not committed:
+        return []
+    ids = [c.request_id for _, value in committed for c in value.commands]
+    done: set[str] = set()
+    if ids:
+        cursor.execute(
+            "SELECT request_id FROM consensus_applied_request WHERE request_id = ANY(%s)", [ids]
+        )
+        done = {row[0] for row in cursor.fetchall()}
+    now = datetime.now(UTC)
+    rows = []
+    for slot, value in committed:
+        for command in commands_to_apply(value, done):
+            outcome, result = state_machine(cursor, slot, command, node_id)
+            done.add(command.request_id)
+            rows.append((command.request_id, slot, outcome, json.dumps(result), now))
+    if rows:
+        cursor.executemany(_APPLIED_REQUEST, rows)
+    last = committed[-1][0]
+    cursor.execute(_APPLIED_INDEX, [last])
+    applied = [r[0] for r in rows]
+    for payload in _notify_payloads(applied, last):
+        cursor.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, payload])
+    return applied
+
+
+def _notify_payloads(request_ids: list[str], applied_index: int) -> list[str]:
+    """NOTIFY payloads {"index": n, "ids": [...]}, each under PostgreSQL's size cap."""
+    payloads, chunk, size = [], [], 0
+    for rid in request_ids:
+        if chunk and size + len(rid) + 4 > NOTIFY_LIMIT:
+            payloads.append(json.dumps({"index": applied_index, "ids": chunk}))
+            chunk, size = [], 0
+        chunk.append(rid)
+        size += len(rid) + 4
+    payloads.append(json.dumps({"index": applied_index, "ids": chunk}))
+    return payloads
