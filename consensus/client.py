@@ -213,3 +213,10 @@ def default_submitter() -> Submitter:
 def submit(payload: str, *, request_id: str | None = None, timeout: float = 5.0) -> Outcome:
     """Submit through this process's own node (see Submitter.submit)."""
     return default_submitter().submit(payload, request_id=request_id, timeout=timeout)
+
+
+def barrier(*, timeout: float = 5.0) -> Outcome:
+    """A linearizable read barrier: a no-op through the log. When it returns Committed, this
+    node has applied everything committed before the call, so a read of the local state
+    that follows is linearizable. NotConfirmed means the cluster could not confirm it."""
+    return submit(json.dumps({"op": "noop"}), timeout=timeout)

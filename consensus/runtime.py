@@ -208,10 +208,13 @@ class NodeRuntime:
 
     def status(self) -> dict:
         with self._lock:
-            core = self._core().status()
+            node = self._core()
+            core = node.status()
+            quorum = node.has_quorum(time.monotonic()) or node.follows_live_leader(time.monotonic())
         now = time.time()
         return {
             **core,
+            "quorum": quorum,
             "time": now,
             "peers": {
                 p: (round(now - self.last_contact[p], 3) if p in self.last_contact else None)

@@ -258,6 +258,15 @@ class Node:
         )
         return recent + 1 >= self.config.quorum
 
+    def follows_live_leader(self, now: float) -> bool:
+        """Follower only: it heard from its leader within an election timeout (its election
+        deadline has not passed)."""
+        return (
+            self.role is Role.FOLLOWER
+            and self.leader_ballot.node_id != ""
+            and now < self._election_deadline
+        )
+
     def status(self) -> dict:
         return {
             "node_id": self.id,

@@ -1,0 +1,65 @@
+"""What every node says about itself: read from the status each worker publishes on its
+own broker every half second (consensus.runtime.NodeRuntime.publish_status).
+
+Used by `manage.py clusterstatus`, the admin's cluster page, `/api/v1/cluster/` and
+`/healthz`. A node whose status is missing or older than STALE seconds is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+from django.conf import settings
+
+from consensus.runtime import status_key
+from consensus.transport import parse_peers
+
+STALE = 3.0
+
+
+def read_status(node_id: str, broker_url: str) -> dict | None:
+    try:
+        client = redis.Redis.from_url(broker_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        raw = client.get(status_key(node_id))
+    except redis.RedisError:
+        return None
+    if raw is None:
+        return None
+    status = json.loads(raw)
+    return status if time.time() - status.get("time", 0) <= STALE else None
+
+
+def cluster_status(peers: dict[str, str] | None = None) -> dict:
+    """Every node's id, reachability, view of the leader, ballot, chosen and applied index,
+    and lag behind the most advanced node."""
+    peers = peers or parse_peers(settings.CONFIGSTORE_PEERS)
+    nodes = []
+    for node_id, url in sorted(peers.items()):
+        status = read_status(node_id, url)
+        nodes.append({"node_id": node_id, "reachable": status is not None, **(status or {})})
+    reachable = [n for n in nodes if n["reachable"]]
+    top = max((n["commit_index"] for n in reachable), default=0)
+    for n in nodes:
+        n["lag"] = top - n["applied_index"] if n["reachable"] else None
+    leaders = {n["leader"] for n in reachable if n.get("leader")}
+    leader = next((n["node_id"] for n in reachable if n.get("role") == "leader"), None)
+    return {
+        "leader": leader,
+        "agreed_leader": leaders == {leader} if leader else False,
+        "quorum": len(peers) // 2 + 1,
+        "reachable": len(reachable),
+        "nodes": nodes,
+    }
+
+
+def node_has_quorum(node_id: str | None = None) -> tuple[bool, dict | None]:
+    """Whether this node can reach a quorum: it is the leader and heard from a quorum
+    recently, or it follows a leader it heard from recently. Returns (ok, its status)."""
+    peers = parse_peers(settings.CONFIGSTORE_PEERS)
+    node_id = node_id or settings.CONFIGSTORE_NODE_ID
+    status = read_status(node_id, peers[node_id])
+    if status is None:
+        return False, None
+    return bool(status.get("quorum")), status
