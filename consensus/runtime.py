@@ -74,6 +74,7 @@ class NodeRuntime:
         self._node: Node | None = None
         self._rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self._status_at = 0.0
+        self._tick_failure_logged = float("-inf")
         self._redis = None
 
     @classmethod
@@ -141,7 +142,10 @@ class NodeRuntime:
             try:
                 self._handle(self._core().on_tick(time.monotonic()))
             except Exception:
-                log.exception("tick failed")
+                self.counters["tick_failures"] += 1
+                if time.monotonic() - self._tick_failure_logged > 5.0:
+                    self._tick_failure_logged = time.monotonic()
+                    log.exception("tick failed (logged at most every 5 s)")
         now = time.monotonic()
         if now - self._status_at >= STATUS_EVERY:
             self._status_at = now

@@ -1,0 +1,76 @@
+"""Shared fixtures: the servers the real-cluster tests run on, and fresh clusters.
+
+Servers: where CONFIGSTORE_CLUSTER_DATABASE_URL / CONFIGSTORE_CLUSTER_BROKER_URL name
+templates (see consensus/localcluster.py), the tests use those servers; otherwise one
+embedded PostgreSQL and one embedded Redis are started for the whole session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from consensus.localcluster import BROKER_URL_ENV, DATABASE_URL_ENV, LocalCluster
+
+
+def _scratch(prefix: str) -> Path:
+    # Not pytest's tmp_path: its root is private to root, and the embedded PostgreSQL runs
+    # as an unprivileged user when the tests run as root.
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def servers():
+    """(database URL template, broker URL template) for every cluster of the session."""
+    db, broker = os.environ.get(DATABASE_URL_ENV), os.environ.get(BROKER_URL_ENV)
+    started = []
+    root = _scratch("configstore-servers-")
+    try:
+        if not db or not broker:
+            from consensus import embedded
+
+            if not db:
+                pg = embedded.start_postgres(root / "postgres")
+                started.append(pg)
+                db = pg.url("cs_test_NODE").replace("NODE", "{node}")
+            if not broker:
+                rd = embedded.start_redis(root / "redis")
+                started.append(rd)
+                broker = f"redis://127.0.0.1:{rd.port}/{{index}}"
+        yield db, broker
+    finally:
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def make_cluster(servers):
+    """Start fresh clusters (new databases, empty queues); all are stopped after the test."""
+    db, broker = servers
+    clusters: list[LocalCluster] = []
+
+    def make(nodes: int = 3, *, web: bool = False, **kwargs) -> LocalCluster:
+        cluster = LocalCluster(
+            _scratch("configstore-cluster-"),
+            nodes=nodes,
+            web=web,
+            database_url_template=db,
+            broker_url_template=broker,
+            fresh=True,
+            **kwargs,
+        )
+        clusters.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
+        shutil.rmtree(cluster.data_dir, ignore_errors=True)
