@@ -66,7 +66,11 @@ class Submitter:
         self.dsn = dsn
         self.secret = secret
         self.transport = CeleryTransport({node_id: broker_url})
-        self._send_lock = threading.Lock()
+        # Submissions are handed to one sender thread, which sends everything waiting in one
+        # envelope: under concurrency many commands share a Celery task; alone, no delay.
+        self._outbox: list[Command] = []
+        self._outbox_ready = threading.Condition()
+        self._sender: threading.Thread | None = None
         self._waiters: dict[str, threading.Event] = {}
         self._waiters_lock = threading.Lock()
         self._local = threading.local()
@@ -90,9 +94,7 @@ class Submitter:
             known = self.lookup(request_id)  # a retry of something already applied
             if known is not None:
                 return known
-            envelope = seal_submit(self.secret, self.node_id, [Command(request_id, payload)])
-            with self._send_lock:
-                self.transport.send(self.node_id, envelope, task=SUBMIT_TASK)
+            self._enqueue(Command(request_id, payload))
             while (remaining := deadline - time.monotonic()) > 0:
                 if not event.wait(remaining):
                     break
@@ -123,8 +125,31 @@ class Submitter:
 
     def close(self) -> None:
         self._stopped.set()
-        if self._listener is not None:
-            self._listener.join(timeout=3)
+        with self._outbox_ready:
+            self._outbox_ready.notify_all()
+        for thread in (self._listener, self._sender):
+            if thread is not None:
+                thread.join(timeout=3)
+
+    def _enqueue(self, command: Command) -> None:
+        with self._outbox_ready:
+            if self._sender is None or not self._sender.is_alive():
+                self._sender = threading.Thread(
+                    target=self._send_loop, name=f"submit-sender-{self.node_id}", daemon=True
+                )
+                self._sender.start()
+            self._outbox.append(command)
+            self._outbox_ready.notify()
+
+    def _send_loop(self) -> None:
+        while not self._stopped.is_set():
+            with self._outbox_ready:
+                while not self._outbox and not self._stopped.is_set():
+                    self._outbox_ready.wait(1.0)
+                batch, self._outbox = self._outbox, []
+            if batch:
+                envelope = seal_submit(self.secret, self.node_id, batch)
+                self.transport.send(self.node_id, envelope, task=SUBMIT_TASK)
 
     # ------------------------------------------------------------------ plumbing
 

@@ -298,7 +298,7 @@ class LocalCluster:
                 "--without-mingle",
                 "--without-heartbeat",
                 "-l",
-                "WARNING",
+                self.env(node_id).get("CONFIGSTORE_LOG_LEVEL", "WARNING"),
             ],
             f"worker-{node_id}.log",
         )

@@ -74,6 +74,8 @@ class NodeRuntime:
         self._node: Node | None = None
         self._rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self._status_at = 0.0
+        #: Log every step's timings (CONFIGSTORE_TRACE_STEPS=1): for profiling, not production.
+        self.trace_steps = os.environ.get("CONFIGSTORE_TRACE_STEPS") == "1"
         self._tick_failure_logged = float("-inf")
         self._redis = None
 
@@ -119,7 +121,7 @@ class NodeRuntime:
             ready = Ready()
             for message in opened.messages:
                 ready.extend(node.on_message(opened.sender, message, now))
-            self._handle(ready)
+            self._handle(ready, f"from {opened.sender}")
 
     def submit(self, envelope) -> None:
         """Commands from this node's web tier (the `consensus.submit` task)."""
@@ -134,7 +136,7 @@ class NodeRuntime:
             return
         self.counters["commands_submitted"] += len(opened.commands)
         with self._lock:
-            self._handle(self._core().submit(opened.commands, time.monotonic()))
+            self._handle(self._core().submit(opened.commands, time.monotonic()), "submit")
 
     def tick(self) -> None:
         """Timers of the core, and the periodic status publication."""
@@ -170,9 +172,10 @@ class NodeRuntime:
             )
         return self._node
 
-    def _handle(self, ready: Ready) -> None:
+    def _handle(self, ready: Ready, what: str = "tick") -> None:
         """Persist, then send, then apply (consensus.storage). A Ready with nothing to send
         is persisted and applied in one transaction."""
+        started = time.perf_counter()
         try:
             if ready.messages:
                 storage.persist(ready)
@@ -181,7 +184,9 @@ class NodeRuntime:
         except Exception:
             self._rebuild("persisting a step failed")
             return
+        persisted = time.perf_counter()
         self._send(ready.messages)
+        sent = time.perf_counter()
         if ready.committed:
             self.counters["slots_applied"] += len(ready.committed)
             if ready.messages:
@@ -189,6 +194,19 @@ class NodeRuntime:
                     storage.apply(ready.committed, self.state_machine, self.node_id)
                 except Exception:
                     self._rebuild("applying committed slots failed")
+        if self.trace_steps and (ready.must_persist or ready.messages or ready.committed):
+            log.warning(
+                "%s: persisted %d accepted, %d chosen in %.2f ms; sent %s in %.2f ms; "
+                "applied %d slots in %.2f ms",
+                what,
+                len(ready.accepted),
+                len(ready.chosen),
+                (persisted - started) * 1000,
+                [type(m).__name__ for _, m in ready.messages],
+                (sent - persisted) * 1000,
+                len(ready.committed),
+                (time.perf_counter() - sent) * 1000,
+            )
 
     def _rebuild(self, what: str) -> None:
         """The core's memory is ahead of the database: drop it and reload from there."""

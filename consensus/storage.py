@@ -111,6 +111,8 @@ def _write_acceptor(cursor, ready: Ready) -> None:
 
 def persist_and_apply(ready: Ready, state_machine: StateMachine, node_id: str) -> list[str]:
     """Steps 1 and 3 in one transaction, for a Ready with nothing to send."""
+    if not ready.must_persist and not ready.committed:
+        return []
     with transaction.atomic():
         conn = _raw()
         with conn.pipeline(), conn.cursor() as cursor:

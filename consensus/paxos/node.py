@@ -73,6 +73,9 @@ class Config:
     window: int = 64
     #: Commands per slot, at most.
     max_batch: int = 1024
+    #: A follower forwards new commands at once if it forwarded nothing for this long, and
+    #: otherwise with its next tick: under load, many submissions share one Forward.
+    forward_interval: float = 0.0
     #: Slots per catch-up message, at most.
     max_catchup: int = 256
     #: Request ids remembered as chosen, to drop retried duplicates early.
@@ -161,9 +164,12 @@ class Node:
         self.leader_ballot = Ballot.ZERO
         self._now = now
         self._election_deadline = now + self._election_delay()
-        # Commands submitted here and not yet known chosen: re-forwarded until they are.
-        self._pending: OrderedDict[str, Command] = OrderedDict()
-        self._pending_sent_at = float("-inf")
+        # Commands submitted here and not yet known chosen: re-sent to the leader every
+        # retransmit interval until they are. `_unsent` have not gone out yet; `_pending`
+        # have, ordered by when they last did.
+        self._unsent: OrderedDict[str, Command] = OrderedDict()
+        self._pending: OrderedDict[str, tuple[Command, float]] = OrderedDict()
+        self._forwarded_at = float("-inf")
         # Per-step output buffers.
         self._ready = Ready()
         self._accept_out: dict[str, list[tuple[int, Value]]] = {}
@@ -207,27 +213,21 @@ class Node:
             self._start_election(now)
         elif self.role is Role.CANDIDATE:
             self._retransmit_prepare(now)
-        if self._pending and now - self._pending_sent_at >= self.config.retransmit_interval:
-            self._send_pending(now)
+        self._send_pending(now, retry_after=self.config.retransmit_interval)
         return self._finish(now)
 
     def submit(self, commands: list[Command] | tuple[Command, ...], now: float) -> Ready:
         """Client commands submitted at this node. They are retried until chosen; the
         caller learns the outcome from the applied state (by request id)."""
         self._now = now
-        fresh = []
         for command in commands:
-            if (
-                command.request_id not in self._pending
-                and command.request_id not in self._recent_ids
-            ):
-                self._pending[command.request_id] = command
-                fresh.append(command)
-        if fresh:
-            if self.role is Role.LEADER:
-                self._enqueue(fresh)
-            elif self.leader_id is not None:
-                self._send(self.leader_id, Forward(tuple(fresh), ttl=2), now)
+            rid = command.request_id
+            if rid not in self._pending and rid not in self._unsent and rid not in self._recent_ids:
+                self._unsent[rid] = command
+        if self._unsent and (
+            self.role is Role.LEADER or now - self._forwarded_at >= self.config.forward_interval
+        ):
+            self._send_pending(now, retry_after=None)
         return self._finish(now)
 
     # ------------------------------------------------------------------ status
@@ -276,7 +276,7 @@ class Node:
             "promised": str(self.promised),
             "commit_index": self.commit_index,
             "applied_index": self.applied_index,
-            "pending": len(self._pending),
+            "pending": len(self._pending) + len(self._unsent),
         }
 
     # ------------------------------------------------------------------ acceptor side
@@ -325,8 +325,8 @@ class Node:
             if ballot >= self.leader_ballot:
                 newly = ballot != self.leader_ballot
                 self.leader_ballot = ballot
-                if newly and self._pending:
-                    self._send_pending(now)
+                if newly:
+                    self._send_pending(now, retry_after=0.0)
             self._election_deadline = now + self._election_delay()
 
     # ------------------------------------------------------------------ proposer side
@@ -397,7 +397,7 @@ class Node:
         self._next_slot = last + 1
         self._propose(proposals, now)
         # Our own pending commands go first; others' arrive by forwarding and retries.
-        self._enqueue(list(self._pending.values()))
+        self._send_pending(now, retry_after=0.0)
         self._send_heartbeats(now, force=True)
 
     def _enqueue(self, commands: list[Command]) -> None:
@@ -515,12 +515,33 @@ class Node:
         self._accept_out.clear()
         self._election_deadline = now + self._election_delay()
 
-    def _send_pending(self, now: float) -> None:
-        self._pending_sent_at = now
+    def _send_pending(self, now: float, *, retry_after: float | None) -> None:
+        """Send the unsent commands, and those sent at least `retry_after` ago (None: only
+        the unsent), to the leader (or our own queue when we lead)."""
+        batch = list(self._unsent.values())
+        self._unsent.clear()
+        if retry_after is not None:
+            for command, sent_at in self._pending.values():
+                if now - sent_at < retry_after:
+                    break  # ordered by sending time: the rest are younger
+                batch.append(command)
+        if not batch:
+            return
+        leader = self.leader_id
+        if leader is None:
+            # Nobody to send to: keep them unsent until a leader is known.
+            for command in batch:
+                self._pending.pop(command.request_id, None)
+                self._unsent[command.request_id] = command
+            return
+        for command in batch:
+            self._pending.pop(command.request_id, None)
+            self._pending[command.request_id] = (command, now)
         if self.role is Role.LEADER:
-            self._enqueue(list(self._pending.values()))
-        elif self.leader_id is not None:
-            self._send(self.leader_id, Forward(tuple(self._pending.values()), ttl=2), now)
+            self._enqueue(batch)
+        else:
+            self._forwarded_at = now
+            self._send(leader, Forward(tuple(batch), ttl=2), now)
 
     # ------------------------------------------------------------------ learner side
 
@@ -563,6 +584,7 @@ class Node:
         for command in value.commands:
             rid = command.request_id
             self._pending.pop(rid, None)
+            self._unsent.pop(rid, None)
             self._in_flight_ids.discard(rid)
             recent[rid] = None
         while len(recent) > self.config.recent_ids:

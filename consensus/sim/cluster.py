@@ -94,6 +94,7 @@ class Simulation:
                 window=rng.choice((2, 8, 32)),
                 max_batch=rng.choice((1, 4, 64)),
                 max_catchup=rng.choice((2, 16, 256)),
+                forward_interval=rng.choice((0.0, 0.005, 0.02)),
                 bugs=core_bugs,
             )
             for i in self.ids

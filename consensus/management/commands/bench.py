@@ -1,0 +1,145 @@
+"""python manage.py bench [--seconds 10] [--clients 1,16,64] [--nodes 3]
+
+Starts a fresh 3-node cluster (workers and databases as in runcluster; on the servers named
+by CONFIGSTORE_CLUSTER_DATABASE_URL / _BROKER_URL, else embedded ones) and measures, through
+the same submit API the web tier uses, with clients spread over the nodes:
+- commit latency p50/p99 for one client (each call: submit, then wait until applied on the
+  node it was submitted to);
+- commits per second for each client count;
+- Celery tasks sent per committed command (web-tier submissions plus Paxos envelopes),
+  and PostgreSQL transactions committed per command (all nodes).
+Prints a table; the README records the figures with the machine they came from.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.core.management.base import BaseCommand
+
+from consensus.client import Committed
+from consensus.localcluster import LocalCluster
+
+
+def _payload(key: str, value: int) -> str:
+    return json.dumps(
+        {"op": "put", "key": key, "value": value, "at": datetime.now(UTC).isoformat()}
+    )
+
+
+class Command(BaseCommand):
+    help = "Benchmark a local 3-node cluster: commit latency and throughput."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--seconds", type=float, default=10.0, help="per client count")
+        parser.add_argument("--clients", default="1,16,64")
+        parser.add_argument("--nodes", type=int, default=3)
+        parser.add_argument("--latency-samples", type=int, default=500)
+
+    def handle(self, *args, seconds: float, clients: str, nodes: int, latency_samples: int, **kw):
+        data = Path(tempfile.mkdtemp(prefix="configstore-bench-"))
+        data.chmod(0o755)
+        cluster = LocalCluster.from_environment(data, nodes=nodes, web=False, fresh=True)
+        try:
+            cluster.start()
+            cluster.wait_for_leader()
+            self._warm_up(cluster)
+            self.stdout.write(f"cluster of {nodes} nodes up, leader {cluster.leader()}")
+            self._latency(cluster, latency_samples)
+            for count in [int(c) for c in clients.split(",")]:
+                self._throughput(cluster, count, seconds)
+        finally:
+            cluster.stop()
+            shutil.rmtree(data, ignore_errors=True)
+
+    def _warm_up(self, cluster: LocalCluster) -> None:
+        for k in range(30):
+            cluster.submitter(cluster.ids[k % len(cluster.ids)]).submit(_payload("warm", k))
+
+    def _latency(self, cluster: LocalCluster, samples: int) -> None:
+        by_role: dict[str, list[float]] = {"leader": [], "follower": []}
+        leader = cluster.leader()
+        for k in range(samples):
+            node = cluster.ids[k % len(cluster.ids)]
+            started = time.perf_counter()
+            outcome = cluster.submitter(node).submit(_payload("latency", k), timeout=10)
+            elapsed = (time.perf_counter() - started) * 1000
+            if isinstance(outcome, Committed):
+                by_role["leader" if node == leader else "follower"].append(elapsed)
+        every = sorted(by_role["leader"] + by_role["follower"])
+        self.stdout.write(
+            f"1 client, {len(every)} sequential commits: p50 {_pct(every, 50):.1f} ms, "
+            f"p99 {_pct(every, 99):.1f} ms (submitted at the leader: p50 "
+            f"{_pct(sorted(by_role['leader']), 50):.1f} ms; at a follower: p50 "
+            f"{_pct(sorted(by_role['follower']), 50):.1f} ms)"
+        )
+
+    def _counters(self, cluster: LocalCluster) -> tuple[int, int]:
+        """(Celery tasks sent so far by all nodes, PostgreSQL commits so far on all nodes)."""
+        time.sleep(0.7)  # statuses are published every 0.5 s
+        tasks = sum(
+            n.get("counters", {}).get("envelopes_out", 0) for n in cluster.status()["nodes"]
+        )
+        tasks += sum(cluster.submitter(i).transport.sent for i in cluster.ids)  # submissions
+        # Transaction ids are assigned only to transactions that write, server-wide: the
+        # nodes' databases share a server here, and nothing else writes to it meanwhile.
+        rows = cluster.query(cluster.ids[0], "SELECT txid_snapshot_xmax(txid_current_snapshot())")
+        return tasks, rows[0][0]
+
+    def _throughput(self, cluster: LocalCluster, count: int, seconds: float) -> None:
+        done: list[int] = [0] * count
+        latencies: list[list[float]] = [[] for _ in range(count)]
+        submitted: list[int] = [0] * count
+        stop = threading.Event()
+
+        def client(c: int) -> None:
+            submitter = cluster.submitter(cluster.ids[c % len(cluster.ids)])
+            k = 0
+            while not stop.is_set():
+                k += 1
+                started = time.perf_counter()
+                outcome = submitter.submit(_payload(f"bench/{c % 50}", k), timeout=10)
+                submitted[c] += 1
+                if isinstance(outcome, Committed):
+                    done[c] += 1
+                    latencies[c].append((time.perf_counter() - started) * 1000)
+
+        tasks_before, commits_before = self._counters(cluster)
+        threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(count)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        elapsed = time.perf_counter() - started
+        tasks_after, commits_after = self._counters(cluster)
+        committed = sum(done)
+        tasks = tasks_after - tasks_before
+        every = sorted(x for per in latencies for x in per)
+        self.stdout.write(
+            f"{count:>3} clients: {committed / elapsed:7.1f} commits/s over {elapsed:.1f} s, "
+            f"latency p50 {_pct(every, 50):.1f} ms p99 {_pct(every, 99):.1f} ms, "
+            f"{tasks / max(committed, 1):.2f} Celery tasks/commit, "
+            f"{(commits_after - commits_before) / max(committed, 1):.2f} PostgreSQL write commits/commit"
+        )
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
+        if p < 100
+        else values[-1]
+    )
