@@ -50,9 +50,23 @@ def servers():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def _print_logs(cluster: LocalCluster) -> None:
+    for log in sorted((cluster.data_dir / "logs").glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-40:]
+        print(f"\n----- {log.name} (last {len(lines)} lines)\n" + "\n".join(lines))
+
+
 @pytest.fixture
-def make_cluster(servers):
-    """Start fresh clusters (new databases, empty queues); all are stopped after the test."""
+def make_cluster(servers, request):
+    """Start fresh clusters (new databases, empty queues); all are stopped after the test.
+    When the test fails, the tail of every process's log is printed."""
     db, broker = servers
     clusters: list[LocalCluster] = []
 
@@ -71,6 +85,9 @@ def make_cluster(servers):
         return cluster
 
     yield make
+    failed = getattr(request.node, "report_call", None) is not None and request.node.report_call.failed
     for cluster in clusters:
         cluster.stop()
+        if failed:
+            _print_logs(cluster)
         shutil.rmtree(cluster.data_dir, ignore_errors=True)
