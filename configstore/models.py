@@ -1,12 +1,68 @@
-"""The replicated state: configuration entries. Written only by the applier
-(configstore.statemachine), identically on every node."""
+"""The replicated state: configuration entries, their JSON Schemas and the audit history.
+Written only by the applier (configstore.statemachine), identically on every node; never
+save these models from anywhere else (configstore.services submits commands instead).
 
+PrefixPermission is not replicated: like users, groups and tokens, it lives in each
+node's own database.
+"""
+
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.db import models
+
+from configstore.validation import InvalidValue, key_error, schema_target_error
+from configstore.validation import validate_prefix as _validate_prefix
+
+
+def validate_key(value: str) -> None:
+    if (error := key_error(value)) is not None:
+        raise ValidationError(error, code="invalid_key")
+
+
+def validate_schema_target(value: str) -> None:
+    if (error := schema_target_error(value)) is not None:
+        raise ValidationError(error, code="invalid_key")
+
+
+def validate_prefix(value: str) -> None:
+    try:
+        _validate_prefix(value)
+    except InvalidValue as error:
+        raise ValidationError(str(error), code="invalid_prefix") from None
 
 
 class Entry(models.Model):
-    key = models.CharField(max_length=256, primary_key=True)
+    key = models.CharField(max_length=256, primary_key=True, validators=[validate_key])
     value = models.JSONField()
+    description = models.TextField(blank=True, default="")
+    version = models.PositiveBigIntegerField(help_text="1 on create, +1 per change")
+    created_index = models.BigIntegerField(help_text="the log index that created the entry")
+    modified_index = models.BigIntegerField(help_text="the log index that last changed it")
+    updated_by = models.CharField(max_length=150, blank=True, default="")
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "configstore_entry"
+        ordering = ["key"]
+        verbose_name_plural = "entries"
+        indexes = [
+            # key LIKE 'prefix%' (prefix listings) whatever the database's collation.
+            models.Index(
+                fields=["key"], name="configstore_entry_key_like", opclasses=["varchar_pattern_ops"]
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Schema(models.Model):
+    """A JSON Schema that every value of a key, or of every key under a namespace, must
+    satisfy. `key` is a key ("payments/timeout_ms") or a namespace ending in '/'
+    ("payments/"); a value must satisfy every schema that applies to its key."""
+
+    key = models.CharField(max_length=257, primary_key=True, validators=[validate_schema_target])
+    schema = models.JSONField()
     description = models.TextField(blank=True, default="")
     version = models.PositiveBigIntegerField()
     created_index = models.BigIntegerField()
@@ -15,9 +71,99 @@ class Entry(models.Model):
     updated_at = models.DateTimeField()
 
     class Meta:
-        db_table = "configstore_entry"
+        db_table = "configstore_schema"
         ordering = ["key"]
-        verbose_name_plural = "entries"
 
     def __str__(self) -> str:
         return self.key
+
+    @property
+    def is_namespace(self) -> bool:
+        return self.key.endswith("/")
+
+
+class History(models.Model):
+    """The audit history: one immutable row per key an applied command touched (one row for
+    a put, a delete or a schema change; one per op of a txn, all with the txn's index and
+    request id), committed or rejected. A database trigger refuses UPDATE and DELETE.
+
+    For a committed row, old_* is the state before and new_* after (a delete has no new
+    value; a create has no old version). For a rejected row, old_* is the state the command
+    met and new_value the value it asked for; new_version is null. A rejected command that
+    could not be read at all has operation "malformed" and whatever key it named."""
+
+    COMMITTED, REJECTED = "committed", "rejected"
+    OUTCOMES = [(COMMITTED, "committed"), (REJECTED, "rejected")]
+
+    id = models.BigAutoField(primary_key=True)
+    index = models.BigIntegerField(help_text="the log index (slot) of the command")
+    request_id = models.TextField()
+    command = models.CharField(
+        max_length=16, help_text="put, delete, txn, put_schema, delete_schema or malformed"
+    )
+    operation = models.CharField(
+        max_length=16, help_text="what happened to this key: put, delete, put_schema, ..."
+    )
+    key = models.CharField(max_length=257, blank=True, default="")
+    old_value = models.JSONField(null=True, blank=True)
+    new_value = models.JSONField(null=True, blank=True)
+    old_version = models.PositiveBigIntegerField(null=True, blank=True)
+    new_version = models.PositiveBigIntegerField(null=True, blank=True)
+    actor = models.CharField(max_length=150, blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+    node = models.CharField(max_length=64, blank=True, default="", help_text="took the request")
+    outcome = models.CharField(max_length=16, choices=OUTCOMES)
+    error = models.CharField(max_length=32, blank=True, default="", help_text="rejection code")
+    detail = models.TextField(blank=True, default="", help_text="why it was rejected")
+    at = models.DateTimeField(
+        null=True, help_text="when the request was taken (the submitting node's clock)"
+    )
+
+    class Meta:
+        db_table = "configstore_history"
+        ordering = ["index", "id"]
+        verbose_name_plural = "history"
+        indexes = [
+            models.Index(fields=["index"], name="configstore_history_index"),
+            models.Index(
+                fields=["key", "index"],
+                name="configstore_history_key",
+                opclasses=["varchar_pattern_ops", "int8_ops"],
+            ),
+            models.Index(fields=["request_id"], name="configstore_history_request"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.index} {self.operation} {self.key} ({self.outcome})"
+
+
+class PrefixPermission(models.Model):
+    """Grants a group rights on every key under `prefix` ("" = every key), in addition to
+    the global Django permissions (view/change/delete entry). Example: a group holding
+    configstore.view_entry and PrefixPermission(prefix="payments/", can_change=True,
+    can_delete=True) may edit payments/ and only read the rest."""
+
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="configstore_prefixes")
+    prefix = models.CharField(max_length=257, blank=True, default="", validators=[validate_prefix])
+    can_view = models.BooleanField(default=True)
+    can_change = models.BooleanField(default=False)
+    can_delete = models.BooleanField(default=False)
+
+    class Meta:
+        db_table = "configstore_prefix_permission"
+        ordering = ["group__name", "prefix"]
+        constraints = [
+            models.UniqueConstraint(fields=["group", "prefix"], name="configstore_prefix_unique")
+        ]
+
+    def __str__(self) -> str:
+        rights = [
+            r
+            for r, on in (
+                ("view", self.can_view),
+                ("change", self.can_change),
+                ("delete", self.can_delete),
+            )
+            if on
+        ]
+        return f"{self.group}: {self.prefix or '*'} ({', '.join(rights) or 'nothing'})"

@@ -125,7 +125,10 @@ CONFIGSTORE_PAXOS = {
     "heartbeat_interval": float(env("CONFIGSTORE_HEARTBEAT_MS", "50")) / 1000,
     "election_timeout": float(env("CONFIGSTORE_ELECTION_TIMEOUT_MS", "300")) / 1000,
     "retransmit_interval": float(env("CONFIGSTORE_RETRANSMIT_MS", "200")) / 1000,
-    "window": int(env("CONFIGSTORE_WINDOW", "32")),
+    # A small window makes commands that arrive while slots are in flight share the next
+    # slot: batching under load, no waiting when idle.
+    "window": int(env("CONFIGSTORE_WINDOW", "4")),
+    "forward_interval": float(env("CONFIGSTORE_FORWARD_MS", "5")) / 1000,
     "max_batch": int(env("CONFIGSTORE_MAX_BATCH", "512")),
 }
 # Celery in the node's worker: fire-and-forget Paxos envelopes only.
@@ -140,3 +143,38 @@ CELERY_TASK_QUEUES = [
     Queue(_INBOX, Exchange(_INBOX, type="direct"), routing_key=_INBOX, no_ack=True)
 ]
 CELERY_DB_REUSE_MAX = 1_000_000  # keep the worker's database connection across tasks
+
+# --- config store API ---
+# The REST API (configstore.api) and the config store's own settings (configstore/conf.py
+# has the defaults). Every error is JSON {"error", "detail"} (configstore.api.errors).
+INSTALLED_APPS += ["rest_framework.authtoken", "drf_spectacular", "drf_spectacular_sidecar"]
+REST_FRAMEWORK = {
+    # Token first: a request without credentials gets 401 with WWW-Authenticate: Token.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "configstore.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "configstore",
+    "DESCRIPTION": "A replicated configuration store: every write is chosen by Multi-Paxos.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The docs page's assets come from the drf-spectacular-sidecar package, not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+CONFIGSTORE_MAX_VALUE_BYTES = int(env("CONFIGSTORE_MAX_VALUE_BYTES", str(1024 * 1024)))
+CONFIGSTORE_MAX_TXN_BYTES = int(env("CONFIGSTORE_MAX_TXN_BYTES", str(4 * 1024 * 1024)))
+CONFIGSTORE_WRITE_TIMEOUT = float(env("CONFIGSTORE_WRITE_TIMEOUT_MS", "5000")) / 1000
+CONFIGSTORE_READ_TIMEOUT = float(env("CONFIGSTORE_READ_TIMEOUT_MS", "5000")) / 1000
+CONFIGSTORE_ANONYMOUS_READS = env("CONFIGSTORE_ANONYMOUS_READS", "0") == "1"
+# Request bodies up to a whole txn: escaped JSON may be larger than its compact size. Past
+# this, the API answers 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * CONFIGSTORE_MAX_TXN_BYTES + 1024 * 1024

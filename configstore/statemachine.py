@@ -1,92 +1,387 @@
-"""The replicated state machine: applies chosen commands to the config entries.
+"""The replicated state machine: applies chosen commands to the entries, the schemas and the
+audit history.
 
-Deterministic: the outcome depends only on the command and the state before it, so every
-node reaches the same state. Runs inside the applier's transaction (consensus.storage),
-on its psycopg cursor, in raw SQL: it is on the path of every commit.
+Deterministic: the outcome depends only on the command (configstore.commands) and the
+database state before it -- never on the clock, the node applying it, or a setting -- so
+every node reaches the same state and writes the same history. Runs inside the applier's
+transaction (consensus.storage), on its psycopg cursor in pipeline mode, in raw SQL: it is
+on the path of every commit. A write command costs one round trip (read the keys' versions
+and the schemas that apply, in one statement); its writes are queued in the pipeline.
 
-A command's payload is JSON:
-    {"op": "put", "key": k, "value": v, "expected_version": n | null, "create_only": bool,
-     "description": "...", "actor": "...", "reason": "...", "at": "<ISO time of submission>"}
-    {"op": "delete", "key": k, "expected_version": n | null, "actor": ..., "reason": ..., "at": ...}
-A version check that fails rejects the command (nothing changes) with its reason.
+Never raises for a bad command: a payload that is not a valid command, a version that does
+not match, a value its schema refuses -- each is applied as a rejected command, recorded in
+the history with its reason, and the state is unchanged. Everything decode() accepts is
+storable (configstore.validation), so no statement here fails on the content of a command.
+
+Results (the `result` of Committed/Rejected, stored with the request id's outcome):
+    put            {"key", "version", "created", "created_index", "description", "updated_at"}
+    delete         {"key", "version"}                      the version deleted
+    txn            {"results": [{"op", "key", "version"}]}  delete: the version deleted
+    put_schema     {"key", "version", "created", "created_index", "description"}
+    delete_schema  {"key", "version"}
+    noop           {}
+    rejected       {"error": code, "detail": text, ...}; codes: malformed, version_conflict
+                   (+ key, expected_version, current_version), not_found (+ key),
+                   schema_violation (+ key, path, schema), txn_failed (+ failed: [{key,
+                   expected_version, current_version}])
 """
 
 from __future__ import annotations
 
 import json
 
+from configstore import schemas
+from configstore.commands import (
+    Malformed,
+    Noop,
+    Origin,
+    SchemaCommand,
+    Write,
+    WriteCommand,
+    decode,
+)
+from configstore.validation import schema_targets
 from consensus.paxos import Command
 
 COMMITTED, REJECTED = "committed", "rejected"
 
+# One round trip: the current version, created index and description of each key, and
+# the schemas attached to the given targets.
+_READ_STATE = (
+    "SELECT (SELECT coalesce(jsonb_object_agg(key, jsonb_build_array(version, created_index, "
+    "description)), '{}'::jsonb) FROM configstore_entry WHERE key = ANY(%s::text[]))::text, "
+    "(SELECT coalesce(jsonb_object_agg(key, schema), '{}'::jsonb) FROM configstore_schema "
+    "WHERE key = ANY(%s::text[]))::text"
+)
+
+_HISTORY_COLUMNS = (
+    "index, request_id, command, operation, key, old_value, new_value, old_version, "
+    "new_version, actor, reason, node, outcome, error, detail, at"
+)
+_ORIGIN = "%(actor)s, %(reason)s, %(node)s"
+
+# Each write and its history row in one statement: the CTEs see the state before it, so
+# the history's old value comes straight from the table, never through Python.
+_PUT = (
+    "WITH old AS (SELECT value, version FROM configstore_entry WHERE key = %(key)s), "
+    "new AS (INSERT INTO configstore_entry (key, value, description, version, created_index, "
+    "modified_index, updated_by, updated_at) VALUES (%(key)s, %(value)s::jsonb, "
+    "%(description)s, %(version)s, %(slot)s, %(slot)s, %(actor)s, %(at)s) "
+    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, description = EXCLUDED.description, "
+    "version = EXCLUDED.version, modified_index = EXCLUDED.modified_index, "
+    "updated_by = EXCLUDED.updated_by, updated_at = EXCLUDED.updated_at RETURNING value) "
+    f"INSERT INTO configstore_history ({_HISTORY_COLUMNS}) SELECT %(slot)s, %(request_id)s, "
+    "%(command)s, 'put', %(key)s, (SELECT value FROM old), new.value, (SELECT version FROM old), "
+    f"%(version)s, {_ORIGIN}, 'committed', '', '', %(at)s FROM new"
+)
+_DELETE = (
+    "WITH old AS (DELETE FROM configstore_entry WHERE key = %(key)s RETURNING value, version) "
+    f"INSERT INTO configstore_history ({_HISTORY_COLUMNS}) SELECT %(slot)s, %(request_id)s, "
+    "%(command)s, 'delete', %(key)s, old.value, NULL, old.version, NULL, "
+    f"{_ORIGIN}, 'committed', '', '', %(at)s FROM old"
+)
+_PUT_SCHEMA = (
+    "WITH old AS (SELECT schema, version FROM configstore_schema WHERE key = %(key)s), "
+    "new AS (INSERT INTO configstore_schema (key, schema, description, version, created_index, "
+    "modified_index, updated_by, updated_at) VALUES (%(key)s, %(value)s::jsonb, "
+    "%(description)s, %(version)s, %(slot)s, %(slot)s, %(actor)s, %(at)s) "
+    "ON CONFLICT (key) DO UPDATE SET schema = EXCLUDED.schema, "
+    "description = EXCLUDED.description, version = EXCLUDED.version, "
+    "modified_index = EXCLUDED.modified_index, updated_by = EXCLUDED.updated_by, "
+    "updated_at = EXCLUDED.updated_at RETURNING schema) "
+    f"INSERT INTO configstore_history ({_HISTORY_COLUMNS}) SELECT %(slot)s, %(request_id)s, "
+    "'put_schema', 'put_schema', %(key)s, (SELECT schema FROM old), new.schema, "
+    f"(SELECT version FROM old), %(version)s, {_ORIGIN}, 'committed', '', '', %(at)s FROM new"
+)
+_DELETE_SCHEMA = (
+    "WITH old AS (DELETE FROM configstore_schema WHERE key = %(key)s RETURNING schema, version) "
+    f"INSERT INTO configstore_history ({_HISTORY_COLUMNS}) SELECT %(slot)s, %(request_id)s, "
+    "'delete_schema', 'delete_schema', %(key)s, old.schema, NULL, old.version, NULL, "
+    f"{_ORIGIN}, 'committed', '', '', %(at)s FROM old"
+)
+# A rejected row records the state the command met (old_*) and what it asked for.
+_REJECTED = (
+    f"INSERT INTO configstore_history ({_HISTORY_COLUMNS}) SELECT %(slot)s, %(request_id)s, "
+    "%(command)s, %(operation)s, %(key)s, cur.value, %(value)s::jsonb, cur.version, NULL, "
+    f"{_ORIGIN}, 'rejected', %(error)s, %(detail)s, %(at)s "
+    "FROM (SELECT 1) AS one LEFT JOIN {table} AS cur ON cur.key = %(key)s"
+)
+_REJECTED_ENTRY = _REJECTED.format(table="(SELECT key, value, version FROM configstore_entry)")
+_REJECTED_SCHEMA = _REJECTED.format(
+    table="(SELECT key, schema AS value, version FROM configstore_schema)"
+)
+
 
 def apply_command(cursor, slot: int, command: Command, node_id: str) -> tuple[str, dict]:
+    """Apply one chosen command at `slot`. `node_id` (the node applying it) is deliberately
+    unused: the history names the node that *took* the request, from the payload."""
     try:
-        payload = json.loads(command.payload)
-        op = payload["op"]
-    except (ValueError, KeyError, TypeError):
-        return REJECTED, {"error": "malformed", "detail": "unreadable command"}
-    if op == "put":
-        return _put(cursor, slot, payload)
-    if op == "delete":
-        return _delete(cursor, payload)
-    if op == "noop":
+        decoded = decode(command.payload)
+    except Malformed as error:
+        return _reject_malformed(cursor, slot, command.request_id, error)
+    if isinstance(decoded, Noop):
         return COMMITTED, {}
-    return REJECTED, {"error": "malformed", "detail": f"unknown operation {op!r}"}
+    if isinstance(decoded, WriteCommand):
+        return _apply_writes(cursor, slot, command.request_id, decoded)
+    return _apply_schema(cursor, slot, command.request_id, decoded)
 
 
-def _current_version(cursor, key: str) -> int | None:
-    cursor.execute("SELECT version FROM configstore_entry WHERE key = %s", [key])
-    row = cursor.fetchone()
-    return row[0] if row else None
+# ---------------------------------------------------------------------------------- writes
 
 
-def _conflict(key: str, expected, current: int | None) -> tuple[str, dict]:
-    return REJECTED, {
+def _apply_writes(cursor, slot: int, request_id: str, cmd: WriteCommand) -> tuple[str, dict]:
+    keys = sorted({w.key for w in cmd.writes} | {c.key for c in cmd.checks})
+    targets = sorted({t for w in cmd.writes if w.op == "put" for t in schema_targets(w.key)})
+    cursor.execute(_READ_STATE, [keys, targets])
+    entries_json, schemas_json = cursor.fetchone()
+    entries = {k: tuple(v) for k, v in json.loads(entries_json).items()}
+    attached = json.loads(schemas_json)
+
+    def version_of(key: str) -> int:
+        return entries[key][0] if key in entries else 0
+
+    refusal = _txn_refusal(cmd, version_of) if cmd.op == "txn" else _single_refusal(cmd, version_of)
+    if refusal is None:
+        refusal = _schema_refusal(cmd, attached)
+    if refusal is not None:
+        for write in cmd.writes:
+            _record_rejected(cursor, slot, request_id, cmd.op, write, cmd.origin, refusal)
+        return REJECTED, refusal
+
+    results = []
+    for write in cmd.writes:
+        params = {
+            "slot": slot,
+            "request_id": request_id,
+            "command": cmd.op,
+            "key": write.key,
+            **_origin_params(cmd.origin),
+        }
+        current = entries.get(write.key)
+        if write.op == "delete":
+            cursor.execute(_DELETE, params)
+            results.append({"op": "delete", "key": write.key, "version": current[0]})
+            continue
+        version = (current[0] if current else 0) + 1
+        description = write.description
+        if description is None:
+            description = current[2] if current else ""
+        cursor.execute(
+            _PUT,
+            {
+                **params,
+                "value": json.dumps(write.value),
+                "description": description,
+                "version": version,
+            },
+        )
+        results.append(
+            {
+                "op": "put",
+                "key": write.key,
+                "version": version,
+                "created": current is None,
+                "created_index": current[1] if current else slot,
+                "description": description,
+                "updated_at": cmd.origin.at.isoformat(),
+            }
+        )
+    if cmd.op == "txn":
+        return COMMITTED, {
+            "results": [{k: r[k] for k in ("op", "key", "version")} for r in results]
+        }
+    (result,) = results
+    del result["op"]
+    return COMMITTED, result
+
+
+def _conflict(key: str, expected, current: int, what: str = "") -> dict:
+    current_version = current or None
+    return {
         "error": "version_conflict",
-        "detail": f"{key}: expected version {expected}, current version {current}",
+        "detail": f"{key}: {what or f'expected version {expected}'}, "
+        f"current version {current_version}",
         "key": key,
-        "current_version": current,
+        "expected_version": expected,
+        "current_version": current_version,
     }
 
 
-def _put(cursor, slot: int, p: dict) -> tuple[str, dict]:
-    key = p["key"]
-    current = _current_version(cursor, key)
-    if p.get("create_only") and current is not None:
-        return _conflict(key, 0, current)
-    expected = p.get("expected_version")
-    if expected is not None and (current or 0) != expected:
-        return _conflict(key, expected, current)
-    version = (current or 0) + 1
-    cursor.execute(
-        "INSERT INTO configstore_entry (key, value, description, version, created_index, "
-        "modified_index, updated_by, updated_at) VALUES (%s, %s::jsonb, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, "
-        "description = EXCLUDED.description, version = EXCLUDED.version, "
-        "modified_index = EXCLUDED.modified_index, updated_by = EXCLUDED.updated_by, "
-        "updated_at = EXCLUDED.updated_at",
-        [
-            key,
-            json.dumps(p["value"]),
-            p.get("description", ""),
-            version,
-            slot,
-            slot,
-            p.get("actor", ""),
-            p["at"],
-        ],
+def _single_refusal(cmd: WriteCommand, version_of) -> dict | None:
+    (w,) = cmd.writes
+    current = version_of(w.key)
+    if w.op == "delete" and not current:
+        return {"error": "not_found", "detail": f"{w.key} does not exist", "key": w.key}
+    if w.create_only and current:
+        return _conflict(w.key, 0, current, "create-only, but it exists")
+    if w.must_exist and not current:
+        return _conflict(w.key, None, current, "must exist")
+    if w.expected_version is not None and current != w.expected_version:
+        return _conflict(w.key, w.expected_version, current)
+    return None
+
+
+def _txn_refusal(cmd: WriteCommand, version_of) -> dict | None:
+    failed = [
+        {"key": c.key, "expected_version": c.version, "current_version": version_of(c.key) or None}
+        for c in cmd.checks
+        if version_of(c.key) != c.version
+    ]
+    failed += [
+        {"key": w.key, "expected_version": None, "current_version": None, "op": "delete"}
+        for w in cmd.writes
+        if w.op == "delete" and not version_of(w.key)
+    ]
+    if not failed:
+        return None
+    named = ", ".join(
+        f"{f['key']} (deleted, but does not exist)"
+        if f.get("op") == "delete"
+        else f"{f['key']} (expected version {f['expected_version']}, "
+        f"current {f['current_version']})"
+        for f in failed
     )
-    return COMMITTED, {"key": key, "version": version}
+    return {"error": "txn_failed", "detail": f"txn checks failed: {named}", "failed": failed}
 
 
-def _delete(cursor, p: dict) -> tuple[str, dict]:
-    key = p["key"]
-    current = _current_version(cursor, key)
-    if current is None:
-        return REJECTED, {"error": "not_found", "detail": f"{key} does not exist", "key": key}
-    expected = p.get("expected_version")
-    if expected is not None and current != expected:
-        return _conflict(key, expected, current)
-    cursor.execute("DELETE FROM configstore_entry WHERE key = %s", [key])
-    return COMMITTED, {"key": key, "version": current}
+def _schema_refusal(cmd: WriteCommand, attached: dict) -> dict | None:
+    for write in cmd.writes:
+        if write.op != "put":
+            continue
+        applicable = [(t, attached[t]) for t in schema_targets(write.key) if t in attached]
+        found = schemas.first_violation(applicable, write.value)
+        if found is not None:
+            return {
+                "error": "schema_violation",
+                "detail": found.describe(write.key),
+                "key": write.key,
+                "path": found.path,
+                "schema": found.schema_key,
+            }
+    return None
+
+
+def _origin_params(origin: Origin | None) -> dict:
+    if origin is None:
+        return {"actor": "", "reason": "", "node": "", "at": None}
+    return {"actor": origin.actor, "reason": origin.reason, "node": origin.node, "at": origin.at}
+
+
+def _record_rejected(
+    cursor, slot, request_id, command: str, write: Write, origin, refusal: dict
+) -> None:
+    cursor.execute(
+        _REJECTED_ENTRY,
+        {
+            "slot": slot,
+            "request_id": request_id,
+            "command": command,
+            "operation": write.op,
+            "key": write.key,
+            "value": json.dumps(write.value) if write.op == "put" else None,
+            "error": refusal["error"],
+            "detail": refusal["detail"],
+            **_origin_params(origin),
+        },
+    )
+
+
+def _reject_malformed(cursor, slot: int, request_id: str, error: Malformed) -> tuple[str, dict]:
+    refusal = {"error": "malformed", "detail": str(error)[:2000]}
+    schema_op = error.op in ("put_schema", "delete_schema")
+    cursor.execute(
+        _REJECTED_SCHEMA if schema_op else _REJECTED_ENTRY,
+        {
+            "slot": slot,
+            "request_id": request_id,
+            "command": error.op or "malformed",
+            "operation": "malformed",
+            "key": error.key,
+            "value": None,
+            "error": refusal["error"],
+            "detail": refusal["detail"],
+            **_origin_params(error.origin),
+        },
+    )
+    return REJECTED, refusal
+
+
+# --------------------------------------------------------------------------------- schemas
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _apply_schema(cursor, slot: int, request_id: str, cmd: SchemaCommand) -> tuple[str, dict]:
+    cursor.execute(
+        "SELECT version, description, created_index FROM configstore_schema WHERE key = %s",
+        [cmd.key],
+    )
+    row = cursor.fetchone()
+    current, old_description, created_index = row if row else (0, "", slot)
+    refusal = None
+    if cmd.op == "delete_schema" and not current:
+        refusal = {"error": "not_found", "detail": f"no schema for {cmd.key}", "key": cmd.key}
+    elif cmd.expected_version is not None and current != cmd.expected_version:
+        refusal = _conflict(cmd.key, cmd.expected_version, current)
+    elif cmd.op == "put_schema":
+        refusal = _existing_values_refusal(cursor, cmd)
+    params = {"slot": slot, "request_id": request_id, "key": cmd.key, **_origin_params(cmd.origin)}
+    if refusal is not None:
+        cursor.execute(
+            _REJECTED_SCHEMA,
+            {
+                **params,
+                "command": cmd.op,
+                "operation": cmd.op,
+                "value": json.dumps(cmd.schema) if cmd.op == "put_schema" else None,
+                "error": refusal["error"],
+                "detail": refusal["detail"],
+            },
+        )
+        return REJECTED, refusal
+    if cmd.op == "delete_schema":
+        cursor.execute(_DELETE_SCHEMA, params)
+        return COMMITTED, {"key": cmd.key, "version": current}
+    description = old_description if cmd.description is None else cmd.description
+    cursor.execute(
+        _PUT_SCHEMA,
+        {
+            **params,
+            "value": json.dumps(cmd.schema),
+            "description": description,
+            "version": current + 1,
+        },
+    )
+    return COMMITTED, {
+        "key": cmd.key,
+        "version": current + 1,
+        "created": not current,
+        "created_index": created_index,
+        "description": description,
+    }
+
+
+def _existing_values_refusal(cursor, cmd: SchemaCommand) -> dict | None:
+    """A schema is attached only if every value it would govern already satisfies it: no
+    node may hold a value its schema forbids."""
+    if cmd.key.endswith("/"):
+        cursor.execute(
+            "SELECT key, value::text FROM configstore_entry WHERE key LIKE %s "
+            'ORDER BY key COLLATE "C"',
+            [_like_prefix(cmd.key)],
+        )
+    else:
+        cursor.execute("SELECT key, value::text FROM configstore_entry WHERE key = %s", [cmd.key])
+    for key, value in cursor.fetchall():
+        found = schemas.violation(cmd.key, cmd.schema, json.loads(value))
+        if found is not None:
+            return {
+                "error": "schema_violation",
+                "detail": f"the schema refuses a current value: {found.describe(key)}",
+                "key": key,
+                "path": found.path,
+                "schema": cmd.key,
+            }
+    return None

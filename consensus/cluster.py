@@ -19,10 +19,21 @@ from consensus.transport import parse_peers
 STALE = 3.0
 
 
+_clients: dict[str, redis.Redis] = {}
+
+
+def _client(broker_url: str) -> redis.Redis:
+    """One client (with its connection pool) per broker, reused across calls."""
+    if broker_url not in _clients:
+        _clients[broker_url] = redis.Redis.from_url(
+            broker_url, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+    return _clients[broker_url]
+
+
 def read_status(node_id: str, broker_url: str) -> dict | None:
     try:
-        client = redis.Redis.from_url(broker_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        raw = client.get(status_key(node_id))
+        raw = _client(broker_url).get(status_key(node_id))
     except redis.RedisError:
         return None
     if raw is None:

@@ -189,8 +189,8 @@ class LocalCluster:
     def _migrated_template(self, url: str) -> str:
         """A database migrated to the current schema, named after the migrations' content."""
         digest = hashlib.sha256()
-        for path in sorted(ROOT.glob("*/migrations/*.py")):
-            digest.update(path.read_bytes())
+        for path in sorted(ROOT.glob("*/migrations/*.py")) + [ROOT / "configstore" / "settings.py"]:
+            digest.update(path.read_bytes())  # settings: INSTALLED_APPS brings migrations too
         name = f"configstore_template_{digest.hexdigest()[:12]}"
         with psycopg.connect(self._admin_url(url), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()

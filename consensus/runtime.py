@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from consensus import storage
+from consensus.applier import Applier
 from consensus.envelope import BadEnvelope, open_envelope, seal
 from consensus.faults import Faults
 from consensus.paxos import Config, Node, Ready
@@ -69,6 +70,7 @@ class NodeRuntime:
         self.faults = faults
         self.config = Config(node_id=node_id, nodes=self.nodes, **(core_options or {}))
         self.counters: Counter[str] = Counter()
+        self.applier = Applier(state_machine, node_id)
         self.last_contact: dict[str, float] = {}
         self._lock = threading.RLock()
         self._node: Node | None = None
@@ -173,14 +175,10 @@ class NodeRuntime:
         return self._node
 
     def _handle(self, ready: Ready, what: str = "tick") -> None:
-        """Persist, then send, then apply (consensus.storage). A Ready with nothing to send
-        is persisted and applied in one transaction."""
+        """Persist, then send, then let the applier apply (consensus.storage)."""
         started = time.perf_counter()
         try:
-            if ready.messages:
-                storage.persist(ready)
-            else:
-                storage.persist_and_apply(ready, self.state_machine, self.node_id)
+            storage.persist(ready)
         except Exception:
             self._rebuild("persisting a step failed")
             return
@@ -188,16 +186,11 @@ class NodeRuntime:
         self._send(ready.messages)
         sent = time.perf_counter()
         if ready.committed:
-            self.counters["slots_applied"] += len(ready.committed)
-            if ready.messages:
-                try:
-                    storage.apply(ready.committed, self.state_machine, self.node_id)
-                except Exception:
-                    self._rebuild("applying committed slots failed")
+            self.applier.wake()
         if self.trace_steps and (ready.must_persist or ready.messages or ready.committed):
             log.warning(
                 "%s: persisted %d accepted, %d chosen in %.2f ms; sent %s in %.2f ms; "
-                "applied %d slots in %.2f ms",
+                "%d slots to apply",
                 what,
                 len(ready.accepted),
                 len(ready.chosen),
@@ -205,7 +198,6 @@ class NodeRuntime:
                 [type(m).__name__ for _, m in ready.messages],
                 (sent - persisted) * 1000,
                 len(ready.committed),
-                (time.perf_counter() - sent) * 1000,
             )
 
     def _rebuild(self, what: str) -> None:
@@ -243,7 +235,12 @@ class NodeRuntime:
                 for p in self.nodes
                 if p != self.node_id
             },
-            "counters": {**self.counters, "send_errors": self.transport.send_errors},
+            "counters": {
+                **self.counters,
+                "send_errors": self.transport.send_errors,
+                "slots_applied": self.applier.applied_slots,
+                "apply_failures": self.applier.failures,
+            },
         }
 
     def publish_status(self) -> None:

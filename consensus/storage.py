@@ -4,11 +4,12 @@ Contract with the core (consensus/paxos/ready.py), in the order the runtime call
   1. `persist(ready)` writes the promise, accepted and chosen entries in one transaction
      and returns only once it has committed (synchronous_commit stays on);
   2. the runtime sends the Ready's messages;
-  3. `apply(ready.committed, ...)` applies the committed slots, strictly in order, in one
-     transaction that also records each request id's outcome, advances the applied index
-     and NOTIFYs `configstore_applied` with the request ids it applied.
-A crash between 1 and 3 is safe: the node restarts from the chosen log and the applied
-index and hands the same slots out again.
+  3. the node's applier (consensus/applier.py, its own thread and connection) calls
+     `apply_chosen`, which applies the chosen slots after the applied index, strictly in
+     order, in one transaction that also records each request id's outcome, advances the
+     applied index and NOTIFYs `configstore_applied` with the request ids it applied.
+Applying reads the chosen log, not the core's memory, so a crash anywhere is safe: what
+was chosen is durable, and what was applied moved with the applied index.
 
 Statements go through psycopg's pipeline mode, so a step costs a few round trips rather
 than one per row: the hot path of every commit.
@@ -109,27 +110,27 @@ def _write_acceptor(cursor, ready: Ready) -> None:
         cursor.executemany(_CHOSEN, [(s, json.dumps(v.to_json())) for s, v in ready.chosen])
 
 
-def persist_and_apply(ready: Ready, state_machine: StateMachine, node_id: str) -> list[str]:
-    """Steps 1 and 3 in one transaction, for a Ready with nothing to send."""
-    if not ready.must_persist and not ready.committed:
-        return []
+def apply_chosen(state_machine: StateMachine, node_id: str, *, limit: int = 256) -> int:
+    """Step 3, from the chosen log: apply the chosen slots that follow the applied index, in
+    order and without gaps, at most `limit` of them, in one transaction. Returns how many
+    slots it applied (0: nothing to apply yet). Only the node's applier calls it."""
     with transaction.atomic():
         conn = _raw()
         with conn.pipeline(), conn.cursor() as cursor:
-            _write_acceptor(cursor, ready)
-            return _apply(cursor, ready.committed, state_machine, node_id)
-
-
-def apply(
-    committed: list[tuple[int, Value]], state_machine: StateMachine, node_id: str
-) -> list[str]:
-    """Step 3: apply committed slots in order. Returns the request ids applied."""
-    if not committed:
-        return []
-    with transaction.atomic():
-        conn = _raw()
-        with conn.pipeline(), conn.cursor() as cursor:
-            return _apply(cursor, committed, state_machine, node_id)
+            cursor.execute("SELECT applied_index FROM consensus_applied_state FOR UPDATE")
+            row = cursor.fetchone()
+            applied = row[0] if row else 0
+            cursor.execute(
+                "SELECT slot, value FROM consensus_chosen_slot WHERE slot > %s ORDER BY slot LIMIT %s",
+                [applied, limit],
+            )
+            committed = []
+            for slot, value in cursor.fetchall():
+                if slot != applied + len(committed) + 1:
+                    break  # a gap: the rest waits for catch-up
+                committed.append((slot, Value.from_json(_json(value))))
+            _apply(cursor, committed, state_machine, node_id)
+    return len(committed)
 
 
 def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list[str]:

@@ -29,6 +29,7 @@ class PaxosNode(bootsteps.StartStopStep):
             log.info("this worker does not consume %s: no Paxos node here", queue)
             return
         node = runtime.NodeRuntime.from_settings()
+        node.applier.start()
         runtime.set_current(node)
         interval = settings.CONFIGSTORE_TICK_SECONDS
         self.tref = worker.timer.call_repeatedly(interval, node.tick, priority=10)
@@ -38,4 +39,7 @@ class PaxosNode(bootsteps.StartStopStep):
         if self.tref is not None:
             self.tref.cancel()
             self.tref = None
+        node = runtime.current()
+        if node is not None:
+            node.applier.stop()
         runtime.set_current(None)

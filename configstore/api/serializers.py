@@ -1,0 +1,184 @@
+"""One serializer per input and output shape. Inputs only check the shape (types, required
+fields, no unknown fields); what a key or a value may be is the services' business."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from rest_framework import serializers
+from rest_framework.settings import api_settings
+
+from configstore.commands import MAX_DESCRIPTION_LENGTH, MAX_REASON_LENGTH
+from configstore.models import Entry, History, Schema
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know: a typo ("valeu") is an error, not a silent no-op."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {api_settings.NON_FIELD_ERRORS_KEY: [f"unknown field(s): {', '.join(unknown)}"]}
+                )
+        return super().to_internal_value(data)
+
+
+def _reason():
+    return serializers.CharField(
+        required=False, allow_blank=True, max_length=MAX_REASON_LENGTH, trim_whitespace=False
+    )
+
+
+def _description():
+    return serializers.CharField(
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        max_length=MAX_DESCRIPTION_LENGTH,
+        trim_whitespace=False,
+    )
+
+
+def _key():
+    return serializers.CharField(trim_whitespace=False, max_length=1024)
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+class EntrySerializer(serializers.ModelSerializer):
+    value = serializers.JSONField(help_text="any JSON")
+
+    class Meta:
+        model = Entry
+        fields = [
+            "key",
+            "value",
+            "description",
+            "version",
+            "created_index",
+            "modified_index",
+            "updated_by",
+            "updated_at",
+        ]
+
+
+class SchemaSerializer(serializers.ModelSerializer):
+    schema = serializers.JSONField(help_text="a JSON Schema (Draft 2020-12 by default)")
+
+    class Meta:
+        model = Schema
+        fields = [
+            "key",
+            "schema",
+            "description",
+            "version",
+            "created_index",
+            "modified_index",
+            "updated_by",
+            "updated_at",
+        ]
+
+
+class HistorySerializer(serializers.ModelSerializer):
+    old_value = serializers.JSONField(allow_null=True)
+    new_value = serializers.JSONField(allow_null=True)
+
+    class Meta:
+        model = History
+        fields = [
+            "index",
+            "request_id",
+            "command",
+            "operation",
+            "key",
+            "old_value",
+            "new_value",
+            "old_version",
+            "new_version",
+            "actor",
+            "reason",
+            "node",
+            "outcome",
+            "error",
+            "detail",
+            "at",
+        ]
+
+
+HISTORY_CSV_FIELDS = HistorySerializer.Meta.fields
+
+
+class TxnResultSerializer(serializers.Serializer):
+    op = serializers.ChoiceField(choices=["put", "delete"])
+    key = serializers.CharField()
+    version = serializers.IntegerField(help_text="put: the new version; delete: the deleted one")
+
+
+class TxnResponseSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="the log index the txn committed at")
+    request_id = serializers.CharField()
+    results = TxnResultSerializer(many=True)
+
+
+class WatchResponseSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="pass as since_index to continue")
+    events = HistorySerializer(many=True)
+
+
+class RequestOutcomeSerializer(serializers.Serializer):
+    request_id = serializers.CharField()
+    outcome = serializers.ChoiceField(choices=["committed", "rejected"])
+    index = serializers.IntegerField()
+    result = serializers.JSONField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = serializers.CharField(help_text="a stable code: invalid, version_conflict, ...")
+    detail = serializers.CharField()
+
+
+# ------------------------------------------------------------------------------- inputs
+
+
+class PutEntrySerializer(StrictSerializer):
+    value = serializers.JSONField(allow_null=True, help_text="any JSON (null included)")
+    reason = _reason()
+    description = _description()
+
+
+class DeleteEntrySerializer(StrictSerializer):
+    reason = _reason()
+
+
+class TxnCheckSerializer(StrictSerializer):
+    key = _key()
+    version = serializers.IntegerField(min_value=0, help_text="0: the key must not exist")
+
+
+class TxnOpSerializer(StrictSerializer):
+    op = serializers.ChoiceField(choices=["put", "delete"])
+    key = _key()
+    value = serializers.JSONField(required=False, allow_null=True)
+    description = _description()
+
+    def validate(self, attrs):
+        if attrs["op"] == "put" and "value" not in attrs:
+            raise serializers.ValidationError({"value": "a put needs a value"})
+        if attrs["op"] == "delete" and ("value" in attrs or attrs.get("description") is not None):
+            raise serializers.ValidationError("a delete takes no value or description")
+        return attrs
+
+
+class TxnSerializer(StrictSerializer):
+    checks = TxnCheckSerializer(many=True, required=False)
+    ops = TxnOpSerializer(many=True, allow_empty=False)
+    reason = _reason()
+
+
+class PutSchemaSerializer(StrictSerializer):
+    schema = serializers.JSONField(help_text="a JSON Schema")
+    reason = _reason()
+    description = _description()

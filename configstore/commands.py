@@ -1,0 +1,330 @@
+"""The commands of the replicated state machine and their JSON form (a Command's payload).
+
+The web tier builds a command and `encode`s it; the applier `decode`s it on every node. A
+payload `decode` refuses is applied as a rejected command (recorded in the history with
+the reason), never as an error: the applier must be able to apply every chosen slot.
+
+Payloads (every command but noop also carries "actor", "reason", "node" -- the id of the
+node that took the request -- and "at", the ISO 8601 time the request was taken):
+
+    {"op": "put", "key": k, "value": <json>, "description": str | null (null: keep),
+     "expected_version": int | null, "create_only": bool, "must_exist": bool}
+    {"op": "delete", "key": k, "expected_version": int | null}
+    {"op": "txn", "checks": [{"key": k, "version": int}],          version 0: k must not exist
+     "ops": [{"op": "put", "key": k, "value": <json>, "description": str | null},
+             {"op": "delete", "key": k}]}
+    {"op": "put_schema", "key": target, "schema": <JSON Schema>, "description": str | null,
+     "expected_version": int | null}                  target: a key, or a namespace "a/b/"
+    {"op": "delete_schema", "key": target, "expected_version": int | null}
+    {"op": "noop"}                                    a read barrier: changes nothing
+
+An expected version of 0 means "must not exist". Pure: no Django, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from configstore import schemas
+from configstore.validation import (
+    InvalidValue,
+    check_json,
+    check_text,
+    key_error,
+    schema_target_error,
+)
+
+MAX_ACTOR_LENGTH = 150  # Entry.updated_by, and Django's username
+MAX_NODE_LENGTH = 64
+MAX_REASON_LENGTH = 2000
+MAX_DESCRIPTION_LENGTH = 10_000
+MAX_VERSION = 2**63 - 1
+
+WRITE_OPS = ("put", "delete", "txn")
+SCHEMA_OPS = ("put_schema", "delete_schema")
+OPS = (*WRITE_OPS, *SCHEMA_OPS, "noop")
+
+
+class Malformed(ValueError):
+    """A payload that is not a valid command. Carries what could be read of it, so that the
+    rejection can still be recorded with its actor, key and time."""
+
+    def __init__(self, message: str, *, op: str = "", key: str = "", origin: Origin | None = None):
+        super().__init__(message)
+        self.op = op
+        self.key = key
+        self.origin = origin
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who asked, why, through which node, and when (the submitting node's clock: the
+    applier never reads its own)."""
+
+    at: datetime
+    actor: str = ""
+    reason: str = ""
+    node: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "actor": self.actor,
+            "reason": self.reason,
+            "node": self.node,
+            "at": self.at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Write:
+    """One change to one key: a put or a delete, with the conditions of a single-key write."""
+
+    op: Literal["put", "delete"]
+    key: str
+    value: Any = None
+    description: str | None = None  # None: keep the current description
+    expected_version: int | None = None
+    create_only: bool = False
+    must_exist: bool = False
+
+
+@dataclass(frozen=True)
+class Check:
+    """A txn guard: `key` is at `version` (0: does not exist)."""
+
+    key: str
+    version: int
+
+
+@dataclass(frozen=True)
+class WriteCommand:
+    """put and delete (one write, with its own conditions) or txn (many writes, guarded by
+    checks, all or nothing)."""
+
+    op: Literal["put", "delete", "txn"]
+    writes: tuple[Write, ...]
+    origin: Origin
+    checks: tuple[Check, ...] = ()
+
+
+@dataclass(frozen=True)
+class SchemaCommand:
+    op: Literal["put_schema", "delete_schema"]
+    key: str
+    origin: Origin
+    schema: Any = None
+    description: str | None = None
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True)
+class Noop:
+    op: Literal["noop"] = "noop"
+
+
+Command = WriteCommand | SchemaCommand | Noop
+
+
+@dataclass
+class _Reader:
+    """Reads fields of a payload object, raising Malformed with what is known so far."""
+
+    data: dict
+    op: str = ""
+    key: str = ""
+    origin: Origin | None = None
+    where: str = ""
+    _fields: dict = field(default_factory=dict)
+
+    def fail(self, message: str):
+        raise Malformed(f"{self.where}{message}", op=self.op, key=self.key, origin=self.origin)
+
+    def key_field(self, name: str = "key", *, schema_target: bool = False) -> str:
+        value = self.data.get(name)
+        error = schema_target_error(value) if schema_target else key_error(value)
+        if error is not None:
+            self.fail(f"{name}: {error}")
+        return value
+
+    def text(self, name: str, max_length: int, *, optional: bool = False) -> str | None:
+        value = self.data.get(name)
+        if value is None:
+            return None if optional else ""
+        try:
+            return check_text(value, name, max_length)
+        except InvalidValue as error:
+            self.fail(str(error))
+
+    def version(self, name: str, *, required: bool = False) -> int | None:
+        value = self.data.get(name)
+        if value is None and not required:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_VERSION:
+            self.fail(f"{name} must be an integer from 0 to {MAX_VERSION}")
+        return value
+
+    def flag(self, name: str) -> bool:
+        value = self.data.get(name, False)
+        if not isinstance(value, bool):
+            self.fail(f"{name} must be true or false")
+        return value
+
+    def json(self, name: str) -> Any:
+        if name not in self.data:
+            self.fail(f"{name} is required")
+        try:
+            check_json(self.data[name], name)
+        except InvalidValue as error:
+            self.fail(str(error))
+        return self.data[name]
+
+    def list(self, name: str) -> list:
+        value = self.data.get(name, [])
+        if not isinstance(value, list):
+            self.fail(f"{name} must be a list")
+        return value
+
+
+def _origin(r: _Reader) -> Origin:
+    at = r.data.get("at")
+    try:
+        when = datetime.fromisoformat(at) if isinstance(at, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        r.fail("at must be an ISO 8601 time with a timezone")
+    return Origin(
+        at=when,
+        actor=r.text("actor", MAX_ACTOR_LENGTH),
+        reason=r.text("reason", MAX_REASON_LENGTH),
+        node=r.text("node", MAX_NODE_LENGTH),
+    )
+
+
+def decode(payload: str) -> Command:
+    """The command of a payload; Malformed if it is not one."""
+    try:
+        data = json.loads(payload, parse_constant=_no_constant)
+    except (ValueError, RecursionError, TypeError) as error:
+        raise Malformed(f"unreadable command: {error}") from None
+    if not isinstance(data, dict):
+        raise Malformed("a command must be a JSON object")
+    op = data.get("op")
+    if op not in OPS:
+        raise Malformed(f"unknown operation {op!r}")
+    r = _Reader(data, op=op)
+    if op == "noop":
+        return Noop()
+    if isinstance(data.get("key"), str) and key_error(data["key"].rstrip("/")) is None:
+        r.key = data["key"]
+    r.origin = _origin(r)
+    if op in SCHEMA_OPS:
+        return _decode_schema(r)
+    if op == "txn":
+        return _decode_txn(r)
+    return WriteCommand(op=op, writes=(_decode_write(r, op, single=True),), origin=r.origin)
+
+
+def _decode_write(r: _Reader, op: str, *, single: bool) -> Write:
+    key = r.key_field()
+    if op == "delete":
+        return Write(
+            "delete", key, expected_version=r.version("expected_version") if single else None
+        )
+    value = r.json("value")
+    description = r.text("description", MAX_DESCRIPTION_LENGTH, optional=True)
+    if not single:
+        return Write("put", key, value, description)
+    write = Write(
+        "put",
+        key,
+        value,
+        description,
+        expected_version=r.version("expected_version"),
+        create_only=r.flag("create_only"),
+        must_exist=r.flag("must_exist"),
+    )
+    if write.create_only and write.must_exist:
+        r.fail("create_only and must_exist exclude each other")
+    return write
+
+
+def _decode_txn(r: _Reader) -> WriteCommand:
+    writes: list[Write] = []
+    for i, item in enumerate(r.list("ops")):
+        sub = _Reader(
+            item if isinstance(item, dict) else {}, op="txn", origin=r.origin, where=f"ops[{i}]: "
+        )
+        if not isinstance(item, dict) or item.get("op") not in ("put", "delete"):
+            sub.fail('each op must be an object with "op": "put" or "delete"')
+        writes.append(_decode_write(sub, item["op"], single=False))
+    if not writes:
+        r.fail("a txn needs at least one op")
+    checks: list[Check] = []
+    for i, item in enumerate(r.list("checks")):
+        sub = _Reader(
+            item if isinstance(item, dict) else {},
+            op="txn",
+            origin=r.origin,
+            where=f"checks[{i}]: ",
+        )
+        if not isinstance(item, dict):
+            sub.fail('each check must be an object {"key", "version"}')
+        checks.append(Check(sub.key_field(), sub.version("version", required=True)))
+    for what, keys in (("ops", [w.key for w in writes]), ("checks", [c.key for c in checks])):
+        if len(set(keys)) != len(keys):
+            r.fail(f"a txn names a key twice in its {what}")
+    return WriteCommand(op="txn", writes=tuple(writes), checks=tuple(checks), origin=r.origin)
+
+
+def _decode_schema(r: _Reader) -> SchemaCommand:
+    key = r.key_field(schema_target=True)
+    expected = r.version("expected_version")
+    if r.op == "delete_schema":
+        return SchemaCommand("delete_schema", key, r.origin, expected_version=expected)
+    schema = r.json("schema")
+    if (error := schemas.schema_error(schema)) is not None:
+        r.fail(f"schema: {error}")
+    description = r.text("description", MAX_DESCRIPTION_LENGTH, optional=True)
+    return SchemaCommand("put_schema", key, r.origin, schema, description, expected)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def encode(command: Command) -> str:
+    """The payload of a command. `decode(encode(c)) == c` for every valid command."""
+    if isinstance(command, Noop):
+        return json.dumps({"op": "noop"})
+    data: dict[str, Any] = {"op": command.op}
+    if isinstance(command, SchemaCommand):
+        data["key"] = command.key
+        if command.op == "put_schema":
+            data["schema"] = command.schema
+            data["description"] = command.description
+        data["expected_version"] = command.expected_version
+    elif command.op == "txn":
+        data["checks"] = [{"key": c.key, "version": c.version} for c in command.checks]
+        data["ops"] = [
+            {"op": "put", "key": w.key, "value": w.value, "description": w.description}
+            if w.op == "put"
+            else {"op": "delete", "key": w.key}
+            for w in command.writes
+        ]
+    else:
+        (w,) = command.writes
+        data["key"] = w.key
+        if w.op == "put":
+            data.update(
+                value=w.value,
+                description=w.description,
+                create_only=w.create_only,
+                must_exist=w.must_exist,
+            )
+        data["expected_version"] = w.expected_version
+    data.update(command.origin.to_json())
+    return json.dumps(data, separators=(",", ":"))

@@ -1,0 +1,144 @@
+"""Reads of this node's applied state. Stale by themselves: a linearizable read calls
+services.read_barrier() first.
+
+`restrict` arguments are the key prefixes a reader may see (permissions.readable_prefixes):
+None means every key, [] none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
+
+from configstore.models import Entry, History, Schema
+from configstore.validation import schema_targets
+
+
+@contextmanager
+def snapshot() -> Iterator[None]:
+    """Run the reads inside in one snapshot, so that the applied index read with them is
+    the index of exactly that state (a watcher may continue from it without missing or
+    repeating a change). Inside an open transaction, that transaction is the snapshot."""
+    if connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
+def applied_index() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT applied_index FROM consensus_applied_state")
+        row = cursor.fetchone()
+    return row[0] if row else 0
+
+
+def _restricted(restrict: list[str] | None, field: str = "key") -> Q:
+    if restrict is None or "" in restrict:
+        return Q()
+    if not restrict:
+        return Q(pk__in=[])
+    q = Q()
+    for prefix in restrict:
+        q |= Q(**{f"{field}__startswith": prefix})
+    return q
+
+
+def entry_get(key: str) -> Entry | None:
+    return Entry.objects.filter(key=key).first()
+
+
+def entry_list(*, prefix: str = "", restrict: list[str] | None = None) -> QuerySet[Entry]:
+    entries = Entry.objects.filter(_restricted(restrict))
+    if prefix:
+        entries = entries.filter(key__startswith=prefix)
+    return entries.order_by("key")
+
+
+def schemas_for_key(key: str) -> list[tuple[str, object]]:
+    """(schema key, schema) of every schema that applies to `key`, in the applier's order."""
+    found = dict(Schema.objects.filter(key__in=schema_targets(key)).values_list("key", "schema"))
+    return [(target, found[target]) for target in schema_targets(key) if target in found]
+
+
+def schema_get(key: str) -> Schema | None:
+    return Schema.objects.filter(key=key).first()
+
+
+def schema_list(*, prefix: str = "", restrict: list[str] | None = None) -> QuerySet[Schema]:
+    found = Schema.objects.filter(_restricted(restrict))
+    if prefix:
+        found = found.filter(key__startswith=prefix)
+    return found.order_by("key")
+
+
+def history_list(
+    *,
+    key: str | None = None,
+    prefix: str | None = None,
+    since_index: int | None = None,
+    actor: str | None = None,
+    outcome: str | None = None,
+    request_id: str | None = None,
+    restrict: list[str] | None = None,
+) -> QuerySet[History]:
+    """History rows, oldest first (by index, then in the order they were applied)."""
+    rows = History.objects.filter(_restricted(restrict))
+    if key is not None:
+        rows = rows.filter(key=key)
+    if prefix:
+        rows = rows.filter(key__startswith=prefix)
+    if since_index is not None:
+        rows = rows.filter(index__gt=since_index)
+    if actor is not None:
+        rows = rows.filter(actor=actor)
+    if outcome is not None:
+        rows = rows.filter(outcome=outcome)
+    if request_id is not None:
+        rows = rows.filter(request_id=request_id)
+    return rows.order_by("index", "id")
+
+
+def key_changed_since(key: str, index: int) -> tuple[bool, int]:
+    """Whether a committed command changed `key` after `index` (a put or a delete), and the
+    applied index of the same snapshot: one statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM configstore_history WHERE key = %s AND index > %s "
+            "AND outcome = 'committed'), (SELECT applied_index FROM consensus_applied_state)",
+            [key, index],
+        )
+        changed, applied = cursor.fetchone()
+    return changed, applied or 0
+
+
+def changes_since(
+    *,
+    index: int,
+    prefix: str = "",
+    restrict: list[str] | None = None,
+    include_rejected: bool = False,
+    limit: int = 1000,
+) -> tuple[list[History], int]:
+    """The history rows after `index` under `prefix`, whole slots only (a txn is never cut in
+    two), at most about `limit` rows; and the index to continue from. Call in a snapshot."""
+    rows = History.objects.filter(_restricted(restrict), index__gt=index)
+    if prefix:
+        rows = rows.filter(key__startswith=prefix)
+    if not include_rejected:
+        rows = rows.filter(outcome=History.COMMITTED)
+    rows = rows.order_by("index", "id")
+    found = list(rows[: limit + 1])
+    if len(found) <= limit:
+        return found, max(applied_index(), index)
+    last = found[limit].index
+    whole = [row for row in found if row.index < last]
+    if not whole:  # one slot holds more than `limit` rows: return that slot whole
+        whole = list(rows.filter(index=last))
+        return whole, last
+    return whole, whole[-1].index
