@@ -85,7 +85,9 @@ def make_cluster(servers, request):
         return cluster
 
     yield make
-    failed = getattr(request.node, "report_call", None) is not None and request.node.report_call.failed
+    failed = (
+        getattr(request.node, "report_call", None) is not None and request.node.report_call.failed
+    )
     for cluster in clusters:
         cluster.stop()
         if failed:
