@@ -1,15 +1,17 @@
 """The applier: one thread per node that applies chosen slots to the state machine.
 
-It runs beside the worker's consensus loop, with its own database connection, so applying
-(the state machine's SQL) never delays the protocol's messages. It applies from the
-durable chosen log (consensus.storage.apply_chosen), strictly in slot order; the runtime
-wakes it when the core reports newly committed slots, and it also looks every second.
+It runs beside the worker's consensus loop, with its own database connection, so recording
+chosen entries and applying them (the state machine's SQL) never delays the protocol's
+messages. The runtime hands it the entries the core learned as chosen; it writes them to
+the chosen log and applies, strictly in slot order, in one transaction
+(consensus.storage.apply_chosen). It also looks every second.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 
 from django.db import connection
 
@@ -24,6 +26,7 @@ class Applier:
         self.node_id = node_id
         self.applied_slots = 0
         self.failures = 0
+        self._learned: deque = deque()
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"applier-{node_id}", daemon=True)
@@ -31,7 +34,9 @@ class Applier:
     def start(self) -> None:
         self._thread.start()
 
-    def wake(self) -> None:
+    def learned(self, chosen) -> None:
+        """Newly chosen (slot, value) entries, from the consensus loop."""
+        self._learned.extend(chosen)
         self._wake.set()
 
     def stop(self) -> None:
@@ -49,15 +54,19 @@ class Applier:
             connection.close()
 
     def _drain(self) -> None:
+        batch: list = []
         while not self._stopped.is_set():
+            while self._learned:
+                batch.append(self._learned.popleft())
             try:
-                applied = storage.apply_chosen(self.state_machine, self.node_id)
+                applied = storage.apply_chosen(self.state_machine, self.node_id, batch)
+                batch = []
             except Exception:
                 self.failures += 1
                 log.exception("applying chosen slots failed; retrying")
                 connection.close()
                 self._stopped.wait(0.5)
                 continue
-            if not applied:
+            if not applied and not self._learned:
                 return
             self.applied_slots += applied

@@ -40,6 +40,7 @@ class Bench:
 
     def handle(self, i: str, ready: Ready) -> None:
         self.durable[i].apply(ready)
+        self.durable[i].learn(ready)
         for to, message in ready.messages:
             self.inbox.append((i, to, message))
         self.messages += len(ready.messages)

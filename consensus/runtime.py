@@ -185,19 +185,18 @@ class NodeRuntime:
         persisted = time.perf_counter()
         self._send(ready.messages)
         sent = time.perf_counter()
-        if ready.committed:
-            self.applier.wake()
-        if self.trace_steps and (ready.must_persist or ready.messages or ready.committed):
+        if ready.chosen:
+            self.applier.learned(ready.chosen)
+        if self.trace_steps and (ready.must_persist or ready.messages or ready.chosen):
             log.warning(
-                "%s: persisted %d accepted, %d chosen in %.2f ms; sent %s in %.2f ms; "
-                "%d slots to apply",
+                "%s: persisted %d accepted in %.2f ms; sent %s in %.2f ms; "
+                "%d chosen to the applier",
                 what,
                 len(ready.accepted),
-                len(ready.chosen),
                 (persisted - started) * 1000,
                 [type(m).__name__ for _, m in ready.messages],
                 (sent - persisted) * 1000,
-                len(ready.committed),
+                len(ready.chosen),
             )
 
     def _rebuild(self, what: str) -> None:

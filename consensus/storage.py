@@ -1,15 +1,17 @@
 """PostgreSQL storage of a node's Paxos state, and the applier.
 
 Contract with the core (consensus/paxos/ready.py), in the order the runtime calls them:
-  1. `persist(ready)` writes the promise, accepted and chosen entries in one transaction
-     and returns only once it has committed (synchronous_commit stays on);
+  1. `persist(ready)` writes the acceptor state (promise, accepted entries) in one
+     transaction and returns only once it has committed (synchronous_commit stays on);
   2. the runtime sends the Ready's messages;
   3. the node's applier (consensus/applier.py, its own thread and connection) calls
-     `apply_chosen`, which applies the chosen slots after the applied index, strictly in
-     order, in one transaction that also records each request id's outcome, advances the
-     applied index and NOTIFYs `configstore_applied` with the request ids it applied.
-Applying reads the chosen log, not the core's memory, so a crash anywhere is safe: what
-was chosen is durable, and what was applied moved with the applied index.
+     `apply_chosen(new_chosen)`, which records the newly chosen entries in the chosen log
+     and applies the chosen slots after the applied index, strictly in order, in one
+     transaction that also records each request id's outcome, advances the applied index
+     and NOTIFYs `configstore_applied` with the request ids it applied.
+A crash anywhere is safe: the acceptor state that votes depend on is durable before any
+vote leaves; chosen entries lost in a crash are learned again from the peers; what was
+applied moved atomically with the applied index.
 
 Statements go through psycopg's pipeline mode, so a step costs a few round trips rather
 than one per row: the hot path of every commit.
@@ -106,17 +108,24 @@ def _write_acceptor(cursor, ready: Ready) -> None:
             _ACCEPTED,
             [(s, b.round, b.node_id, json.dumps(v.to_json())) for s, (b, v) in latest.items()],
         )
-    if ready.chosen:
-        cursor.executemany(_CHOSEN, [(s, json.dumps(v.to_json())) for s, v in ready.chosen])
 
 
-def apply_chosen(state_machine: StateMachine, node_id: str, *, limit: int = 256) -> int:
-    """Step 3, from the chosen log: apply the chosen slots that follow the applied index, in
-    order and without gaps, at most `limit` of them, in one transaction. Returns how many
-    slots it applied (0: nothing to apply yet). Only the node's applier calls it."""
+def apply_chosen(
+    state_machine: StateMachine,
+    node_id: str,
+    new_chosen: list[tuple[int, Value]] = (),
+    *,
+    limit: int = 256,
+) -> int:
+    """Step 3: record `new_chosen` in the chosen log, then apply the chosen slots that
+    follow the applied index, in order and without gaps, at most `limit` of them, all in one
+    transaction. Returns how many slots it applied (0: nothing to apply yet). Only the
+    node's applier calls it."""
     with transaction.atomic():
         conn = _raw()
         with conn.pipeline(), conn.cursor() as cursor:
+            if new_chosen:
+                cursor.executemany(_CHOSEN, [(s, json.dumps(v.to_json())) for s, v in new_chosen])
             cursor.execute("SELECT applied_index FROM consensus_applied_state FOR UPDATE")
             row = cursor.fetchone()
             applied = row[0] if row else 0

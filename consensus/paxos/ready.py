@@ -1,10 +1,14 @@
 """What one input to the core produces (the etcd-raft "Ready" idea).
 
 The runtime obeys, in this order:
-  1. persist `promised`, `accepted` and `chosen` durably, in one atomic write;
+  1. persist the acceptor state, `promised` and `accepted`, durably, in one atomic write;
   2. only then send `messages` (a message may depend on the state persisted in 1);
-  3. apply `committed` to the state machine, strictly in slot order, each slot atomically
-     with the applied index.
+  3. record `chosen` and apply `committed` to the state machine, strictly in slot order,
+     each slot atomically with the applied index and with the chosen entries it needs.
+Only step 1 guards safety: an acceptor that forgot a promise or an accepted value could
+vote against what it said. Chosen entries are facts any node can learn again (from its
+peers), so they may become durable later, with their application, off the path of the
+protocol's messages; a crash that loses some just means learning them again.
 If step 1 fails the runtime must drop this node object and rebuild it from storage: the
 core's memory already reflects the write.
 """
@@ -27,7 +31,8 @@ class Ready:
 
     @property
     def must_persist(self) -> bool:
-        return self.promised is not None or bool(self.accepted) or bool(self.chosen)
+        """Whether step 1 has anything to write."""
+        return self.promised is not None or bool(self.accepted)
 
     def extend(self, later: Ready) -> None:
         """Merge the Ready of a later step into this one, so that several steps (the
@@ -50,10 +55,14 @@ class DurableState:
     chosen: dict[int, Value] = field(default_factory=dict)
 
     def apply(self, ready: Ready) -> None:
-        """Record a Ready's writes (the in-memory storage used by tests and the simulator)."""
+        """Record a Ready's acceptor writes, step 1 (in-memory storage for tests and the
+        simulator)."""
         if ready.promised is not None:
             self.promised = ready.promised
         for slot, ballot, value in ready.accepted:
             self.accepted[slot] = (ballot, value)
+
+    def learn(self, ready: Ready) -> None:
+        """Record a Ready's chosen entries, step 3."""
         for slot, value in ready.chosen:
             self.chosen[slot] = value

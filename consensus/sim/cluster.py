@@ -196,16 +196,18 @@ class Simulation:
             crash_at = self.rng.choice(("before_persist", "before_send", "before_apply"))
         if crash_at == "before_persist":
             return self._crash(i)
-        if ready.must_persist:
+        if ready.must_persist or ready.chosen:
             self.checker.on_persist(i, self.durable[i], ready, self.now)
             self.durable[i].apply(ready)
         if crash_at == "before_send":
             return self._crash(i)
         for to, message in ready.messages:
             self._send(i, to, message)
-        self._apply(i, ready)
         if crash_at == "before_apply":
-            self._crash(i)
+            return self._crash(i)
+        # Step 3: chosen entries become durable with their application (or are lost).
+        self.durable[i].learn(ready)
+        self._apply(i, ready)
 
     def _apply(self, i: str, ready: Ready) -> None:
         sm = self.machines[i]

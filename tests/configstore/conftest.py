@@ -22,7 +22,7 @@ from configstore import watch
 from configstore.models import PrefixPermission
 from configstore.statemachine import apply_command
 from consensus import storage
-from consensus.paxos import Command, Ready, Value
+from consensus.paxos import Command, Value
 
 AT = "2026-11-27T12:00:00+00:00"
 UNREACHABLE_PEERS = "n1=redis://127.0.0.1:1/0"
@@ -58,9 +58,9 @@ def payload(op: str, **fields) -> str:
 
 
 class Log:
-    """Feeds commands to the real applier, one slot each, as a node does: the slot goes into
-    the chosen log (consensus.storage.persist), then the applier applies it
-    (consensus.storage.apply_chosen with the config store's state machine)."""
+    """Feeds commands to the real applier, one slot each, as a node does: the applier records
+    the chosen slot and applies it (consensus.storage.apply_chosen with the config store's
+    state machine)."""
 
     def __init__(self) -> None:
         self.slots = itertools.count(1)
@@ -70,8 +70,7 @@ class Log:
         """Apply the payloads in one slot; returns the slot."""
         slot = next(self.slots)
         commands = tuple(Command(request_id or f"req-{next(self.ids)}", p) for p in payloads)
-        storage.persist(Ready(chosen=[(slot, Value(commands))]))
-        assert storage.apply_chosen(apply_command, node) == 1
+        assert storage.apply_chosen(apply_command, node, [(slot, Value(commands))]) == 1
         return slot
 
     def outcome(self, request_id: str) -> tuple[str, dict]:

@@ -14,7 +14,7 @@ from django.db import DatabaseError, connection, transaction
 from configstore.models import Entry, History, Schema
 from configstore.statemachine import apply_command
 from consensus import storage
-from consensus.paxos import Command, Ready, Value
+from consensus.paxos import Command, Value
 from tests.configstore.conftest import AT, payload, replicated_state
 
 
@@ -541,8 +541,7 @@ def test_the_same_log_gives_the_same_state_on_every_node(log):
             slot = next(log.slots)
 
             value = Value(tuple(Command(f"w{start + j}", c) for j, c in enumerate(chunk)))
-            storage.persist(Ready(chosen=[(slot, value)]))
-            assert storage.apply_chosen(apply_command, node) == 1
+            assert storage.apply_chosen(apply_command, node, [(slot, value)]) == 1
         return replicated_state()
 
     first = run("n1", batch=3)

@@ -47,6 +47,7 @@ class Harness:
 
     def handle(self, i: str, ready: Ready) -> Ready:
         self.durable[i].apply(ready)
+        self.durable[i].learn(ready)
         for to, message in ready.messages:
             self.in_flight.append((i, to, message))
             self.sent.append((i, to, message))
