@@ -126,7 +126,8 @@ def apply_chosen(
         with conn.pipeline(), conn.cursor() as cursor:
             if new_chosen:
                 cursor.executemany(_CHOSEN, [(s, json.dumps(v.to_json())) for s, v in new_chosen])
-            cursor.execute("SELECT applied_index FROM consensus_applied_state FOR UPDATE")
+            # The applier is the only writer of the applied index: no row lock needed.
+            cursor.execute("SELECT applied_index FROM consensus_applied_state")
             row = cursor.fetchone()
             applied = row[0] if row else 0
             cursor.execute(
