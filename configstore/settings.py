@@ -127,7 +127,7 @@ CONFIGSTORE_PAXOS = {
     "retransmit_interval": float(env("CONFIGSTORE_RETRANSMIT_MS", "200")) / 1000,
     # A small window makes commands that arrive while slots are in flight share the next
     # slot: batching under load, no waiting when idle.
-    "window": int(env("CONFIGSTORE_WINDOW", "4")),
+    "window": int(env("CONFIGSTORE_WINDOW", "2")),
     "forward_interval": float(env("CONFIGSTORE_FORWARD_MS", "5")) / 1000,
     "max_batch": int(env("CONFIGSTORE_MAX_BATCH", "512")),
 }
