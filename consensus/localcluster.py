@@ -397,11 +397,22 @@ class LocalCluster:
         write_faults(self.faults_file)
 
     def ensure_admin(self, username: str = "admin") -> str:
-        """A superuser with the same password on every node (users are per node database).
-        The password is generated once and kept in the data folder."""
+        """A superuser with the same password and API token on every node (users are per
+        node database). Both are generated once and kept in the data folder; the token is
+        `self.api_token`."""
         password = self._kept_secret("admin-password")[:16]
+        self.api_token = self._kept_secret("api-token")[:40]
         self._run_all(
-            ["manage.py", "ensure_admin", "--username", username, "--password", password],
+            [
+                "manage.py",
+                "ensure_admin",
+                "--username",
+                username,
+                "--password",
+                password,
+                "--token",
+                self.api_token,
+            ],
             "ensure_admin",
         )
         return password

@@ -51,5 +51,6 @@ class Command(BaseCommand):
             url = cluster.web_url(node_id)
             w(f"  {node_id}: admin {url}/admin/   API {url}/api/v1/   health {url}/healthz")
         w(f"  admin user: admin   password: {password}")
+        w(f"  API token:  {cluster.api_token}   (header  Authorization: Token {cluster.api_token})")
         w(f"  cluster state: CONFIGSTORE_PEERS='{cluster.peers()}' ./dev manage clusterstatus")
         w(f"  data and logs: {cluster.data_dir}   (Ctrl-C stops everything)")
