@@ -36,13 +36,31 @@ class Command(BaseCommand):
             cluster.start()
             password = cluster.ensure_admin()
             self._banner(cluster, password)
+            reported: set[int] = set()
             while not stop.wait(1.0):
-                for node_id in cluster.ids:
-                    cluster._check_alive(node_id)
+                self._report_exits(cluster, reported)
         finally:
             self.stdout.write("stopping every process of the cluster ...")
             cluster.stop()
             self.stdout.write("stopped.")
+
+    def _report_exits(self, cluster: LocalCluster, reported: set[int]) -> None:
+        """A node process that died is reported once; the rest of the cluster goes on (a
+        minority can be lost), and `cluster.start_worker(id)` is how tests restart one."""
+        for node_id, procs in cluster.processes.items():
+            for name, process in (("worker", procs.worker), ("web server", procs.web)):
+                if (
+                    process is not None
+                    and process.poll() is not None
+                    and process.pid not in reported
+                ):
+                    reported.add(process.pid)
+                    self.stdout.write(
+                        self.style.WARNING(
+                            f"{name} of {node_id} exited ({process.returncode}); the other "
+                            f"nodes go on. Logs: {cluster.data_dir / 'logs'}"
+                        )
+                    )
 
     def _banner(self, cluster: LocalCluster, password: str) -> None:
         w = self.stdout.write
