@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet, Value
+from django.db.models.functions import Left, StrIndex, Substr
 
 from configstore.models import Entry, History, Schema
 from configstore.validation import schema_targets
@@ -58,6 +59,33 @@ def entry_list(*, prefix: str = "", restrict: list[str] | None = None) -> QueryS
     if prefix:
         entries = entries.filter(key__startswith=prefix)
     return entries.order_by("key")
+
+
+def entry_namespaces(
+    *, prefix: str = "", restrict: list[str] | None = None, limit: int = 200
+) -> list[str]:
+    """The namespaces directly under `prefix` ('' or ending in '/') that hold a key the reader
+    may see: for prefix "a/" and keys a/b/c, a/d/e, a/f: ["a/b/", "a/d/"]. Sorted, at most
+    `limit`."""
+    rest = Entry.objects.filter(_restricted(restrict), key__startswith=prefix).annotate(
+        rest=Substr("key", len(prefix) + 1)
+    )
+    names = (
+        rest.annotate(slash=StrIndex("rest", Value("/")))
+        .filter(slash__gt=0)
+        .annotate(namespace=Left("rest", F("slash")))
+        .values_list("namespace", flat=True)
+        .distinct()
+        .order_by("namespace")[:limit]
+    )
+    return [prefix + name for name in names]
+
+
+def key_history(key: str, *, schema: bool = False) -> QuerySet[History]:
+    """The history of one entry (puts and deletes, txn ops included), or with `schema` of the
+    schema attached at `key`; oldest first, rejected commands included."""
+    operations = ("put_schema", "delete_schema") if schema else ("put", "delete")
+    return History.objects.filter(key=key, operation__in=operations).order_by("index", "id")
 
 
 def schemas_for_key(key: str) -> list[tuple[str, object]]:

@@ -1,10 +1,14 @@
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from configstore import admin_views
 from configstore.api import errors, views
 
 urlpatterns = [
+    path("admin/cluster/", admin.site.admin_view(admin_views.cluster_view), name="admin-cluster"),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi"),
@@ -13,6 +17,9 @@ urlpatterns = [
     path("api/v1/", include(("configstore.api.urls", "api"))),
     # Everything else under /api/ is a JSON 404, like every other API error.
     re_path(r"^api/", errors.api_not_found),
+    # The admin's and the API docs' own CSS and JS, from the installed apps (no CDN, no
+    # collectstatic): a node serves the few files its pages use itself.
+    re_path(rf"^{settings.STATIC_URL.strip('/')}/(?P<path>.*)$", serve_static, {"insecure": True}),
 ]
 
 handler500 = "configstore.api.errors.server_error"

@@ -46,21 +46,13 @@ def _free_base_port(count: int = 3) -> int:
 
 
 class Api:
-    """One client per node, each with the admin's token on that node (users are per node)."""
+    """One client per node, each with the admin's token on that node (users are per node;
+    ensure_admin gives the admin the same token on every node)."""
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
         cluster.ensure_admin()
-        self.tokens = {}
-        for node in cluster.ids:
-            token = secrets.token_hex(20)
-            cluster.query(
-                node,
-                "INSERT INTO authtoken_token (key, created, user_id) "
-                "SELECT %s, now(), id FROM auth_user WHERE username = 'admin' RETURNING key",
-                [token],
-            )
-            self.tokens[node] = token
+        self.tokens = dict.fromkeys(cluster.ids, cluster.api_token)
 
     def url(self, node: str, path: str) -> str:
         return self.cluster.web_url(node) + path
