@@ -306,6 +306,82 @@ def test_health_and_cluster_state(api):
     assert all(n["reachable"] for n in state["nodes"])
 
 
+def _replicated_state(cluster, node: str) -> tuple:
+    return (
+        cluster.query(node, "SELECT key, value::text, version FROM configstore_entry ORDER BY key"),
+        cluster.query(node, "SELECT count(*) FROM configstore_history"),
+        cluster.query(node, "SELECT coalesce(max(slot), 0) FROM consensus_chosen_slot"),
+    )
+
+
+def _user_without_rights(cluster) -> str:
+    """A user with a token and no permission at all, on every node (users are per node)."""
+    token = secrets.token_hex(20)
+    name = unique("nobody").replace("/", "-")
+    for node in cluster.ids:
+        cluster.query(
+            node,
+            "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, "
+            "email, is_staff, is_active, date_joined) "
+            "VALUES ('!', false, %s, '', '', '', false, true, now()) RETURNING id",
+            [name],
+        )
+        cluster.query(
+            node,
+            "INSERT INTO authtoken_token (key, created, user_id) "
+            "SELECT %s, now(), id FROM auth_user WHERE username = %s RETURNING key",
+            [token, name],
+        )
+    return token
+
+
+def test_bad_requests_over_http_are_refused_and_change_nothing_on_any_node(api):
+    cluster = api.cluster
+    ns = unique("bad") + "/"
+    assert (
+        api.call("n1", "PUT", f"/api/v1/schemas/{ns}", {"schema": {"type": "integer"}}).status_code
+        == 201
+    )
+    assert api.put("n2", ns + "k", 1).status_code == 201
+    nobody = _user_without_rights(cluster)
+    time.sleep(0.5)  # every node has applied the setup
+    before = {n: _replicated_state(cluster, n) for n in cluster.ids}
+    url = f"/api/v1/keys/{ns}k"
+    big = "x" * (1024 * 1024 + 10)
+    cases = [
+        ("n1", "PUT", "/api/v1/keys/bad//key", {"json": {"value": 1}}, {}, 400),
+        ("n2", "PUT", url, {"data": "{not json"}, {"Content-Type": "application/json"}, 400),
+        ("n3", "PUT", url, {"json": {"reason": "no value"}}, {}, 400),
+        ("n1", "PUT", url, {"json": {"value": "not an integer"}}, {}, 400),
+        ("n2", "PUT", url, {"json": {"value": 1}}, {"If-Match": "garbage"}, 400),
+        ("n3", "PUT", url, {"json": {"value": big}}, {}, 413),
+        ("n1", "POST", "/api/v1/txn", {"json": {"ops": "not a list"}}, {}, 400),
+    ]
+    for node, method, path, body, headers, status in cases:
+        answer = requests.request(
+            method,
+            api.url(node, path),
+            headers={"Authorization": f"Token {api.tokens[node]}", **headers},
+            timeout=60,
+            **body,
+        )
+        assert answer.status_code == status, (path, headers, answer.text[:200])
+        assert set(answer.json()) >= {"error", "detail"}, answer.text[:200]
+        if status == 400 and body.get("json", {}).get("value") == "not an integer":
+            assert answer.json()["error"] == "schema_violation" and "path" in answer.json()
+    unauthenticated = requests.put(api.url("n2", url), json={"value": 2}, timeout=60)
+    assert unauthenticated.status_code == 401 and unauthenticated.json()["error"]
+    forbidden = requests.put(
+        api.url("n3", url),
+        json={"value": 2},
+        headers={"Authorization": f"Token {nobody}"},
+        timeout=60,
+    )
+    assert forbidden.status_code == 403 and forbidden.json()["error"]
+    time.sleep(0.5)
+    assert {n: _replicated_state(cluster, n) for n in cluster.ids} == before
+
+
 def test_without_a_quorum_writes_are_503_and_nothing_commits(api):
     """Runs last: it takes two workers down, then brings them back."""
     cluster = api.cluster
