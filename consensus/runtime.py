@@ -5,8 +5,11 @@ consensus/worker.py). Every input (an envelope from a peer, a submission from th
 tier, a timer tick) goes to the core under one lock; the resulting Ready is handled in
 the order the core demands:
 
-  1. persist and apply in one PostgreSQL transaction (consensus.storage.commit_ready);
-  2. only after it commits, send the messages, one envelope per peer.
+  1. persist the acceptor state (promise, accepted values) in one PostgreSQL transaction
+     (consensus.storage.persist);
+  2. only after it commits, send the messages, one envelope per peer;
+  3. hand the newly chosen entries to the applier thread (consensus.applier), which
+     records them and applies them in slot order, off the protocol's path.
 
 If the transaction fails, the core's memory is ahead of the database: the runtime drops
 the core and rebuilds it from the database before the next input.
