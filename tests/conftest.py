@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -50,6 +51,50 @@ def servers():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def free_base_port(count: int = 3) -> int:
+    """The first of `count` consecutive free ports (a cluster's web servers), so that test
+    clusters never collide with a cluster running on the default ports 8001-8003."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65535:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sockets.append(socket.socket())
+                sockets[-1].bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no free ports")
+
+
+def start_cluster(servers, *, prefix: str = "configstore-cluster-", **kwargs) -> LocalCluster:
+    """Start a fresh cluster (new databases, empty queues) on the session's servers."""
+    db, broker = servers
+    if kwargs.get("web"):
+        kwargs.setdefault("base_port", free_base_port(kwargs.get("nodes", 3)))
+    cluster = LocalCluster(
+        _scratch(prefix),
+        database_url_template=db,
+        broker_url_template=broker,
+        fresh=True,
+        **kwargs,
+    )
+    cluster.start()
+    return cluster
+
+
+def stop_cluster(cluster: LocalCluster) -> None:
+    cluster.stop()
+    shutil.rmtree(cluster.data_dir, ignore_errors=True)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
@@ -67,21 +112,11 @@ def _print_logs(cluster: LocalCluster) -> None:
 def make_cluster(servers, request):
     """Start fresh clusters (new databases, empty queues); all are stopped after the test.
     When the test fails, the tail of every process's log is printed."""
-    db, broker = servers
     clusters: list[LocalCluster] = []
 
     def make(nodes: int = 3, *, web: bool = False, **kwargs) -> LocalCluster:
-        cluster = LocalCluster(
-            _scratch("configstore-cluster-"),
-            nodes=nodes,
-            web=web,
-            database_url_template=db,
-            broker_url_template=broker,
-            fresh=True,
-            **kwargs,
-        )
+        cluster = start_cluster(servers, nodes=nodes, web=web, **kwargs)
         clusters.append(cluster)
-        cluster.start()
         return cluster
 
     yield make

@@ -21,7 +21,6 @@ from playwright.sync_api import expect
 
 from configstore.commands import Origin, Write, WriteCommand, encode
 from consensus.client import Committed
-from tests.configstore.test_api_cluster import _free_base_port
 
 pytestmark = pytest.mark.cluster
 
@@ -53,7 +52,7 @@ def seed(cluster, key: str, value) -> int:
 
 
 def test_edit_see_the_index_read_the_diff_and_lose_the_quorum(make_cluster, page, shots):
-    cluster = make_cluster(web=True, base_port=_free_base_port())
+    cluster = make_cluster(web=True)
     password = cluster.ensure_admin()
     seed(cluster, KEY, {"ms": 100, "retries": 3})
     base = cluster.web_url("n1")

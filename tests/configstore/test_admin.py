@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -24,7 +21,7 @@ from django.contrib.auth.hashers import make_password
 
 from consensus.localcluster import LocalCluster
 from tests.configstore.admin_html import Page
-from tests.configstore.test_api_cluster import _free_base_port
+from tests.conftest import start_cluster, stop_cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -35,26 +32,17 @@ COMMITTED = re.compile(r"committed at log index (\d+)")
 
 @pytest.fixture(scope="module")
 def cluster(servers):
-    db, broker = servers
-    root = Path(tempfile.mkdtemp(prefix="configstore-admin-"))
-    root.chmod(0o755)
-    cluster = LocalCluster(
-        root,
-        nodes=3,
+    cluster = start_cluster(
+        servers,
+        prefix="configstore-admin-",
         web=True,
-        base_port=_free_base_port(),
-        database_url_template=db,
-        broker_url_template=broker,
-        fresh=True,
         extra_env={"CONFIGSTORE_WRITE_TIMEOUT_MS": str(WRITE_TIMEOUT_MS)},
     )
-    cluster.start()
     try:
         cluster.password = cluster.ensure_admin()
         yield cluster
     finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        stop_cluster(cluster)
 
 
 class Browser:

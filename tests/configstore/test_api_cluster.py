@@ -7,42 +7,16 @@ run at once); the test that takes the quorum away runs last and restores it."""
 from __future__ import annotations
 
 import secrets
-import shutil
-import socket
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from consensus.localcluster import LocalCluster
+from tests.conftest import start_cluster, stop_cluster
 
 pytestmark = pytest.mark.cluster
-
-
-def _free_base_port(count: int = 3) -> int:
-    """The first of `count` consecutive free ports (the cluster's web servers)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no free ports")
 
 
 class Api:
@@ -70,32 +44,13 @@ class Api:
         return self.call(node, "PUT", f"/api/v1/keys/{key}", {"value": value}, **headers)
 
 
-def _start(servers, **kwargs) -> LocalCluster:
-    db, broker = servers
-    root = Path(tempfile.mkdtemp(prefix="configstore-api-"))
-    root.chmod(0o755)
-    cluster = LocalCluster(
-        root,
-        nodes=3,
-        web=True,
-        base_port=_free_base_port(),
-        database_url_template=db,
-        broker_url_template=broker,
-        fresh=True,
-        **kwargs,
-    )
-    cluster.start()
-    return cluster
-
-
 @pytest.fixture(scope="module")
 def api(servers):
-    cluster = _start(servers)
+    cluster = start_cluster(servers, prefix="configstore-api-", web=True)
     try:
         yield Api(cluster)
     finally:
-        cluster.stop()
-        shutil.rmtree(cluster.data_dir, ignore_errors=True)
+        stop_cluster(cluster)
 
 
 def unique(prefix: str) -> str:
