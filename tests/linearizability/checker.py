@@ -32,7 +32,9 @@ the search succeeds once every known-outcome operation is linearized (the unknow
 left over take effect at the end, unseen, or never). Reads with an unknown outcome
 constrain nothing and are dropped.
 
-Four reductions keep the search small; none changes the verdict:
+Unknown-outcome writes are what makes a search expensive: each can take effect at any
+later point. Five reductions keep it small; none changes the verdict (the tests check them
+against a search by brute force):
 - an operation that leaves the state as it found it (a read, or a refused write) and is
   allowed now is linearized now, with no alternatives tried: any linearization that
   places it later is still one with it moved here (it is already a candidate, and it
@@ -41,13 +43,19 @@ Four reductions keep the search small; none changes the verdict:
   condition fails): that is the same as its never taking effect, which is always allowed;
 - a value that no read returned is only ever compared with the values reads returned, so
   all such values are one value to the search (UNREAD), and more states coincide;
-- unknown-outcome writes that ask the same (kind, condition, value -- so, often, any two
-  unconditional puts of values nobody read) are interchangeable: of those still pending,
-  only the earliest called is tried. Any linearization can use them in call order
-  instead, since the earliest is a candidate wherever a later one is, and the points a
-  linearization may use them at only ever admit more of them.
-Without the last two, k pending unknown puts (a partition's worth of timeouts) cost up to
-2^k states at every dead end; with them, about k.
+- of the pending unknown-outcome writes that would lead to the same state, only the least
+  capable is tried: a compare-and-set or a create (it takes effect at one version only)
+  before a put that needs the key to exist, before an unconditional put; a delete with an
+  expected version before one without. A linearization that uses a more capable one here
+  can use the less capable one here instead, and the more capable one wherever it used
+  the less capable one later: it is still pending, and takes effect alike wherever the
+  less capable one does;
+- a point is not entered if one with the same known-outcome operations linearized and
+  the same state, but only some of its unknown-outcome ones, led nowhere: whatever
+  completes this point would complete that one, the extra ones never taking effect (only
+  the first DOMINANCE_SCAN such points are compared).
+A search may still take long (deciding linearizability is NP-complete); `max_steps` bounds
+it, and a key that exceeds it is undecided.
 """
 
 from __future__ import annotations
@@ -242,6 +250,10 @@ class _Search:
             0 if op.expected_version is not None or op.create_only else 1 if op.must_exist else 2
             for op in ops
         ]
+        self.entered: set[tuple[int, model.State]] = set()  # (linearized, state)
+        # (known-outcome operations linearized, state) -> the sets of unknown-outcome ones
+        # linearized with them at points that led nowhere.
+        self.failed: dict[tuple[int, model.State], list[int]] = {}
 
     # ------------------------------------------------------------------ the linked lists
 
@@ -311,7 +323,7 @@ class _Search:
         if unknown:
             failed = self.failed.get((linearized & self.known_mask, state), ())
             for other, _ in zip(failed, range(DOMINANCE_SCAN), strict=False):
-                if not (other & unknown):
+                if not (other & ~unknown):
                     return False
         self.entered.add((linearized, state))
         return True
@@ -323,19 +335,16 @@ class _Search:
         self.failed.setdefault(key, []).append(linearized & self.unknown_mask)
 
     def run(self) -> tuple[Verdict, Failure | None]:
+        """Search once; the failure (the deepest dead end) comes with a violation."""
         state: model.State = model.INITIAL
         linearized = 0  # the set, as bits
         # One frame per linearized operation: (operation, state and set before it, the
         # alternatives left at that point, the next one to try). Alternatives None: it was
         # linearized without alternatives, so backtracking past it backtracks further.
         stack: list[tuple[int, model.State, int, list[int] | None, int]] = []
-        self.entered: set[tuple[int, model.State]] = set()  # (linearized, state)
-        # (known-outcome operations linearized, state) -> the sets of unknown-outcome ones
-        # linearized with them at points that led nowhere.
-        self.failed: dict[tuple[int, model.State], list[int]] = {}
         # The dead end with the most known-outcome operations linearized: (how many, the
-        # order they and the unknown-outcome ones were linearized in, the state there).
-        deepest: tuple[int, list[int], model.State] | None = None
+        # order they and the unknown-outcome ones were linearized in).
+        deepest: tuple[int, list[int]] | None = None
         alternatives: list[int] = []
         tried = 0
         fresh = True  # at a point not visited before: its candidates are still to be listed
@@ -386,7 +395,7 @@ class _Search:
             # have led to a dead end with more of them linearized), so none can take effect.
             known = (linearized & self.known_mask).bit_count()
             if deepest is None or known > deepest[0]:
-                deepest = (known, [frame[0] for frame in stack], state)
+                deepest = (known, [frame[0] for frame in stack])
             while True:
                 if not stack:
                     return Verdict.VIOLATION, self._failure(deepest)
@@ -398,8 +407,8 @@ class _Search:
                     break
         return Verdict.LINEARIZABLE, None
 
-    def _failure(self, deepest: tuple[int, list[int], model.State]) -> Failure:
-        _, order, _ = deepest
+    def _failure(self, deepest: tuple[int, list[int]]) -> Failure:
+        _, order = deepest
         state = model.INITIAL  # replayed with the real values (the search's may be UNREAD)
         for i in order:
             state = model.apply(state, model.request_of(self.ops[i]))[1]

@@ -98,7 +98,7 @@ class Operation:
     key: str
     kind: str
     call: float
-    ret: float | None  # None: the outcome is unknown
+    ret: float | None  # None (or math.inf): the outcome is unknown
     outcome: str
     value: Any = None  # put: the value written; an ok read: the value read
     version: int | None = None
@@ -108,6 +108,8 @@ class Operation:
     request_id: str | None = None  # the request's Idempotency-Key, to find it in the logs
 
     def __post_init__(self) -> None:
+        if self.ret == math.inf:  # the other spelling of "no return"
+            object.__setattr__(self, "ret", None)
         error = self._error()
         if error is not None:
             raise InvalidHistory(f"{error}: {self!r}")

@@ -333,6 +333,23 @@ def test_an_unknown_compare_and_set_takes_effect_only_if_its_condition_held():
     )
 
 
+def test_unknown_writes_may_take_effect_on_both_sides_of_a_known_one():
+    # create b (unknown) -> 1; the compare-and-set -> 2; put a (unknown) -> 3; the read.
+    assert_linearizable(
+        [
+            put(1, 4, 8, "a", 2, expected_version=1),
+            read(0, 7, 7, "a", 3),
+            put_unknown(1, 5, "a"),
+            put_unknown(2, 2, "b", create_only=True),
+        ]
+    )
+
+
+def test_an_infinite_return_time_is_an_unknown_outcome():
+    op = Operation(2, "k", PUT, 2, float("inf"), UNKNOWN, value="v")
+    assert op == put_unknown(2, 2, "v") and op.ret is None
+
+
 def test_reads_with_an_unknown_outcome_are_dropped():
     result = check([put(1, 0, 1, "a", 1), Operation(2, "k", READ, 2, None, UNKNOWN)])
     assert result.ok and result.operations == 1
@@ -512,17 +529,18 @@ def test_a_delete_between_two_creates_is_found_among_overlapping_writes():
 
 
 def test_overlapping_reads_that_no_order_of_the_writes_explains_are_rejected():
-    # Two overlapping puts, each read plausible alone: the first read puts b after a, the
-    # second (called after the first returned) a after b.
+    # Two puts of unknown outcome, called together; each read is plausible alone: the first
+    # says b was created first, the second (called after the first returned) that a was.
     failure = assert_violation(
         [
-            put(1, 0, 10, "a", 1),
-            put(2, 0, 10, "b", 1),
+            put_unknown(1, 0, "a"),
+            put_unknown(2, 0, "b"),
             read(3, 1, 2, "b", 1),
             read(4, 3, 4, "a", 1),
         ]
     )
     assert failure.blocking == read(4, 3, 4, "a", 1)
+    assert read(3, 1, 2, "b", 1) in failure.linearized
 
 
 def test_overlapping_writes_with_no_order_matching_their_versions_are_rejected():
@@ -535,6 +553,18 @@ def test_overlapping_writes_with_no_order_matching_their_versions_are_rejected()
             read(4, 11, 12, "c", 2),
         ]
     )
+
+
+def test_orders_that_reach_the_same_point_are_searched_from_it_once():
+    # Six creates and six deletes, all overlapping: (6!)^2 orders alternate them, but they
+    # reach fewer than 2,000 (set linearized, state) points. A read called after them all
+    # sees a value never written, so the search must exhaust them before saying so.
+    ops = [put(i, 0, 10, f"v{i}", 1) for i in range(6)]
+    ops += [delete(10 + i, 0, 10) for i in range(6)]
+    ops.append(read(99, 11, 12, "never written", 1))
+    result = check(ops, max_steps=50_000)
+    assert result.verdict is Verdict.VIOLATION
+    assert result.failures[0].blocking == ops[-1]
 
 
 # ------------------------------------------------------------------ the failure's report
