@@ -115,8 +115,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("CONFIGSTORE_LOG_LEVEL", "INFO")},
 }
 
-# The replicated state machine: apply(slot, command, node_id) -> (outcome, result).
-CONFIGSTORE_STATE_MACHINE = "configstore.statemachine.apply_command"
+# The replicated state machine: apply(cursor, slot, commands, node_id) -> [(outcome, result)].
+CONFIGSTORE_STATE_MACHINE = "configstore.statemachine.apply_commands"
 # Test-only fault switches (see consensus/faults.py); off unless this names a file.
 CONFIGSTORE_FAULTS_FILE = env("CONFIGSTORE_FAULTS_FILE")
 # How often the worker ticks the Paxos core, and the core's timings (consensus.paxos.Config).

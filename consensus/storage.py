@@ -30,9 +30,9 @@ from consensus.paxos import Ballot, Command, DurableState, Ready, Value, command
 APPLIED_CHANNEL = "configstore_applied"
 NOTIFY_LIMIT = 7000  # bytes per NOTIFY payload (PostgreSQL caps it at 8000)
 
-#: apply(cursor, slot, command, node_id) -> (outcome, result). Runs inside the apply
-#: transaction with a psycopg cursor; it must be deterministic.
-StateMachine = Callable[[object, int, Command, str], tuple[str, dict]]
+#: apply(cursor, slot, commands, node_id) -> [(outcome, result), ...], one per command, in
+#: order. Runs inside the apply transaction with a psycopg cursor; it must be deterministic.
+StateMachine = Callable[[object, int, list[Command], str], list[tuple[str, dict]]]
 
 _PROMISE = (
     "INSERT INTO consensus_acceptor_state (id, promised_round, promised_node) VALUES (1, %s, %s) "
@@ -156,8 +156,12 @@ def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list
     now = datetime.now(UTC)
     rows = []
     for slot, value in committed:
-        for command in commands_to_apply(value, done):
-            outcome, result = state_machine(cursor, slot, command, node_id)
+        fresh = commands_to_apply(value, done)
+        if not fresh:
+            continue
+        for command, (outcome, result) in zip(
+            fresh, state_machine(cursor, slot, fresh, node_id), strict=True
+        ):
             done.add(command.request_id)
             rows.append((command.request_id, slot, outcome, json.dumps(result), now))
     if rows:

@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 
 from configstore import watch
 from configstore.models import PrefixPermission
-from configstore.statemachine import apply_command
+from configstore.statemachine import apply_commands
 from consensus import storage
 from consensus.paxos import Command, Value
 
@@ -70,7 +70,7 @@ class Log:
         """Apply the payloads in one slot; returns the slot."""
         slot = next(self.slots)
         commands = tuple(Command(request_id or f"req-{next(self.ids)}", p) for p in payloads)
-        assert storage.apply_chosen(apply_command, node, [(slot, Value(commands))]) == 1
+        assert storage.apply_chosen(apply_commands, node, [(slot, Value(commands))]) == 1
         return slot
 
     def outcome(self, request_id: str) -> tuple[str, dict]:

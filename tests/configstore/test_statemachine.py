@@ -12,7 +12,7 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 
 from configstore.models import Entry, History, Schema
-from configstore.statemachine import apply_command
+from configstore.statemachine import apply_command, apply_commands
 from consensus import storage
 from consensus.paxos import Command, Value
 from tests.configstore.conftest import AT, payload, replicated_state
@@ -533,7 +533,10 @@ def test_the_same_log_gives_the_same_state_on_every_node(log):
     entries, schemas, history and outcomes are identical."""
     commands = workload(seed=7, count=300)
 
-    def run(node: str, batch: int) -> dict:
+    def one_at_a_time(cursor, slot, cmds, node):
+        return [apply_command(cursor, slot, c, node) for c in cmds]
+
+    def run(node: str, batch: int, state_machine=apply_commands) -> dict:
         _reset()
         log.slots = iter(range(1, 10_000))
         for start in range(0, len(commands), batch):
@@ -541,12 +544,14 @@ def test_the_same_log_gives_the_same_state_on_every_node(log):
             slot = next(log.slots)
 
             value = Value(tuple(Command(f"w{start + j}", c) for j, c in enumerate(chunk)))
-            assert storage.apply_chosen(apply_command, node, [(slot, value)]) == 1
+            assert storage.apply_chosen(state_machine, node, [(slot, value)]) == 1
         return replicated_state()
 
     first = run("n1", batch=3)
     second = run("n3", batch=3)
     assert first == second
+    # A slot's commands applied together (one read of the state) or one by one: the same.
+    assert run("n2", batch=10) == run("n2", batch=10, state_machine=one_at_a_time)
     outcomes = {row[2] for row in first["applied"]}
     assert outcomes == {"committed", "rejected"}  # the workload exercises both
     assert len(first["history"]) > 200
