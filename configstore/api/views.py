@@ -360,19 +360,23 @@ class KeyDetailView(ApiView):
             conditions = {}
         if conditions.get("create_only"):
             raise exceptions.InvalidInput("If-None-Match makes no sense on a delete")
-        request_id = _request_id(request)
-        body = _data(request, s.DeleteEntrySerializer, allow_empty=True)
-        deleted = services.entry_delete(
-            key=key,
-            actor=_actor(request),
-            reason=body.get("reason", request.query_params.get("reason", "")),
-            request_id=request_id,
-            **conditions,
-        )
-        return Response(
-            status=204,
-            headers={INDEX_HEADER: str(deleted.index), REQUEST_ID_HEADER: deleted.request_id},
-        )
+        return _delete(request, services.entry_delete, key, conditions)
+
+
+def _delete(request, service, key: str, conditions: dict) -> Response:
+    """An entry or schema delete through `service`: 204 with the index and request id."""
+    body = _data(request, s.DeleteEntrySerializer, allow_empty=True)
+    deleted = service(
+        key=key,
+        actor=_actor(request),
+        reason=body.get("reason", request.query_params.get("reason", "")),
+        request_id=_request_id(request),
+        **conditions,
+    )
+    return Response(
+        status=204,
+        headers={INDEX_HEADER: str(deleted.index), REQUEST_ID_HEADER: deleted.request_id},
+    )
 
 
 class TxnView(ApiView):
@@ -641,19 +645,7 @@ class SchemaDetailView(ApiView):
         conditions = _conditions(request)
         if conditions and "expected_version" not in conditions:
             raise exceptions.InvalidInput('a schema delete takes only If-Match: "<version>"')
-        request_id = _request_id(request)
-        body = _data(request, s.DeleteEntrySerializer, allow_empty=True)
-        deleted = services.schema_delete(
-            key=key,
-            actor=_actor(request),
-            reason=body.get("reason", request.query_params.get("reason", "")),
-            request_id=request_id,
-            **conditions,
-        )
-        return Response(
-            status=204,
-            headers={INDEX_HEADER: str(deleted.index), REQUEST_ID_HEADER: deleted.request_id},
-        )
+        return _delete(request, services.schema_delete, key, conditions)
 
 
 # ------------------------------------------------------------------------ cluster, ops
