@@ -229,6 +229,23 @@ class ApiView(APIView):
 # -------------------------------------------------------------------------------- keys
 
 
+def _list_page(view, request, select, serializer) -> Response:
+    """A page of entries or schemas under ?prefix=, readable by the user, read in one
+    snapshot with the applied index it reflects (X-Configstore-Index)."""
+    prefix = _prefix(request)
+    restrict = _readable(request)
+    _consistent_read(request)
+    paginator = view.pagination_class()
+    with selectors.snapshot():
+        index = selectors.applied_index()
+        page = paginator.paginate_queryset(
+            select(prefix=prefix, restrict=restrict), request, view=view
+        )
+    response = paginator.get_paginated_response(serializer(page, many=True).data)
+    response[INDEX_HEADER] = str(index)
+    return response
+
+
 class KeyListView(ApiView):
     pagination_class = Pagination
 
@@ -243,18 +260,7 @@ class KeyListView(ApiView):
         responses={200: s.EntrySerializer(many=True), **_ERRORS},
     )
     def get(self, request):
-        prefix = _prefix(request)
-        restrict = _readable(request)
-        _consistent_read(request)
-        paginator = self.pagination_class()
-        with selectors.snapshot():
-            index = selectors.applied_index()
-            page = paginator.paginate_queryset(
-                selectors.entry_list(prefix=prefix, restrict=restrict), request, view=self
-            )
-        response = paginator.get_paginated_response(s.EntrySerializer(page, many=True).data)
-        response[INDEX_HEADER] = str(index)
-        return response
+        return _list_page(self, request, selectors.entry_list, s.EntrySerializer)
 
 
 class KeyDetailView(ApiView):
@@ -554,18 +560,7 @@ class SchemaListView(ApiView):
         responses={200: s.SchemaSerializer(many=True), **_ERRORS},
     )
     def get(self, request):
-        prefix = _prefix(request)
-        restrict = _readable(request)
-        _consistent_read(request)
-        paginator = self.pagination_class()
-        with selectors.snapshot():
-            index = selectors.applied_index()
-            page = paginator.paginate_queryset(
-                selectors.schema_list(prefix=prefix, restrict=restrict), request, view=self
-            )
-        response = paginator.get_paginated_response(s.SchemaSerializer(page, many=True).data)
-        response[INDEX_HEADER] = str(index)
-        return response
+        return _list_page(self, request, selectors.schema_list, s.SchemaSerializer)
 
 
 def _schema_key(key: str) -> str:
