@@ -139,6 +139,7 @@ class NodeRuntime:
         if opened.kind != "submit":
             self.counters["refused_malformed"] += 1
             return
+        self.counters["submissions_in"] += 1
         self.counters["commands_submitted"] += len(opened.commands)
         with self._lock:
             self._handle(self._core().submit(opened.commands, time.monotonic()), "submit")
