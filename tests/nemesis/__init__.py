@@ -1,0 +1,1 @@
+"""Fault-injection runs against a real cluster (see run.py)."""

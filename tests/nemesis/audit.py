@@ -1,0 +1,226 @@
+"""What a fault run checks in the nodes' databases once the cluster has healed.
+
+- convergence: every node reaches the same applied index;
+- the chosen logs (slots 1..applied, no gap) and the applied state are identical on every
+  node (compared by hashes computed in PostgreSQL), and so is the audit history;
+- the audit history holds each applied command exactly once, at its log index, in index
+  order; replayed row by row, each row's old value and version are the key's state before
+  it, and the replay ends in the entries the nodes hold;
+- every client write is where its answer says: an ok write is a committed row with the
+  value and version the client was told; a conflict or not_found a rejected row; a write
+  that certainly failed (connection refused, 503 no_quorum) is in no row and no slot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from consensus.localcluster import LocalCluster
+from consensus.paxos.types import Value
+from tests.linearizability.history import CONFLICT, DELETE, NOT_FOUND, OK, PUT, Operation, canonical
+
+_CHOSEN_HASH = """
+    SELECT count(*), coalesce(md5(string_agg(slot::text || '=' || value::text, ';' ORDER BY slot)), '')
+    FROM consensus_chosen_slot WHERE slot <= %s
+"""
+_STATE_HASH = """
+    SELECT count(*), coalesce(md5(string_agg(
+        concat_ws('|', key, value::text, description, version, created_index, modified_index,
+                  updated_by, updated_at::text), ';' ORDER BY key)), '')
+    FROM configstore_entry
+"""
+_HISTORY_HASH = """
+    SELECT count(*), coalesce(md5(string_agg(
+        concat_ws('|', index, request_id, command, operation, key, old_value::text,
+                  new_value::text, old_version, new_version, actor, reason, node, outcome,
+                  error, detail, at::text), ';' ORDER BY index, id)), '')
+    FROM configstore_history
+"""
+
+
+@dataclass
+class Audit:
+    problems: list[str] = field(default_factory=list)
+    applied_index: int = 0
+    history_rows: int = 0
+    entries: int = 0
+    hashes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < 200:
+            self.problems.append(text)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def wait_converged(cluster: LocalCluster, timeout: float = 60.0) -> int:
+    """The applied index every node reaches (raises TimeoutError if they do not agree)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        applied = {
+            node: cluster.query(node, "SELECT applied_index FROM consensus_applied_state")[0][0]
+            for node in cluster.ids
+        }
+        if len(set(applied.values())) == 1:
+            return next(iter(applied.values()))
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"applied indexes still differ after {timeout}s: {applied}")
+        time.sleep(0.2)
+
+
+def audit(cluster: LocalCluster, operations: list[Operation], failed: dict[str, str]) -> Audit:
+    result = Audit()
+    try:
+        result.applied_index = applied = wait_converged(cluster)
+    except TimeoutError as error:
+        result.problem(str(error))
+        return result
+    for name, sql, params in (
+        ("chosen log", _CHOSEN_HASH, [applied]),
+        ("applied state", _STATE_HASH, []),
+        ("audit history", _HISTORY_HASH, []),
+    ):
+        per_node = {node: cluster.query(node, sql, params)[0] for node in cluster.ids}
+        result.hashes[name] = {
+            node: f"{count}:{digest}" for node, (count, digest) in per_node.items()
+        }
+        if len(set(per_node.values())) != 1:
+            result.problem(f"the {name} differs between nodes: {result.hashes[name]}")
+        if name == "chosen log" and any(count != applied for count, _ in per_node.values()):
+            result.problem(f"the chosen log has gaps below the applied index {applied}")
+    node = cluster.ids[0]
+    chosen = [
+        (slot, Value.from_json(value if not isinstance(value, str) else json.loads(value)))
+        for slot, value in cluster.query(
+            node,
+            "SELECT slot, value FROM consensus_chosen_slot WHERE slot <= %s ORDER BY slot",
+            [applied],
+        )
+    ]
+    rows = cluster.query(
+        node,
+        "SELECT id, index, request_id, command, operation, key, old_value, new_value,"
+        " old_version, new_version, outcome, error FROM configstore_history ORDER BY id",
+    )
+    entries = {
+        key: (value, version)
+        for key, value, version in cluster.query(
+            node, "SELECT key, value, version FROM configstore_entry"
+        )
+    }
+    result.history_rows, result.entries = len(rows), len(entries)
+    _check_log_against_history(result, chosen, rows)
+    _replay(result, rows, entries)
+    _check_clients(result, rows, chosen, operations, failed)
+    return result
+
+
+def _check_log_against_history(result: Audit, chosen, rows) -> None:
+    """Each command of the log that changes or refuses something has exactly one row (one
+    per key for a txn), at the slot where it was first chosen; a retried copy in a later
+    slot is applied once."""
+    first_slot: dict[str, int] = {}
+    for slot, value in chosen:
+        for command in value.commands:
+            if command.request_id in first_slot:
+                continue
+            first_slot[command.request_id] = slot
+            try:
+                op = json.loads(command.payload).get("op")
+            except (ValueError, AttributeError):
+                op = "malformed"
+            if op == "noop":
+                first_slot[command.request_id] = -1  # no history row
+    expected = {rid: slot for rid, slot in first_slot.items() if slot >= 0}
+    seen: dict[str, set[int]] = {}
+    previous_index = 0
+    for row_id, index, request_id, *_ in rows:
+        if index < previous_index:
+            result.problem(f"history row {row_id} (index {index}) follows index {previous_index}")
+        previous_index = max(previous_index, index)
+        seen.setdefault(request_id, set()).add(index)
+    for request_id, slot in expected.items():
+        if seen.get(request_id) != {slot}:
+            result.problem(
+                f"request {request_id}, chosen first in slot {slot}, has history rows at "
+                f"indexes {sorted(seen.get(request_id, ()))}"
+            )
+    for request_id in seen.keys() - expected.keys():
+        result.problem(f"history rows of request {request_id}, which is in no chosen slot")
+    singles: dict[str, int] = {}
+    for _, _, request_id, command, *_ in rows:
+        if command in ("put", "delete"):
+            singles[request_id] = singles.get(request_id, 0) + 1
+    for request_id, count in singles.items():
+        if count != 1:
+            result.problem(f"request {request_id} (one key) has {count} history rows")
+
+
+def _replay(result: Audit, rows, entries) -> None:
+    """Walk the history in order; each row must start from the state the rows before it
+    left, and the walk must end in the entries the node holds."""
+    state: dict[str, tuple[str, int]] = {}
+    for row_id, index, _rid, _cmd, operation, key, old, new, old_v, new_v, outcome, _ in rows:
+        if operation not in ("put", "delete"):
+            continue
+        before = state.get(key)
+        met = (canonical(old), old_v) if old_v is not None else None
+        if met != before:
+            result.problem(
+                f"history row {row_id} (index {index}, {operation} {key}, {outcome}) starts "
+                f"from {met}, but the rows before it left {before}"
+            )
+        if outcome != "committed":
+            continue
+        if operation == "put":
+            expected_version = (before[1] if before else 0) + 1
+            if new_v != expected_version:
+                result.problem(f"history row {row_id}: new version {new_v}, not {expected_version}")
+            state[key] = (canonical(new), new_v)
+        else:
+            state.pop(key, None)
+    held = {key: (canonical(value), version) for key, (value, version) in entries.items()}
+    if held != state:
+        differing = sorted(k for k in held.keys() | state.keys() if held.get(k) != state.get(k))
+        result.problem(f"replaying the history does not give the entries held: {differing[:10]}")
+
+
+def _check_clients(result: Audit, rows, chosen, operations: list[Operation], failed) -> None:
+    by_key = {}
+    for row in rows:
+        request_id = row[2]
+        idempotency_key = request_id.split(":", 1)[1] if ":" in request_id else request_id
+        by_key[idempotency_key] = row
+    in_log = set()
+    for _, value in chosen:
+        for command in value.commands:
+            in_log.add(command.request_id.split(":", 1)[-1])
+    for op in operations:
+        if op.kind not in (PUT, DELETE) or op.request_id is None or op.unknown:
+            continue
+        row = by_key.get(op.request_id)
+        if row is None:
+            result.problem(f"no history row for a write the client was answered: {op.describe()}")
+            continue
+        *_, operation, key, _old, new, _ov, new_v, outcome, error = row
+        if op.outcome == OK:
+            good = outcome == "committed" and key == op.key and operation == op.kind
+            if op.kind == PUT:
+                good = good and canonical(new) == canonical(op.value) and new_v == op.version
+        elif op.outcome == CONFLICT:
+            good = outcome == "rejected" and error == "version_conflict"
+        elif op.outcome == NOT_FOUND:
+            good = outcome == "rejected" and error == "not_found"
+        else:
+            good = False
+        if not good:
+            result.problem(
+                f"the history row {row} does not match what the client was told: {op.describe()}"
+            )
+    for idempotency_key, why in failed.items():
+        if idempotency_key in by_key or idempotency_key in in_log:
+            result.problem(f"a write that failed ({why}) is in the log: {idempotency_key}")

@@ -1,0 +1,150 @@
+"""The nemesis: every few seconds one fault on a real cluster, held a while, then healed.
+
+Faults, as Jepsen's etcd tests do them, on the processes and links of a LocalCluster:
+    kill-worker   SIGKILL a node's worker (its Paxos node), restart it after the hold
+    kill-web      SIGKILL a node's web server (its whole process group), restart it
+    pause-worker  SIGSTOP a node's worker, SIGCONT after the hold
+    isolate-leader  cut the current leader off from the others (the fault file)
+    split         cut a random minority off from the majority
+    bridge        cut the links between two nodes; a third sees both (overlapping majorities)
+    ring          one-way links in a ring: each node hears only its predecessor
+The targets of process faults are the leader half of the time, else a random node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from consensus.faults import isolate
+from consensus.localcluster import LocalCluster
+
+FAULTS = (
+    "kill-worker",
+    "kill-web",
+    "pause-worker",
+    "isolate-leader",
+    "split",
+    "bridge",
+    "ring",
+)
+
+
+@dataclass
+class Event:
+    fault: str
+    targets: list[str]
+    start: float
+    end: float | None = None
+
+
+@dataclass
+class Nemesis:
+    cluster: LocalCluster
+    rng: random.Random
+    clock: callable
+    hold: tuple[float, float] = (1.5, 4.0)  # seconds a fault lasts
+    quiet: tuple[float, float] = (1.0, 2.0)  # seconds between faults
+    events: list[Event] = field(default_factory=list)
+
+    def run(self, duration: float, stop: threading.Event) -> None:
+        """Faults for `duration` seconds (or until `stop`), then everything healed."""
+        deadline = time.monotonic() + duration
+        try:
+            while time.monotonic() < deadline and not stop.is_set():
+                fault = self.rng.choice(FAULTS)
+                event = Event(fault, [], self.clock())
+                heal = getattr(self, "_" + fault.replace("-", "_"))(event)
+                self.events.append(event)
+                stop.wait(min(self.rng.uniform(*self.hold), max(0.0, deadline - time.monotonic())))
+                heal()
+                event.end = self.clock()
+                stop.wait(self.rng.uniform(*self.quiet))
+        finally:
+            self.heal_all()
+
+    # ------------------------------------------------------------------ targets
+
+    def _leader_or_random(self) -> str:
+        leader = self.cluster.leader() if self.rng.random() < 0.5 else None
+        return leader or self.rng.choice(self.cluster.ids)
+
+    # ------------------------------------------------------------------ faults
+
+    def _kill_worker(self, event: Event):
+        node = self._leader_or_random()
+        event.targets = [node]
+        self.cluster.kill_worker(node)
+        return lambda: self.cluster.start_worker(node)
+
+    def _kill_web(self, event: Event):
+        node = self._leader_or_random()
+        event.targets = [node]
+        kill_web_group(self.cluster, node)
+        return lambda: self.cluster.start_web(node)
+
+    def _pause_worker(self, event: Event):
+        node = self._leader_or_random()
+        event.targets = [node]
+        self.cluster.pause_worker(node)
+        return lambda: self.cluster.resume_worker(node)
+
+    def _isolate_leader(self, event: Event):
+        leader = self.cluster.leader() or self.rng.choice(self.cluster.ids)
+        event.targets = [leader]
+        self.cluster.partition(leader)
+        return self.cluster.heal
+
+    def _split(self, event: Event):
+        ids = list(self.cluster.ids)
+        minority = self.rng.sample(ids, (len(ids) - 1) // 2)
+        event.targets = minority
+        self.cluster.partition(*minority)
+        return self.cluster.heal
+
+    def _bridge(self, event: Event):
+        ids = list(self.cluster.ids)
+        self.rng.shuffle(ids)
+        a, b = ids[0], ids[1]
+        event.targets = [a, b]  # the cut pair; every other node sees both
+        self.cluster.cut(isolate([a, b], {a}))
+        return self.cluster.heal
+
+    def _ring(self, event: Event):
+        ids = list(self.cluster.ids)
+        self.rng.shuffle(ids)
+        hears = {ids[i]: ids[i - 1] for i in range(len(ids))}  # each hears its predecessor
+        event.targets = ids
+        self.cluster.cut([(a, b) for a in ids for b in ids if a != b and hears[b] != a])
+        return self.cluster.heal
+
+    # ------------------------------------------------------------------ healing
+
+    def heal_all(self) -> None:
+        """Network whole, every process running and not paused."""
+        self.cluster.heal()
+        for node in self.cluster.ids:
+            processes = self.cluster.processes[node]
+            if processes.worker is None or processes.worker.poll() is not None:
+                self.cluster.start_worker(node)
+            else:
+                self.cluster.resume_worker(node)
+            if self.cluster.web and (processes.web is None or processes.web.poll() is not None):
+                self.cluster.start_web(node)
+
+
+def kill_web_group(cluster: LocalCluster, node: str) -> None:
+    """SIGKILL a node's web server: the gunicorn master and its workers (one process
+    group, as LocalCluster starts each process in a session of its own)."""
+    process = cluster.processes[node].web
+    if process is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    cluster.processes[node].web = None
