@@ -6,11 +6,16 @@ form: ./dev python -m tests.nemesis.run --duration 600."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import start_cluster, stop_cluster
+from tests.linearizability.checker import Verdict, check
+from tests.linearizability.history import History
+from tests.nemesis import workload
 from tests.nemesis.run import CLUSTER_ENV, run_faults
 
 pytestmark = pytest.mark.cluster
@@ -35,3 +40,58 @@ def test_a_minute_of_faults_keeps_every_promise(servers):
     # The run must have exercised what it claims to.
     assert sum(report.faults.values()) >= 8, report.faults
     assert report.acknowledged >= 200, report.summary()
+
+
+def test_the_checks_catch_a_stale_read_on_a_real_cluster(servers):
+    """The harness has teeth: with n3 cut off, a write acknowledged by n1 and then a
+    `?consistency=stale` read of n3 (which returns the old value) make a history the
+    checker rejects; the default, linearizable read of n3 refuses to answer instead."""
+    cluster = start_cluster(
+        servers, prefix="configstore-stale-", web=True, extra_env=dict(CLUSTER_ENV)
+    )
+    try:
+        cluster.ensure_admin()
+        recorder, stop = workload.Recorder(), threading.Event()
+        urls = {node: cluster.web_url(node) for node in cluster.ids}
+        client = workload.Client(
+            "c",
+            [urls["n1"]],
+            cluster.api_token,
+            workload.KeySpace(),
+            recorder,
+            stop,
+            seed=1,
+            run_id="stale",
+        )
+        assert client.put("probe")
+        wait_for(lambda: cluster.query("n3", "SELECT count(*) FROM configstore_entry")[0][0] == 1)
+        cluster.partition("n3")
+        time.sleep(0.5)  # every node has read the fault file
+        assert client.put("probe")
+        assert recorder.operations[-1].outcome == "ok" and recorder.operations[-1].version == 2
+        reader = workload.Client(
+            "r",
+            [urls["n3"]],
+            cluster.api_token,
+            workload.KeySpace(),
+            recorder,
+            stop,
+            seed=2,
+            run_id="stale",
+        )
+        assert reader.read("probe", f"{urls['n3']}/api/v1/keys/probe") is None  # 503
+        stale = reader.read("probe", f"{urls['n3']}/api/v1/keys/probe?consistency=stale")
+        assert stale is not None and stale.version == 1
+    finally:
+        stop_cluster(cluster)
+    result = check(History(tuple(recorder.operations)))
+    print(result.describe())
+    assert result.verdict is Verdict.VIOLATION
+    assert result.failures[0].blocking == stale
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
