@@ -3,6 +3,7 @@
 Faults, as Jepsen's etcd tests do them, on the processes and links of a LocalCluster:
     kill-worker   SIGKILL a node's worker (its Paxos node), restart it after the hold
     kill-web      SIGKILL a node's web server (its whole process group), restart it
+    kill-node     both at once: the node's worker and web server
     pause-worker  SIGSTOP a node's worker, SIGCONT after the hold
     isolate-leader  cut the current leader off from the others (the fault file)
     split         cut a random minority off from the majority
@@ -27,6 +28,7 @@ from consensus.localcluster import LocalCluster
 FAULTS = (
     "kill-worker",
     "kill-web",
+    "kill-node",
     "pause-worker",
     "isolate-leader",
     "split",
@@ -87,6 +89,18 @@ class Nemesis:
         event.targets = [node]
         kill_web_group(self.cluster, node)
         return lambda: self.cluster.start_web(node)
+
+    def _kill_node(self, event: Event):
+        node = self._leader_or_random()
+        event.targets = [node]
+        self.cluster.kill_worker(node)
+        kill_web_group(self.cluster, node)
+
+        def restart() -> None:
+            self.cluster.start_worker(node)
+            self.cluster.start_web(node)
+
+        return restart
 
     def _pause_worker(self, event: Event):
         node = self._leader_or_random()
