@@ -151,7 +151,7 @@ INSTALLED_APPS += ["rest_framework.authtoken", "drf_spectacular", "drf_spectacul
 REST_FRAMEWORK = {
     # Token first: a request without credentials gets 401 with WWW-Authenticate: Token.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "configstore.api.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -4,6 +4,7 @@ fields, no unknown fields); what a key or a value may be is the services' busine
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 
 from rest_framework import serializers
 from rest_framework.settings import api_settings
@@ -63,6 +64,21 @@ class EntrySerializer(serializers.ModelSerializer):
             "updated_by",
             "updated_at",
         ]
+
+
+@cache
+def _entry_fields() -> dict:
+    return dict(EntrySerializer().fields)
+
+
+def entry_data(entry: Entry) -> dict:
+    """EntrySerializer(entry).data, without building the serializer's fields again for
+    every response (a ModelSerializer introspects its model each time it is made)."""
+    data = {}
+    for name, field in _entry_fields().items():
+        value = field.get_attribute(entry)
+        data[name] = None if value is None else field.to_representation(value)
+    return data
 
 
 class SchemaSerializer(serializers.ModelSerializer):

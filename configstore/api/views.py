@@ -193,7 +193,7 @@ def _data(request, serializer_class, *, allow_empty: bool = False) -> dict:
 
 def _entry_response(entry, index: int, *, status: int = 200, extra_headers=None) -> Response:
     headers = {"ETag": f'"{entry.version}"', INDEX_HEADER: str(index), **(extra_headers or {})}
-    return Response(s.EntrySerializer(entry).data, status=status, headers=headers)
+    return Response(s.entry_data(entry), status=status, headers=headers)
 
 
 _ERRORS = {
@@ -290,9 +290,7 @@ class KeyDetailView(ApiView):
             watch.wait_for_key(key, wait_index, _timeout(request))
         else:
             _consistent_read(request)
-        with selectors.snapshot():
-            index = selectors.applied_index()
-            entry = selectors.entry_get(key)
+        index, entry = selectors.entry_with_index(key)
         if entry is None:
             return Response(
                 {"error": "not_found", "detail": f"{key} does not exist", "key": key},

@@ -137,6 +137,18 @@ def test_no_credentials_is_401_with_a_token_challenge(seeded, clients):
     assert (response.status_code, error_of(response)) == (401, "authentication_failed")
 
 
+def test_a_token_names_its_own_user_and_an_inactive_users_token_is_refused(seeded, clients, users):
+    # Each client's token authenticates as its own user: the reader may read, not write.
+    assert clients["reader"].get(KEYS + "payments/timeout?consistency=stale").status_code == 200
+    response = send(clients["reader"], "put", KEYS + "payments/timeout", {"value": 1})
+    assert (response.status_code, error_of(response)) == (403, "permission_denied")
+    users["reader"].is_active = False
+    users["reader"].save()
+    response = clients["reader"].get(KEYS + "payments/timeout?consistency=stale")
+    assert (response.status_code, error_of(response)) == (401, "authentication_failed")
+    assert response.json()["detail"] == "User inactive or deleted."
+
+
 def test_a_schema_violation_names_the_failing_path(seeded, clients):
     response = send(clients["admin"], "put", KEYS + "payments/limits/max", {"value": -1})
     body = response.json()
