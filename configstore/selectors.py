@@ -39,7 +39,8 @@ def applied_index() -> int:
     return row[0] if row else 0
 
 
-_ENTRY_FIELDS = (
+#: An entry's fields as the API shows them (api.serializers.EntrySerializer).
+ENTRY_FIELDS = (
     "key",
     "value",
     "description",
@@ -50,7 +51,7 @@ _ENTRY_FIELDS = (
     "updated_at",
 )
 _ENTRY_WITH_INDEX = f"""
-    SELECT a.applied_index, {", ".join(f"e.{name}" for name in _ENTRY_FIELDS)}
+    SELECT a.applied_index, {", ".join(f"e.{name}" for name in ENTRY_FIELDS)}
     FROM (SELECT coalesce((SELECT applied_index FROM consensus_applied_state), 0)
           AS applied_index) a
     LEFT JOIN configstore_entry e ON e.key = %s
@@ -65,7 +66,7 @@ def entry_with_index(key: str) -> tuple[int, Entry | None]:
         index, *fields = cursor.fetchone()
     if fields[0] is None:
         return index, None
-    entry = Entry(**dict(zip(_ENTRY_FIELDS, fields, strict=True)))
+    entry = Entry(**dict(zip(ENTRY_FIELDS, fields, strict=True)))
     # Django has jsonb come back as text, and decodes it in the field.
     entry.value = Entry._meta.get_field("value").from_db_value(entry.value, None, connection)
     return index, entry

@@ -11,6 +11,7 @@ from rest_framework.settings import api_settings
 
 from configstore.commands import MAX_DESCRIPTION_LENGTH, MAX_REASON_LENGTH
 from configstore.models import Entry, History, Schema
+from configstore.selectors import ENTRY_FIELDS
 
 
 class StrictSerializer(serializers.Serializer):
@@ -54,16 +55,7 @@ class EntrySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Entry
-        fields = [
-            "key",
-            "value",
-            "description",
-            "version",
-            "created_index",
-            "modified_index",
-            "updated_by",
-            "updated_at",
-        ]
+        fields = list(ENTRY_FIELDS)
 
 
 @cache
