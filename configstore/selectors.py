@@ -123,8 +123,17 @@ def key_history(key: str, *, schema: bool = False) -> QuerySet[History]:
 
 def schemas_for_key(key: str) -> list[tuple[str, object]]:
     """(schema key, schema) of every schema that applies to `key`, in the applier's order."""
-    found = dict(Schema.objects.filter(key__in=schema_targets(key)).values_list("key", "schema"))
-    return [(target, found[target]) for target in schema_targets(key) if target in found]
+    targets = schema_targets(key)
+    # Raw SQL: this runs before every write, and the ORM's compilation cost more than the
+    # query.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT key, schema FROM configstore_schema WHERE key = ANY(%s)", [list(targets)]
+        )
+        rows = cursor.fetchall()
+    decode = Schema._meta.get_field("schema").from_db_value
+    found = {target: decode(schema, None, connection) for target, schema in rows}
+    return [(target, found[target]) for target in targets if target in found]
 
 
 def schema_get(key: str) -> Schema | None:

@@ -65,12 +65,21 @@ def cluster_status(peers: dict[str, str] | None = None) -> dict:
     }
 
 
+#: How long node_has_quorum reuses a status it read: the status itself is published
+#: every 0.5 s, and every write and linearizable read asks.
+QUORUM_CHECK_REUSE = 0.1
+_recent: dict[str, tuple[float, dict | None]] = {}
+
+
 def node_has_quorum(node_id: str | None = None) -> tuple[bool, dict | None]:
     """Whether this node can reach a quorum: it is the leader and heard from a quorum
     recently, or it follows a leader it heard from recently. Returns (ok, its status)."""
-    peers = parse_peers(settings.CONFIGSTORE_PEERS)
     node_id = node_id or settings.CONFIGSTORE_NODE_ID
-    status = read_status(node_id, peers[node_id])
+    now = time.monotonic()
+    read_at, status = _recent.get(node_id, (-1e9, None))
+    if now - read_at > QUORUM_CHECK_REUSE:
+        status = read_status(node_id, parse_peers(settings.CONFIGSTORE_PEERS)[node_id])
+        _recent[node_id] = (now, status)
     if status is None:
         return False, None
     return bool(status.get("quorum")), status
