@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.http import Client, Endpoint, Request, free_ports
+from benchmarks.http import Client, Endpoint, Request
+from consensus.localcluster import free_ports, stop_process
 
 SYSTEM_PORTS = (2379, 2380)
 INSTALL_HINT = "install it with: apt-get install -y etcd-server   (as root; Debian's etcd 3.4)"
@@ -243,13 +244,6 @@ class EtcdCluster:
 
     def stop(self) -> None:
         for member in self.members:
-            process = member.process
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
+            stop_process(member.process)
             member.process = None
         shutil.rmtree(self.root, ignore_errors=True)

@@ -288,31 +288,3 @@ def run_phase(
                     worker.join(5)
     total.latencies_ms.sort()
     return PhaseResult(op, clients, seconds, total)
-
-
-def free_ports(count: int, *, consecutive: bool = False, avoid: Sequence[int] = ()) -> list[int]:
-    """`count` TCP ports free on 127.0.0.1 now (optionally consecutive), none in `avoid`."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
-        wanted = list(range(first, first + count)) if consecutive else [first]
-        sockets: list[socket.socket] = []
-        try:
-            for port in wanted:
-                if port in avoid or port > 65535:
-                    raise OSError("unwanted port")
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            if not consecutive:
-                # Keep this one bound while picking the others, so they differ.
-                rest = free_ports(count - 1, avoid=[*avoid, first]) if count > 1 else []
-                return [first, *rest]
-            return wanted
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no free ports")

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from benchmarks.http import Endpoint, Request, free_ports
-from consensus.localcluster import LocalCluster
+from benchmarks.http import Endpoint, Request
+from consensus.localcluster import LocalCluster, free_ports
 
 PREFERRED_BASE_PORT = 8201
 #: Workers publish their status (and counters) every 0.5 s.

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -364,23 +365,12 @@ class LocalCluster:
             process.wait(30)
             self.processes[node_id].web = None
 
-    def _stop(self, process: subprocess.Popen | None) -> None:
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, signal.SIGCONT)
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
     def stop_worker(self, node_id: str) -> None:
-        self._stop(self.processes[node_id].worker)
+        stop_process(self.processes[node_id].worker)
         self.processes[node_id].worker = None
 
     def stop_web(self, node_id: str) -> None:
-        self._stop(self.processes[node_id].web)
+        stop_process(self.processes[node_id].web)
         self.processes[node_id].web = None
 
     # ------------------------------------------------------------------ network faults
@@ -495,3 +485,44 @@ class LocalCluster:
     def query(self, node_id: str, sql: str, params=()) -> list[tuple]:
         with psycopg.connect(self._db_urls[node_id], autocommit=True) as conn:
             return conn.execute(sql, params).fetchall()
+
+
+def free_ports(count: int, *, consecutive: bool = False, avoid: Sequence[int] = ()) -> list[int]:
+    """`count` TCP ports free on 127.0.0.1 now (optionally consecutive), none in `avoid`."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        wanted = list(range(first, first + count)) if consecutive else [first]
+        sockets: list[socket.socket] = []
+        try:
+            for port in wanted:
+                if port in avoid or port > 65535:
+                    raise OSError("unwanted port")
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            if not consecutive:
+                # Keep this one bound while picking the others, so they differ.
+                rest = free_ports(count - 1, avoid=[*avoid, first]) if count > 1 else []
+                return [first, *rest]
+            return wanted
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no free ports")
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    """Stop a child process: SIGCONT (it may be paused), SIGTERM, then SIGKILL after 10 s."""
+    if process is None or process.poll() is not None:
+        return
+    os.kill(process.pid, signal.SIGCONT)
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)

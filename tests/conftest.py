@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from consensus.localcluster import BROKER_URL_ENV, DATABASE_URL_ENV, LocalCluster
+from consensus.localcluster import BROKER_URL_ENV, DATABASE_URL_ENV, LocalCluster, free_ports
 
 
 def _scratch(prefix: str) -> Path:
@@ -54,24 +53,7 @@ def servers():
 def free_base_port(count: int = 3) -> int:
     """The first of `count` consecutive free ports (a cluster's web servers), so that test
     clusters never collide with a cluster running on the default ports 8001-8003."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sockets.append(socket.socket())
-                sockets[-1].bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no free ports")
+    return free_ports(count, consecutive=True)[0]
 
 
 def start_cluster(servers, *, prefix: str = "configstore-cluster-", **kwargs) -> LocalCluster:
