@@ -273,6 +273,13 @@ def check_web_and_migrate_commands(compose: dict) -> None:
         assert argv[:2] == ["gunicorn", "configstore.wsgi:application"], f"web-{node} runs {argv}"
         assert option_values(argv, "--bind", "-b") == ["0.0.0.0:8000"], f"web-{node} bind"
         assert f"800{index}:8000" in published_ports(web), f"web-{node} not on host port 800{index}"
+        # A write or a long-poll waits in its thread: one waiting request must not block
+        # the node's other requests (gunicorn's default sync worker serves one at a time).
+        assert option_values(argv, "--worker-class", "-k") == ["gthread"], (
+            f"web-{node} worker class"
+        )
+        threads = option_values(argv, "--threads")
+        assert threads and int(threads[0]) >= 8, f"web-{node} serves too few requests at once"
         migrate = service(compose, "migrate", node)
         assert tokens(migrate.get("command"))[:3] == ["python", "manage.py", "migrate"], (
             f"migrate-{node} does not run manage.py migrate"
@@ -448,6 +455,10 @@ BREAKAGES = {
     "worker-n1 prefork pool": (
         _set_command("worker-n1", "celery -A configstore worker -n celery@n1 -Q consensus.n1"),
         check_worker_commands,
+    ),
+    "web-n3 with gunicorn's sync worker": (
+        _set_command("web-n3", "gunicorn configstore.wsgi:application --bind 0.0.0.0:8000"),
+        check_web_and_migrate_commands,
     ),
     "web-n2 on the wrong host port": (
         lambda c: c["services"]["web-n2"].update(ports=["8001:8000"]),
