@@ -4,6 +4,8 @@ Faults, as Jepsen's etcd tests do them, on the processes and links of a LocalClu
     kill-worker   SIGKILL a node's worker (its Paxos node), restart it after the hold
     kill-web      SIGKILL a node's web server (its whole process group), restart it
     kill-node     both at once: the node's worker and web server
+    kill-all-workers  SIGKILL every worker at once (no quorum), restart them all: nothing
+                  acknowledged may be lost across a whole-cluster crash
     pause-worker  SIGSTOP a node's worker, SIGCONT after the hold
     isolate-leader  cut the current leader off from the others (the fault file)
     split         cut a random minority off from the majority
@@ -29,6 +31,7 @@ FAULTS = (
     "kill-worker",
     "kill-web",
     "kill-node",
+    "kill-all-workers",
     "pause-worker",
     "isolate-leader",
     "split",
@@ -99,6 +102,17 @@ class Nemesis:
         def restart() -> None:
             self.cluster.start_worker(node)
             self.cluster.start_web(node)
+
+        return restart
+
+    def _kill_all_workers(self, event: Event):
+        event.targets = list(self.cluster.ids)
+        for node in self.cluster.ids:
+            self.cluster.kill_worker(node)
+
+        def restart() -> None:
+            for node in self.cluster.ids:
+                self.cluster.start_worker(node)
 
         return restart
 
