@@ -4,7 +4,9 @@ It runs beside the worker's consensus loop, with its own database connection, so
 chosen entries and applying them (the state machine's SQL) never delays the protocol's
 messages. The runtime hands it the entries the core learned as chosen; it writes them to
 the chosen log and applies, strictly in slot order, in one transaction
-(consensus.storage.apply_chosen). It also looks every second.
+(consensus.storage.apply_learned). It also looks every second. Being the only writer of the
+chosen log and the applied index, it keeps the index in memory and reads the chosen log only
+when it may hold slots it was not handed (at start, after a gap or a failure).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Applier:
         self._learned: deque = deque()
         self._wake = threading.Event()
         self._stopped = threading.Event()
+        self._applied_index: int | None = None  # as this thread left it; None: read it
+        self._behind = True  # the chosen log may hold slots to apply that we were not handed
         self._thread = threading.Thread(target=self._run, name=f"applier-{node_id}", daemon=True)
 
     def start(self) -> None:
@@ -58,15 +62,27 @@ class Applier:
         while not self._stopped.is_set():
             while self._learned:
                 batch.append(self._learned.popleft())
+            # The applier alone writes the chosen log and the applied index: once it has
+            # read them, the entries it is handed are all it needs, unless a gap (or a
+            # restart) left chosen slots in the log that it has not applied.
+            from_memory = bool(batch) and self._applied_index is not None and not self._behind
             try:
-                applied = storage.apply_chosen(self.state_machine, self.node_id, batch)
+                result = storage.apply_learned(
+                    self.state_machine,
+                    self.node_id,
+                    batch,
+                    applied_index=self._applied_index,
+                    read_log=not from_memory,
+                )
                 batch = []
             except Exception:
                 self.failures += 1
+                self._applied_index, self._behind = None, True
                 log.exception("applying chosen slots failed; retrying")
                 connection.close()
                 self._stopped.wait(0.5)
                 continue
-            if not applied and not self._learned:
+            self._applied_index, self._behind = result.applied_index, result.more
+            self.applied_slots += result.applied
+            if not self._learned and not (result.applied and result.more):
                 return
-            self.applied_slots += applied

@@ -3,14 +3,20 @@ to the leader), then wait until this node has applied its request id.
 
 Waiting is LISTEN/NOTIFY on the node's database, never polling: one listener thread per
 process holds a connection that LISTENs on `configstore_applied`; the applier's NOTIFY
-names the request ids it applied, and wakes exactly their waiters, which then read the
-outcome from `consensus_applied_request`.
+names the request ids it applied, with their outcomes (unless large), and wakes exactly
+their waiters, which read a large outcome from `consensus_applied_request`.
 
     submitter.submit(payload, timeout=5.0) ->
         Committed(request_id, slot, result)     chosen and applied here
         Rejected(request_id, slot, result)      chosen, but the state machine refused it
         NotConfirmed(request_id)                not applied here in time: it may still
                                                 commit; look it up later by request id
+
+Linearizable reads: `submitter.barrier(timeout)` commits a no-op through the log and waits
+until this node has applied it. Concurrent readers of one process share barriers: at most
+one is in flight, and one more is pending, which every reader arriving meanwhile joins; it
+is submitted when the one in flight completes. A reader only ever waits on a barrier
+submitted after it arrived, which is what makes its read linearizable (see `barrier`).
 """
 
 from __future__ import annotations
@@ -57,6 +63,15 @@ class NotConfirmed:
 
 Outcome = Committed | Rejected | NotConfirmed
 
+#: The command of a read barrier: a no-op (configstore.commands' Noop).
+BARRIER_PAYLOAD = json.dumps({"op": "noop"})
+
+
+@dataclass
+class _Barrier:
+    request_id: str
+    outcome: Outcome | None = None
+
 
 class Submitter:
     """Submits to one node. Thread-safe; one per process per node is enough."""
@@ -72,18 +87,36 @@ class Submitter:
         self._outbox_ready = threading.Condition()
         self._sender: threading.Thread | None = None
         self._waiters: dict[str, threading.Event] = {}
+        # Outcomes of waiters' request ids, as the applier's NOTIFY carried them.
+        self._notified: dict[str, Committed | Rejected] = {}
         self._waiters_lock = threading.Lock()
         self._local = threading.local()
         self._listening = threading.Event()
         self._stopped = threading.Event()
         self._listener: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # Shared read barriers (see `barrier`).
+        self._barriers = threading.Condition()
+        self._barrier_in_flight: _Barrier | None = None
+        self._barrier_pending: _Barrier | None = None
+        self.barriers_submitted = 0
+        self.barrier_reads = 0
 
     # ------------------------------------------------------------------ API
 
     def submit(
-        self, payload: str, *, request_id: str | None = None, timeout: float = 5.0
+        self,
+        payload: str,
+        *,
+        request_id: str | None = None,
+        timeout: float = 5.0,
+        fresh: bool | None = None,
     ) -> Outcome:
+        """Submit `payload` and wait until this node has applied it. A given `request_id`
+        may be a retry: its outcome is looked up first, unless the caller says the id is
+        `fresh` (just made, so never submitted before); without one a fresh id is made."""
+        if fresh is None:
+            fresh = request_id is None
         request_id = request_id or uuid.uuid4().hex
         deadline = time.monotonic() + timeout
         self._ensure_listener(timeout)
@@ -91,7 +124,7 @@ class Submitter:
         with self._waiters_lock:
             self._waiters[request_id] = event
         try:
-            known = self.lookup(request_id)  # a retry of something already applied
+            known = None if fresh else self.lookup(request_id)  # a retry already applied?
             if known is not None:
                 return known
             self._enqueue(Command(request_id, payload))
@@ -99,13 +132,64 @@ class Submitter:
                 if not event.wait(remaining):
                     break
                 event.clear()
-                known = self.lookup(request_id)
+                with self._waiters_lock:
+                    known = self._notified.pop(request_id, None)
+                known = known or self.lookup(request_id)
                 if known is not None:
                     return known
             return self.lookup(request_id) or NotConfirmed(request_id)
         finally:
             with self._waiters_lock:
                 self._waiters.pop(request_id, None)
+                self._notified.pop(request_id, None)
+
+    def barrier(self, *, timeout: float = 5.0) -> Outcome:
+        """A linearizable read barrier: when it returns Committed, this node has applied
+        every command acknowledged as committed (on any node) before this call started,
+        so a read of the local state that follows is linearizable. NotConfirmed: the
+        cluster could not confirm it in time.
+
+        Why sharing keeps that promise: a barrier B is a no-op submitted at time t_B; any
+        command acknowledged before t_B was chosen in a slot below the one B is chosen in
+        (a leader proposes B only after it holds a quorum's promises, so after every slot
+        chosen before), and this node applies in slot order. A reader joins only a
+        barrier that is still pending, i.e. not yet submitted: so t_B is after the reader
+        started, and B orders the reader after everything acknowledged before it. A
+        barrier already in flight may predate the reader, so it is never joined; the
+        reader waits for the pending one instead. The thread of the pending barrier's
+        first reader submits it once the barrier in flight completes."""
+        deadline = time.monotonic() + timeout
+        with self._barriers:
+            self.barrier_reads += 1
+            joined = self._barrier_pending
+            if joined is None:
+                joined = self._barrier_pending = _Barrier(uuid.uuid4().hex)
+            while True:
+                if joined.outcome is not None:
+                    return joined.outcome
+                if self._barrier_in_flight is None and self._barrier_pending is joined:
+                    self._barrier_pending = None
+                    self._barrier_in_flight = joined
+                    self.barriers_submitted += 1
+                    break  # this thread submits it
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return NotConfirmed(joined.request_id)
+                self._barriers.wait(remaining)
+        outcome: Outcome = NotConfirmed(joined.request_id)
+        try:
+            outcome = self.submit(
+                BARRIER_PAYLOAD,
+                request_id=joined.request_id,
+                fresh=True,
+                timeout=max(deadline - time.monotonic(), 0.0),
+            )
+        finally:
+            with self._barriers:
+                joined.outcome = outcome
+                self._barrier_in_flight = None
+                self._barriers.notify_all()
+        return outcome
 
     def lookup(self, request_id: str) -> Committed | Rejected | None:
         """The outcome of a request id this node has applied, or None (not yet, or never)."""
@@ -185,18 +269,23 @@ class Submitter:
                     while not self._stopped.is_set():
                         for notice in conn.notifies(timeout=1.0):
                             self._wake(json.loads(notice.payload))
-            except (psycopg.Error, ValueError) as error:
+            except (psycopg.Error, ValueError, TypeError) as error:
                 self._listening.clear()
                 log.warning("applied-listener for %s: %s; reconnecting", self.node_id, error)
                 self._stopped.wait(0.5)
 
     def _wake(self, notice: dict) -> None:
         ids = notice.get("ids")
+        outcomes = notice.get("outcomes") or {}
         with self._waiters_lock:
             if ids is None:
                 events = list(self._waiters.values())
             else:
                 events = [self._waiters[i] for i in ids if i in self._waiters]
+                for request_id, (slot, outcome, result) in outcomes.items():
+                    if request_id in self._waiters:
+                        kind = Committed if outcome == "committed" else Rejected
+                        self._notified[request_id] = kind(request_id, slot, result)
         for event in events:
             event.set()
 
@@ -241,7 +330,6 @@ def submit(payload: str, *, request_id: str | None = None, timeout: float = 5.0)
 
 
 def barrier(*, timeout: float = 5.0) -> Outcome:
-    """A linearizable read barrier: a no-op through the log. When it returns Committed, this
-    node has applied everything committed before the call, so a read of the local state
-    that follows is linearizable. NotConfirmed means the cluster could not confirm it."""
-    return submit(json.dumps({"op": "noop"}), timeout=timeout)
+    """A linearizable read barrier through this process's own node (Submitter.barrier),
+    shared with the process's concurrent readers."""
+    return default_submitter().barrier(timeout=timeout)

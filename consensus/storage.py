@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.db import connection, transaction
@@ -29,6 +30,7 @@ from consensus.paxos import Ballot, Command, DurableState, Ready, Value, command
 
 APPLIED_CHANNEL = "configstore_applied"
 NOTIFY_LIMIT = 7000  # bytes per NOTIFY payload (PostgreSQL caps it at 8000)
+OUTCOME_LIMIT = 1000  # bytes: a larger outcome is not sent in the NOTIFY, only its id
 
 #: apply(cursor, slot, commands, node_id) -> [(outcome, result), ...], one per command, in
 #: order. Runs inside the apply transaction with a psycopg cursor; it must be deterministic.
@@ -121,26 +123,64 @@ def apply_chosen(
     follow the applied index, in order and without gaps, at most `limit` of them, all in one
     transaction. Returns how many slots it applied (0: nothing to apply yet). Only the
     node's applier calls it."""
+    return apply_learned(state_machine, node_id, new_chosen, limit=limit).applied
+
+
+@dataclass(frozen=True)
+class Applied:
+    applied: int  # slots applied
+    applied_index: int  # the applied index now
+    more: bool  # the chosen log may hold slots after it, not yet applied (a gap or the limit)
+
+
+def apply_learned(
+    state_machine: StateMachine,
+    node_id: str,
+    new_chosen: list[tuple[int, Value]] = (),
+    *,
+    limit: int = 256,
+    applied_index: int | None = None,
+    read_log: bool = True,
+) -> Applied:
+    """`apply_chosen`, for the applier, which is the only writer of the applied index and
+    may therefore pass the index it left (`applied_index`) instead of reading it. With
+    `read_log=False` it applies only the run of `new_chosen` that follows the applied
+    index, without reading the chosen log: the caller knows the log holds nothing after
+    the applied index that `new_chosen` lacks (it wrote everything there itself)."""
+    chosen_rows = [(s, json.dumps(v.to_json())) for s, v in new_chosen]
     with transaction.atomic():
         conn = _raw()
         with conn.pipeline(), conn.cursor() as cursor:
-            if new_chosen:
-                cursor.executemany(_CHOSEN, [(s, json.dumps(v.to_json())) for s, v in new_chosen])
-            # The applier is the only writer of the applied index: no row lock needed.
-            cursor.execute("SELECT applied_index FROM consensus_applied_state")
-            row = cursor.fetchone()
-            applied = row[0] if row else 0
-            cursor.execute(
-                "SELECT slot, value FROM consensus_chosen_slot WHERE slot > %s ORDER BY slot LIMIT %s",
-                [applied, limit],
-            )
+            if chosen_rows:
+                cursor.executemany(_CHOSEN, chosen_rows)
+            if applied_index is None:
+                # The applier is the only writer of the applied index: no row lock needed.
+                cursor.execute("SELECT applied_index FROM consensus_applied_state")
+                row = cursor.fetchone()
+                applied_index = row[0] if row else 0
+            if read_log:
+                cursor.execute(
+                    "SELECT slot, value FROM consensus_chosen_slot WHERE slot > %s "
+                    "ORDER BY slot LIMIT %s",
+                    [applied_index, limit],
+                )
+                candidates = [(slot, _json(value)) for slot, value in cursor.fetchall()]
+                more = len(candidates) == limit
+            else:
+                candidates = sorted(dict(new_chosen).items())
+                more = False
             committed = []
-            for slot, value in cursor.fetchall():
-                if slot != applied + len(committed) + 1:
+            for slot, value in candidates:
+                if slot <= applied_index:
+                    continue
+                if slot != applied_index + len(committed) + 1 or len(committed) == limit:
+                    more = True
                     break  # a gap: the rest waits for catch-up
-                committed.append((slot, Value.from_json(_json(value))))
+                committed.append(
+                    (slot, value if isinstance(value, Value) else Value.from_json(value))
+                )
             _apply(cursor, committed, state_machine, node_id)
-    return len(committed)
+    return Applied(len(committed), applied_index + len(committed), more)
 
 
 def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list[str]:
@@ -168,20 +208,37 @@ def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list
         cursor.executemany(_APPLIED_REQUEST, rows)
     last = committed[-1][0]
     cursor.execute(_APPLIED_INDEX, [last])
-    applied = [r[0] for r in rows]
-    for payload in _notify_payloads(applied, last):
+    for payload in _notify_payloads(rows, last):
         cursor.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, payload])
-    return applied
+    return [r[0] for r in rows]
 
 
-def _notify_payloads(request_ids: list[str], applied_index: int) -> list[str]:
-    """NOTIFY payloads {"index": n, "ids": [...]}, each under PostgreSQL's size cap."""
-    payloads, chunk, size = [], [], 0
-    for rid in request_ids:
-        if chunk and size + len(rid) + 4 > NOTIFY_LIMIT:
-            payloads.append(json.dumps({"index": applied_index, "ids": chunk}))
-            chunk, size = [], 0
-        chunk.append(rid)
-        size += len(rid) + 4
-    payloads.append(json.dumps({"index": applied_index, "ids": chunk}))
+def _notify_payloads(rows: list[tuple], applied_index: int) -> list[str]:
+    """NOTIFY payloads, each under PostgreSQL's size cap:
+        {"index": n, "ids": [request id, ...], "outcomes": {request id: [slot, outcome,
+         result], ...}}
+    from the applied rows (request_id, slot, outcome, result as JSON text, time). Every
+    applied id is in some payload's "ids"; its outcome rides along unless it is large
+    (then a waiter reads it from consensus_applied_request)."""
+    payloads: list[str] = []
+    ids: list[str] = []
+    outcomes: list[str] = []
+    size = 0
+
+    def flush() -> None:
+        payloads.append(
+            f'{{"index":{applied_index},"ids":{json.dumps(ids)},"outcomes":{{{",".join(outcomes)}}}}}'
+        )
+
+    for request_id, slot, outcome, result, _ in rows:
+        entry = f"{json.dumps(request_id)}:[{slot},{json.dumps(outcome)},{result}]"
+        cost = len(request_id) + 4 + (len(entry) + 1 if len(entry) <= OUTCOME_LIMIT else 0)
+        if ids and size + cost > NOTIFY_LIMIT:
+            flush()
+            ids, outcomes, size = [], [], 0
+        ids.append(request_id)
+        if len(entry) <= OUTCOME_LIMIT:
+            outcomes.append(entry)
+        size += cost
+    flush()
     return payloads

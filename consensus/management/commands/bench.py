@@ -7,13 +7,17 @@ the same submit API the web tier uses, with clients spread over the nodes:
   node it was submitted to);
 - commits per second for each client count;
 - Celery tasks sent per committed command (web-tier submissions plus Paxos envelopes),
-  and PostgreSQL transactions committed per command (all nodes).
+  and PostgreSQL transactions committed per command (all nodes);
+- linearizable reads per second for each reader count (--readers): each read is a read
+  barrier (Submitter.barrier, shared by the concurrent readers of one node) followed by a
+  read of the node's own state, as GET /api/v1/keys/<key> does; and barriers per read.
 Prints a table; the README records the figures with the machine they came from.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import statistics
 import tempfile
@@ -22,6 +26,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 from django.core.management.base import BaseCommand
 
 from consensus.client import Committed
@@ -42,8 +47,18 @@ class Command(BaseCommand):
         parser.add_argument("--clients", default="1,16,64")
         parser.add_argument("--nodes", type=int, default=3)
         parser.add_argument("--latency-samples", type=int, default=500)
+        parser.add_argument("--readers", default="1,64", help="linearizable readers; '' for none")
 
-    def handle(self, *args, seconds: float, clients: str, nodes: int, latency_samples: int, **kw):
+    def handle(
+        self,
+        *args,
+        seconds: float,
+        clients: str,
+        nodes: int,
+        latency_samples: int,
+        readers: str,
+        **kw,
+    ):
         data = Path(tempfile.mkdtemp(prefix="configstore-bench-"))
         data.chmod(0o755)
         cluster = LocalCluster.from_environment(data, nodes=nodes, web=False, fresh=True)
@@ -55,6 +70,8 @@ class Command(BaseCommand):
             self._latency(cluster, latency_samples)
             for count in [int(c) for c in clients.split(",")]:
                 self._throughput(cluster, count, seconds)
+            for count in [int(c) for c in readers.split(",") if c]:
+                self._reads(cluster, count, seconds)
         finally:
             cluster.stop()
             shutil.rmtree(data, ignore_errors=True)
@@ -112,15 +129,7 @@ class Command(BaseCommand):
                     latencies[c].append((time.perf_counter() - started) * 1000)
 
         tasks_before, commits_before = self._counters(cluster)
-        threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(count)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        time.sleep(seconds)
-        stop.set()
-        for t in threads:
-            t.join(30)
-        elapsed = time.perf_counter() - started
+        elapsed = _run_for(seconds, client, count, stop)
         tasks_after, commits_after = self._counters(cluster)
         committed = sum(done)
         tasks = tasks_after - tasks_before
@@ -131,6 +140,62 @@ class Command(BaseCommand):
             f"{tasks / max(committed, 1):.2f} Celery tasks/commit, "
             f"{(commits_after - commits_before) / max(committed, 1):.2f} PostgreSQL write commits/commit"
         )
+
+    def _reads(self, cluster: LocalCluster, count: int, seconds: float) -> None:
+        # A few database connections per node, shared by its readers (the server's
+        # connection limit is shared with everything else on this machine).
+        pools = {i: queue.Queue() for i in cluster.ids}
+        for i, pool in pools.items():
+            for _ in range(4):
+                pool.put(psycopg.connect(cluster.database_url(i), autocommit=True))
+        done = [0] * count
+        latencies: list[list[float]] = [[] for _ in range(count)]
+        stop = threading.Event()
+        before = {i: cluster.submitter(i).barriers_submitted for i in cluster.ids}
+
+        def reader(c: int) -> None:
+            node = cluster.ids[c % len(cluster.ids)]
+            submitter = cluster.submitter(node)
+            while not stop.is_set():
+                started = time.perf_counter()
+                if not isinstance(submitter.barrier(timeout=10), Committed):
+                    continue
+                conn = pools[node].get()
+                try:
+                    conn.execute(
+                        "SELECT value, version FROM configstore_entry WHERE key = 'latency'"
+                    ).fetchone()
+                finally:
+                    pools[node].put(conn)
+                done[c] += 1
+                latencies[c].append((time.perf_counter() - started) * 1000)
+
+        elapsed = _run_for(seconds, reader, count, stop)
+        for pool in pools.values():
+            while not pool.empty():
+                pool.get().close()
+        reads = sum(done)
+        barriers = sum(cluster.submitter(i).barriers_submitted - before[i] for i in cluster.ids)
+        every = sorted(x for per in latencies for x in per)
+        self.stdout.write(
+            f"{count:>3} readers: {reads / elapsed:7.1f} linearizable reads/s over {elapsed:.1f} s, "
+            f"latency p50 {_pct(every, 50):.1f} ms p99 {_pct(every, 99):.1f} ms, "
+            f"{barriers / max(reads, 1):.2f} barriers/read"
+        )
+
+
+def _run_for(seconds: float, work, count: int, stop: threading.Event) -> float:
+    """Run `work(c)` in `count` threads for `seconds`, then set `stop` and wait for them;
+    returns the time it took."""
+    threads = [threading.Thread(target=work, args=(c,), daemon=True) for c in range(count)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    return time.perf_counter() - started
 
 
 def _pct(values: list[float], p: float) -> float:
