@@ -12,7 +12,9 @@ when it may hold slots it was not handed (at start, after a gap or a failure).
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections import deque
 
 from django.db import connection
@@ -31,6 +33,9 @@ class Applier:
         self._learned: deque = deque()
         self._wake = threading.Event()
         self._stopped = threading.Event()
+        #: Log every apply's timings (CONFIGSTORE_TRACE_STEPS=1, as the runtime's steps).
+        self.trace = os.environ.get("CONFIGSTORE_TRACE_STEPS") == "1"
+        self._learned_at = 0.0
         self._applied_index: int | None = None  # as this thread left it; None: read it
         self._behind = True  # the chosen log may hold slots to apply that we were not handed
         self._thread = threading.Thread(target=self._run, name=f"applier-{node_id}", daemon=True)
@@ -40,6 +45,8 @@ class Applier:
 
     def learned(self, chosen) -> None:
         """Newly chosen (slot, value) entries, from the consensus loop."""
+        if self.trace and not self._learned:
+            self._learned_at = time.perf_counter()
         self._learned.extend(chosen)
         self._wake.set()
 
@@ -66,6 +73,7 @@ class Applier:
             # read them, the entries it is handed are all it needs, unless a gap (or a
             # restart) left chosen slots in the log that it has not applied.
             from_memory = bool(batch) and self._applied_index is not None and not self._behind
+            started, learned_at = time.perf_counter(), self._learned_at
             try:
                 result = storage.apply_learned(
                     self.state_machine,
@@ -84,5 +92,13 @@ class Applier:
                 continue
             self._applied_index, self._behind = result.applied_index, result.more
             self.applied_slots += result.applied
+            if self.trace and result.applied:
+                now = time.perf_counter()
+                log.warning(
+                    "applied %d slots in %.2f ms, %.2f ms after they were learned",
+                    result.applied,
+                    (now - started) * 1000,
+                    (now - learned_at) * 1000,
+                )
             if not self._learned and not (result.applied and result.more):
                 return
