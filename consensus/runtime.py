@@ -147,6 +147,7 @@ class NodeRuntime:
                 if message.expired:
                     self.counters["expired_in"] += 1
                 elif message.eta is not None and message.eta > now:
+                    self.counters["drained_delayed"] += 1
                     self._delayed.append((message.eta, message.task, message.envelope))
                 else:
                     due.append((message.task, message.envelope))
