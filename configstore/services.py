@@ -278,22 +278,21 @@ def read_barrier(*, timeout: float | None = None) -> int:
     """Make the next read of this node linearizable: commit a no-op through the log and wait
     until it is applied here. Returns the index it committed at. NoQuorum / NotConfirmed
     when the cluster cannot confirm it."""
-    request_id = uuid.uuid4().hex
     ok, _ = node_has_quorum()
     if not ok:
         raise exceptions.NoQuorum(
             "this node cannot reach a quorum: a linearizable read is not possible now "
             "(?consistency=stale reads this node's state)",
-            request_id=request_id,
+            request_id=uuid.uuid4().hex,
         )
-    outcome = client.default_submitter().submit(
-        commands.encode(commands.Noop()),
-        request_id=request_id,
-        timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_READ_TIMEOUT"),
+    # Shared with this process's concurrent readers: never one submitted before this call.
+    outcome = client.default_submitter().barrier(
+        timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_READ_TIMEOUT")
     )
     if isinstance(outcome, client.NotConfirmed):
         raise exceptions.NotConfirmed(
-            "the cluster did not confirm a linearizable read in time", request_id=request_id
+            "the cluster did not confirm a linearizable read in time",
+            request_id=outcome.request_id,
         )
     return outcome.slot
 
@@ -322,7 +321,8 @@ def _submit(
     except commands.Malformed as error:
         raise exceptions.InvalidInput(str(error)) from None
     submitter = client.default_submitter()
-    if request_id is None:
+    fresh = request_id is None  # made here: never submitted before, nothing to look up
+    if fresh:
         request_id = uuid.uuid4().hex
     else:
         known = submitter.lookup(request_id)  # a retry of a request already applied
@@ -340,6 +340,7 @@ def _submit(
     outcome = submitter.submit(
         payload,
         request_id=request_id,
+        fresh=fresh,
         timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_WRITE_TIMEOUT"),
     )
     if isinstance(outcome, client.NotConfirmed):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import uuid
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -25,12 +24,11 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from configstore import conf, exceptions, permissions, selectors, services, watch
+from configstore import exceptions, permissions, selectors, services, watch
 from configstore.api import serializers as s
 from configstore.commands import Check, Write
 from configstore.permissions import CHANGE, DELETE, VIEW
 from configstore.validation import InvalidValue, validate_key, validate_prefix
-from consensus import client
 from consensus.client import Committed
 from consensus.cluster import cluster_status, node_has_quorum
 
@@ -134,33 +132,14 @@ def _flag(request, name: str) -> bool:
 
 def _consistent_read(request) -> None:
     """?consistency=linearizable (default): a barrier through the log first, shared with the
-    concurrent readers of this process (_read_barrier); stale: none."""
+    concurrent readers of this process (services.read_barrier); stale: none."""
     consistency = request.query_params.get("consistency", "linearizable")
     if consistency not in ("linearizable", "stale"):
         raise exceptions.InvalidInput(
             "consistency must be linearizable or stale", field="consistency"
         )
     if consistency == "linearizable":
-        _read_barrier()
-
-
-def _read_barrier() -> int:
-    """services.read_barrier (same contract: the index, or NoQuorum / NotConfirmed), with
-    the barrier shared by this process's concurrent readers (Submitter.barrier)."""
-    ok, _ = node_has_quorum()
-    if not ok:
-        raise exceptions.NoQuorum(
-            "this node cannot reach a quorum: a linearizable read is not possible now "
-            "(?consistency=stale reads this node's state)",
-            request_id=uuid.uuid4().hex,
-        )
-    outcome = client.default_submitter().barrier(timeout=conf.get("CONFIGSTORE_READ_TIMEOUT"))
-    if isinstance(outcome, client.NotConfirmed):
-        raise exceptions.NotConfirmed(
-            "the cluster did not confirm a linearizable read in time",
-            request_id=outcome.request_id,
-        )
-    return outcome.slot
+        services.read_barrier()
 
 
 def _conditions(request) -> dict:
