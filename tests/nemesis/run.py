@@ -115,31 +115,16 @@ def run_faults(
     keyspace = workload.KeySpace(keys=keys)
     stop = threading.Event()
     run_id = f"r{seed}"
-    clients = [
-        workload.Client(
-            f"{node}-{k}",
-            [url],
-            token,
-            keyspace,
-            recorder,
-            stop,
-            seed=rng.randrange(2**32),
-            run_id=run_id,
-        )
+    targets = [
+        (f"{node}-{k}", [url])
         for node, url in zip(cluster.ids, urls, strict=True)
         for k in range(pinned_per_node)
-    ] + [
+    ] + [(f"any-{k}", urls) for k in range(roaming)]
+    clients = [
         workload.Client(
-            f"any-{k}",
-            urls,
-            token,
-            keyspace,
-            recorder,
-            stop,
-            seed=rng.randrange(2**32),
-            run_id=run_id,
+            name, nodes, token, keyspace, recorder, stop, seed=rng.randrange(2**32), run_id=run_id
         )
-        for k in range(roaming)
+        for name, nodes in targets
     ]
     nemesis = Nemesis(cluster, random.Random(rng.randrange(2**32)), recorder.now)
     for client in clients:
