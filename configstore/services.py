@@ -123,18 +123,30 @@ def entry_put(
     request_id, outcome = _submit(
         command, request_id, timeout, prevalidate=lambda: _prevalidate(key, value)
     )
-    result = outcome.result
-    entry = Entry(
-        key=key,
+    entry = _written(
+        Entry,
+        key,
+        outcome,
+        origin,
+        datetime.fromisoformat(outcome.result["updated_at"]),
         value=value,
+    )
+    return EntryWritten(request_id, outcome.slot, outcome.result["created"], entry)
+
+
+def _written(model, key: str, outcome: client.Committed, origin, updated_at, **content):
+    """The Entry or Schema a committed write left, from the applier's result: no read."""
+    result = outcome.result
+    return model(
+        key=key,
         description=result["description"],
         version=result["version"],
         created_index=result["created_index"],
         modified_index=outcome.slot,
         updated_by=origin.actor,
-        updated_at=datetime.fromisoformat(result["updated_at"]),
+        updated_at=updated_at,
+        **content,
     )
-    return EntryWritten(request_id, outcome.slot, result["created"], entry)
 
 
 def entry_delete(
@@ -239,18 +251,8 @@ def schema_put(
     origin = _origin(actor, reason)
     command = SchemaCommand("put_schema", key, origin, schema, description, expected_version)
     request_id, outcome = _submit(command, request_id, timeout)
-    result = outcome.result
-    written = Schema(
-        key=key,
-        schema=schema,
-        description=result["description"],
-        version=result["version"],
-        created_index=result["created_index"],
-        modified_index=outcome.slot,
-        updated_by=origin.actor,
-        updated_at=origin.at,
-    )
-    return SchemaWritten(request_id, outcome.slot, result["created"], written)
+    written = _written(Schema, key, outcome, origin, origin.at, schema=schema)
+    return SchemaWritten(request_id, outcome.slot, outcome.result["created"], written)
 
 
 def schema_delete(

@@ -189,16 +189,14 @@ def _replay(result: Audit, rows, entries) -> None:
         result.problem(f"replaying the history does not give the entries held: {differing[:10]}")
 
 
+def _idempotency_key(request_id: str) -> str:
+    """The client's Idempotency-Key in a request id the API made of it ("u<user>:<key>")."""
+    return request_id.split(":", 1)[-1]
+
+
 def _check_clients(result: Audit, rows, chosen, operations: list[Operation], failed) -> None:
-    by_key = {}
-    for row in rows:
-        request_id = row[2]
-        idempotency_key = request_id.split(":", 1)[1] if ":" in request_id else request_id
-        by_key[idempotency_key] = row
-    in_log = set()
-    for _, value in chosen:
-        for command in value.commands:
-            in_log.add(command.request_id.split(":", 1)[-1])
+    by_key = {_idempotency_key(row[2]): row for row in rows}
+    in_log = {_idempotency_key(c.request_id) for _, value in chosen for c in value.commands}
     for op in operations:
         if op.kind not in (PUT, DELETE) or op.request_id is None or op.unknown:
             continue

@@ -109,7 +109,9 @@ def run_faults(
     have CLUSTER_ENV), heal, check. The cluster is left running; the caller stops it."""
     rng = random.Random(seed)
     report = Report(seed=seed, duration=duration)
-    token = getattr(cluster, "api_token", None) or (cluster.ensure_admin(), cluster.api_token)[1]
+    if getattr(cluster, "api_token", None) is None:
+        cluster.ensure_admin()
+    token = cluster.api_token
     urls = [cluster.web_url(node) for node in cluster.ids]
     recorder = workload.Recorder()
     keyspace = workload.KeySpace(keys=keys)
@@ -130,9 +132,8 @@ def run_faults(
     for client in clients:
         client.start()
     try:
-        nemesis.run(duration, stop)
+        nemesis.run(duration, stop)  # heals everything when it ends, however it ends
     finally:
-        nemesis.heal_all()
         stop.set()
         for client in clients:
             client.join(workload.REQUEST_TIMEOUT + workload.CONNECT_TIMEOUT + 5)
