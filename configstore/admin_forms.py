@@ -4,10 +4,10 @@ exceptions onto these forms' fields (configstore.admin_views).
 
 Every form that writes carries, in hidden fields, the version it was loaded at
 (`expected_version`, 0: the key did not exist), the log index of that state
-(`loaded_index`, to show what changed since) and a random `token`. The request id of a
-save is derived from the token and the exact command (`request_id`): submitting the same
-form twice (a double click, or "save again" after a timeout) is one request, applied at
-most once; changing anything makes it a new request.
+(`loaded_index`, to show what changed since) and a random `token`. The idempotency key of a
+save is derived from the token and the exact command (`idempotency_key`): submitting the
+same form twice (a double click, or "save again" after a timeout, through any node) is one
+request, applied at most once; changing anything makes it a new request.
 """
 
 from __future__ import annotations
@@ -152,10 +152,10 @@ def tracking(version: int, index: int) -> dict:
     return {"expected_version": version, "loaded_index": index, "token": new_token()}
 
 
-def request_id(user, token: str, *parts: object) -> str:
-    """The request id of a command submitted from a form: the same form (token) with the same
-    content is the same request; a user's ids never collide with another's."""
+def idempotency_key(token: str, *parts: object) -> str:
+    """The idempotency key of a command submitted from a form: the same form (token) with the
+    same content is the same request (the services namespace it by the username)."""
     digest = hashlib.sha256(
         json.dumps([token, *parts], sort_keys=True, ensure_ascii=False).encode()
     ).hexdigest()
-    return f"admin:u{user.pk}:{digest[:32]}"
+    return f"admin.{digest[:32]}"

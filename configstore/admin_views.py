@@ -33,7 +33,7 @@ from django.utils.http import urlencode
 
 from configstore import conf, exceptions, permissions, selectors, services
 from configstore.admin_diff import pretty, value_diff
-from configstore.admin_forms import EntryForm, ReasonForm, request_id, tracking
+from configstore.admin_forms import EntryForm, ReasonForm, idempotency_key, tracking
 from configstore.models import History, PrefixPermission
 from configstore.permissions import CHANGE, DELETE, VIEW
 from consensus.cluster import cluster_status, node_has_quorum
@@ -267,8 +267,7 @@ class ReplicatedAdmin(admin.ModelAdmin):
     def _save(self, request, form, key: str, add: bool) -> HttpResponseRedirect:
         data = form.cleaned_data
         document, expected = data[self.document_field], data["expected_version"]
-        rid = request_id(
-            request.user,
+        rid = idempotency_key(
             data["token"],
             "put",
             key,
@@ -277,7 +276,7 @@ class ReplicatedAdmin(admin.ModelAdmin):
             expected,
             data["reason"],
         )
-        self._precheck(rid, key, 0 if add else expected, add=add)
+        self._precheck(request.user, rid, key, 0 if add else expected, add=add)
         written, result = self.put(
             add=add,
             key=key,
@@ -286,7 +285,7 @@ class ReplicatedAdmin(admin.ModelAdmin):
             reason=data["reason"],
             description=data["description"],
             expected_version=None if add else expected,
-            request_id=rid,
+            idempotency_key=rid,
         )
         verb = "created" if result.created else "saved"
         message = (
@@ -301,12 +300,12 @@ class ReplicatedAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(self._url("add"))
         return HttpResponseRedirect(self._changelist(request))
 
-    def _precheck(self, rid: str, key: str, expected: int, *, add: bool = False) -> None:
+    def _precheck(self, user, rid: str, key: str, expected: int, *, add: bool = False) -> None:
         """Refuse, without submitting, a write this node already knows to conflict: its
         version is not the one the form was loaded at. (The applier decides for certain; this
         spares a log slot and a rejected history row.) A retry of a request that was already
         applied skips it: the services return that request's outcome."""
-        if services.request_outcome(rid) is not None:
+        if services.idempotent_outcome(actor=user.get_username(), idempotency_key=rid) is not None:
             return
         current = self.current(key)
         version = current.version if current is not None else 0
@@ -420,17 +419,17 @@ class ReplicatedAdmin(admin.ModelAdmin):
             form = ReasonForm(request.POST)
             if form.is_valid():
                 data = form.cleaned_data
-                rid = request_id(
-                    user, data["token"], "delete", key, data["expected_version"], data["reason"]
+                rid = idempotency_key(
+                    data["token"], "delete", key, data["expected_version"], data["reason"]
                 )
                 try:
-                    self._precheck(rid, key, data["expected_version"])
+                    self._precheck(user, rid, key, data["expected_version"])
                     deleted = self.delete(
                         key=key,
                         actor=user.get_username(),
                         reason=data["reason"],
                         expected_version=data["expected_version"],
-                        request_id=rid,
+                        idempotency_key=rid,
                     )
                 except exceptions.VersionConflict as error:
                     conflict = self._conflict(error, key, data)
@@ -529,11 +528,11 @@ class ReplicatedAdmin(admin.ModelAdmin):
             if form.is_valid():
                 data = form.cleaned_data
                 expected = data["expected_version"]
-                rid = request_id(
-                    user, data["token"], "revert", key, row.id, expected, data["reason"]
+                rid = idempotency_key(
+                    data["token"], "revert", key, row.id, expected, data["reason"]
                 )
                 try:
-                    self._precheck(rid, key, expected)
+                    self._precheck(user, rid, key, expected)
                     written, result = self.put(
                         add=False,
                         key=key,
@@ -542,7 +541,7 @@ class ReplicatedAdmin(admin.ModelAdmin):
                         reason=data["reason"],
                         description=None,
                         expected_version=expected,
-                        request_id=rid,
+                        idempotency_key=rid,
                     )
                 except exceptions.VersionConflict as error:
                     conflict = self._conflict(error, key, data, mine=row.new_value)

@@ -5,7 +5,9 @@ payload `decode` refuses is applied as a rejected command (recorded in the histo
 the reason), never as an error: the applier must be able to apply every chosen slot.
 
 Payloads (every command but noop also carries "actor", "reason", "node" -- the id of the
-node that took the request -- and "at", the ISO 8601 time the request was taken):
+node that took the request --, "at", the ISO 8601 time the request was taken, and
+"idempotency_key", null or the key under which a retry of the request is the same request,
+namespaced by the actor: "<actor>:<client's key>"):
 
     {"op": "put", "key": k, "value": <json>, "description": str | null (null: keep),
      "expected_version": int | null, "create_only": bool, "must_exist": bool}
@@ -19,10 +21,15 @@ node that took the request -- and "at", the ISO 8601 time the request was taken)
     {"op": "noop"}                                    a read barrier: changes nothing
 
 An expected version of 0 means "must not exist". Pure: no Django, no I/O.
+
+`fingerprint` is what makes two commands "the same request" for an idempotency key: a hash
+of everything the request asked for (operation, keys, values, conditions, description,
+actor, reason), not of where or when it was taken.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +49,8 @@ MAX_NODE_LENGTH = 64
 MAX_REASON_LENGTH = 2000
 MAX_DESCRIPTION_LENGTH = 10_000
 MAX_VERSION = 2**63 - 1
+MAX_CLIENT_KEY_LENGTH = 100  # a client's own idempotency key (the API's Idempotency-Key)
+MAX_IDEMPOTENCY_KEY_LENGTH = MAX_ACTOR_LENGTH + 1 + MAX_CLIENT_KEY_LENGTH
 
 WRITE_OPS = ("put", "delete", "txn")
 SCHEMA_OPS = ("put_schema", "delete_schema")
@@ -61,21 +70,26 @@ class Malformed(ValueError):
 
 @dataclass(frozen=True)
 class Origin:
-    """Who asked, why, through which node, and when (the submitting node's clock: the
-    applier never reads its own)."""
+    """Who asked, why, through which node, when (the submitting node's clock: the applier
+    never reads its own), and under which idempotency key ("<actor>:<client key>"), if any:
+    a command whose key was already applied is not applied again (configstore.statemachine)."""
 
     at: datetime
     actor: str = ""
     reason: str = ""
     node: str = ""
+    idempotency_key: str | None = None
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "actor": self.actor,
             "reason": self.reason,
             "node": self.node,
             "at": self.at.isoformat(),
         }
+        if self.idempotency_key is not None:
+            data["idempotency_key"] = self.idempotency_key
+        return data
 
 
 @dataclass(frozen=True)
@@ -201,6 +215,8 @@ def _origin(r: _Reader) -> Origin:
         actor=r.text("actor", MAX_ACTOR_LENGTH),
         reason=r.text("reason", MAX_REASON_LENGTH),
         node=r.text("node", MAX_NODE_LENGTH),
+        idempotency_key=r.text("idempotency_key", MAX_IDEMPOTENCY_KEY_LENGTH, optional=True)
+        or None,
     )
 
 
@@ -328,3 +344,18 @@ def encode(command: Command) -> str:
         data["expected_version"] = w.expected_version
     data.update(command.origin.to_json())
     return json.dumps(data, separators=(",", ":"))
+
+
+#: What a fingerprint leaves out: where and when the request was taken, and the key itself.
+_NOT_FINGERPRINTED = ("at", "node", "idempotency_key")
+
+
+def fingerprint(command: WriteCommand | SchemaCommand) -> str:
+    """The SHA-256 (hex) of the canonical JSON of what `command` asks for: equal for a retry
+    of the same request through any node at any time, different if anything it asks differs
+    (an operation, a key, a value, a condition, the description, the actor or the reason)."""
+    data = json.loads(encode(command))
+    for name in _NOT_FINGERPRINTED:
+        data.pop(name, None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

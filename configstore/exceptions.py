@@ -43,8 +43,11 @@ class InvalidKey(InvalidInput):
     code = "invalid_key"
 
 
-class IdempotencyKeyReused(InvalidInput):
-    """The request id of a command already applied was given with a different command."""
+class IdempotencyKeyReused(ConfigstoreError):
+    """The idempotency key was already used, by the same actor, for a different request
+    (another fingerprint): nothing of this one was applied. Raised before submitting (this
+    node knew the key) or when the applier rejected it (a race: the log ordered the other
+    request first). Retrying cannot help; a new request needs a new key."""
 
     code = "idempotency_key_reused"
 
@@ -126,8 +129,8 @@ class TxnFailed(ConfigstoreError):
 
 
 class Unavailable(ConfigstoreError):
-    """The cluster could not commit (or confirm) in time. Retry with the same request id
-    (the API's Idempotency-Key): it is applied at most once."""
+    """The cluster could not commit (or confirm) in time. Retry with the same idempotency key
+    (the API's Idempotency-Key), through any node: it is applied at most once."""
 
     def __init__(self, detail: str, *, request_id: str) -> None:
         super().__init__(detail)

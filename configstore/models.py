@@ -118,6 +118,9 @@ class History(models.Model):
     at = models.DateTimeField(
         null=True, help_text="when the request was taken (the submitting node's clock)"
     )
+    idempotency_key = models.TextField(
+        blank=True, default="", help_text="the request's idempotency key: <actor>:<client key>"
+    )
 
     class Meta:
         db_table = "configstore_history"
@@ -135,6 +138,29 @@ class History(models.Model):
 
     def __str__(self) -> str:
         return f"{self.index} {self.operation} {self.key} ({self.outcome})"
+
+
+class IdempotencyRecord(models.Model):
+    """The first command applied under an idempotency key ("<actor>:<client key>"), with its
+    fingerprint (configstore.commands.fingerprint) and outcome. Replicated state, written
+    only by the applier: a later command under the same key, while this record is live, is
+    not applied -- it gets this outcome if its fingerprint is the same, and is rejected
+    (idempotency_key_reused) if not. A record is live for IDEMPOTENCY_WINDOW log indexes
+    after its own (configstore.statemachine); older ones are ignored, then deleted."""
+
+    key = models.TextField(primary_key=True)
+    fingerprint = models.CharField(max_length=64)
+    request_id = models.TextField(help_text="the request id of the command that was applied")
+    index = models.BigIntegerField(help_text="the log index it was applied at")
+    outcome = models.CharField(max_length=16, choices=History.OUTCOMES)
+    result = models.JSONField(help_text="the state machine's result for it")
+
+    class Meta:
+        db_table = "configstore_idempotency"
+        indexes = [models.Index(fields=["index"], name="configstore_idempotency_index")]
+
+    def __str__(self) -> str:
+        return f"{self.key} -> {self.request_id} at {self.index} ({self.outcome})"
 
 
 class PrefixPermission(models.Model):

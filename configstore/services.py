@@ -6,8 +6,13 @@ Nothing here writes a config row: the applier does (configstore.statemachine). A
 returns only once the command is applied on this node, so a read of this node that follows
 sees the write.
 
-Request ids are the idempotency keys: a call with the request id of a command already
-applied returns (or raises) that command's outcome and submits nothing.
+Idempotency: a write may carry a client's `idempotency_key`, namespaced here by the actor
+(the username) into the command ("<actor>:<key>"), so that it is the same key through any
+node. Every submission has its own fresh request id; whether a command under a key already
+applied is a replay or a reuse is decided by the state machine at apply, on every node alike
+(configstore.statemachine), and each caller is told the outcome recorded for its own
+command. A key this node already knows is answered without submitting: the first command's
+outcome if the request is the same (same fingerprint), IdempotencyKeyReused if not.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from django.conf import settings
 
 from configstore import commands, conf, exceptions, schemas, selectors
 from configstore.commands import Check, Origin, SchemaCommand, Write, WriteCommand
-from configstore.models import Entry, History, Schema
+from configstore.models import Entry, IdempotencyRecord, Schema
+from configstore.statemachine import IDEMPOTENCY_WINDOW
 from configstore.validation import (
     InvalidValue,
     check_json,
@@ -45,6 +51,7 @@ __all__ = [
     "entry_delete",
     "entry_put",
     "entry_txn",
+    "idempotent_outcome",
     "read_barrier",
     "request_outcome",
     "schema_delete",
@@ -106,7 +113,7 @@ def entry_put(
     expected_version: int | None = None,
     create_only: bool = False,
     must_exist: bool = False,
-    request_id: str | None = None,
+    idempotency_key: str | None = None,
     timeout: float | None = None,
 ) -> EntryWritten:
     """Create or replace `key`. `expected_version` makes it a compare-and-set (0: must not
@@ -115,36 +122,27 @@ def entry_put(
     _key(key)
     _value(value)
     _conditions(expected_version, create_only, must_exist)
-    origin = _origin(actor, reason)
+    origin = _origin(actor, reason, idempotency_key)
     if description is not None:
         _text(description, "description", commands.MAX_DESCRIPTION_LENGTH)
     write = Write("put", key, value, description, expected_version, create_only, must_exist)
     command = WriteCommand("put", (write,), origin)
-    request_id, outcome = _submit(
-        command, request_id, timeout, prevalidate=lambda: _prevalidate(key, value)
-    )
-    entry = _written(
-        Entry,
-        key,
-        outcome,
-        origin,
-        datetime.fromisoformat(outcome.result["updated_at"]),
-        value=value,
-    )
-    return EntryWritten(request_id, outcome.slot, outcome.result["created"], entry)
+    done = _submit(command, timeout, prevalidate=lambda: _prevalidate(key, value))
+    entry = _written(Entry, key, done, origin, value=value)
+    return EntryWritten(done.request_id, done.index, done.result["created"], entry)
 
 
-def _written(model, key: str, outcome: client.Committed, origin, updated_at, **content):
+def _written(model, key: str, done: _Done, origin: Origin, **content):
     """The Entry or Schema a committed write left, from the applier's result: no read."""
-    result = outcome.result
+    result = done.result
     return model(
         key=key,
         description=result["description"],
         version=result["version"],
         created_index=result["created_index"],
-        modified_index=outcome.slot,
+        modified_index=done.index,
         updated_by=origin.actor,
-        updated_at=updated_at,
+        updated_at=datetime.fromisoformat(result["updated_at"]),
         **content,
     )
 
@@ -155,17 +153,19 @@ def entry_delete(
     actor: str,
     reason: str = "",
     expected_version: int | None = None,
-    request_id: str | None = None,
+    idempotency_key: str | None = None,
     timeout: float | None = None,
 ) -> EntryDeleted:
     """Delete `key` (NotFound if absent); with `expected_version`, only at that version."""
     _key(key)
     _conditions(expected_version, False, False)
     command = WriteCommand(
-        "delete", (Write("delete", key, expected_version=expected_version),), _origin(actor, reason)
+        "delete",
+        (Write("delete", key, expected_version=expected_version),),
+        _origin(actor, reason, idempotency_key),
     )
-    request_id, outcome = _submit(command, request_id, timeout)
-    return EntryDeleted(request_id, outcome.slot, key, outcome.result["version"])
+    done = _submit(command, timeout)
+    return EntryDeleted(done.request_id, done.index, key, done.result["version"])
 
 
 def entry_txn(
@@ -174,7 +174,7 @@ def entry_txn(
     checks: Sequence[Check] = (),
     actor: str,
     reason: str = "",
-    request_id: str | None = None,
+    idempotency_key: str | None = None,
     timeout: float | None = None,
 ) -> TxnCommitted:
     """Apply every op (Write("put", key, value[, description]) or Write("delete", key)) if
@@ -220,9 +220,11 @@ def entry_txn(
             if write.op == "put":
                 _prevalidate(write.key, write.value)
 
-    command = WriteCommand("txn", tuple(writes), _origin(actor, reason), tuple(checks))
-    request_id, outcome = _submit(command, request_id, timeout, prevalidate=prevalidate)
-    return TxnCommitted(request_id, outcome.slot, outcome.result["results"])
+    command = WriteCommand(
+        "txn", tuple(writes), _origin(actor, reason, idempotency_key), tuple(checks)
+    )
+    done = _submit(command, timeout, prevalidate=prevalidate)
+    return TxnCommitted(done.request_id, done.index, done.result["results"])
 
 
 # ------------------------------------------------------------------------------- schemas
@@ -236,7 +238,7 @@ def schema_put(
     reason: str = "",
     description: str | None = None,
     expected_version: int | None = None,
-    request_id: str | None = None,
+    idempotency_key: str | None = None,
     timeout: float | None = None,
 ) -> SchemaWritten:
     """Attach a JSON Schema to a key, or to every key under a namespace ("payments/").
@@ -248,11 +250,11 @@ def schema_put(
     _conditions(expected_version, False, False)
     if description is not None:
         _text(description, "description", commands.MAX_DESCRIPTION_LENGTH)
-    origin = _origin(actor, reason)
+    origin = _origin(actor, reason, idempotency_key)
     command = SchemaCommand("put_schema", key, origin, schema, description, expected_version)
-    request_id, outcome = _submit(command, request_id, timeout)
-    written = _written(Schema, key, outcome, origin, origin.at, schema=schema)
-    return SchemaWritten(request_id, outcome.slot, outcome.result["created"], written)
+    done = _submit(command, timeout)
+    written = _written(Schema, key, done, origin, schema=schema)
+    return SchemaWritten(done.request_id, done.index, done.result["created"], written)
 
 
 def schema_delete(
@@ -261,16 +263,19 @@ def schema_delete(
     actor: str,
     reason: str = "",
     expected_version: int | None = None,
-    request_id: str | None = None,
+    idempotency_key: str | None = None,
     timeout: float | None = None,
 ) -> SchemaDeleted:
     _schema_target(key)
     _conditions(expected_version, False, False)
     command = SchemaCommand(
-        "delete_schema", key, _origin(actor, reason), expected_version=expected_version
+        "delete_schema",
+        key,
+        _origin(actor, reason, idempotency_key),
+        expected_version=expected_version,
     )
-    request_id, outcome = _submit(command, request_id, timeout)
-    return SchemaDeleted(request_id, outcome.slot, key, outcome.result["version"])
+    done = _submit(command, timeout)
+    return SchemaDeleted(done.request_id, done.index, key, done.result["version"])
 
 
 # ------------------------------------------------------------------------------- reads
@@ -304,45 +309,60 @@ def request_outcome(request_id: str) -> client.Committed | client.Rejected | Non
     return client.default_submitter().lookup(request_id)
 
 
+def idempotent_outcome(
+    *, actor: str, idempotency_key: str
+) -> client.Committed | client.Rejected | None:
+    """The outcome of the first command `actor` had applied under `idempotency_key`, as this
+    node has applied it (live: within the window), or None."""
+    record = _recorded(_namespaced(actor, idempotency_key))
+    return None if record is None else _recorded_outcome(record)
+
+
 # ------------------------------------------------------------------------------- plumbing
 
 
-def _submit(
-    command: commands.Command,
-    request_id: str | None,
-    timeout: float | None,
-    *,
-    prevalidate=None,
-) -> tuple[str, client.Committed]:
-    """Submit and wait. Returns (request id, Committed); raises for every other outcome.
-    `prevalidate` (checks against this node's state) runs unless the request id was already
-    applied: a retry returns its first outcome even if the state has moved on since."""
+@dataclass(frozen=True)
+class _Done:
+    """A committed command as its caller is answered: for a replay, the first command's
+    request id, index and result."""
+
+    request_id: str
+    index: int
+    result: dict
+
+
+def _submit(command: commands.Command, timeout: float | None, *, prevalidate=None) -> _Done:
+    """Submit under a fresh request id and wait. Returns the committed outcome; raises for
+    every other one. A command under an idempotency key this node already knows is not
+    submitted (nor prevalidated: a retry gets its first outcome even if the state has moved
+    on since)."""
     payload = commands.encode(command)
     try:  # the applier's own rules: what it would refuse is never submitted
         commands.decode(payload)
     except commands.Malformed as error:
         raise exceptions.InvalidInput(str(error)) from None
-    submitter = client.default_submitter()
-    fresh = request_id is None  # made here: never submitted before, nothing to look up
-    if fresh:
-        request_id = uuid.uuid4().hex
-    else:
-        known = submitter.lookup(request_id)  # a retry of a request already applied
-        if known is not None:
-            _check_replay(command, request_id)
-            return request_id, _committed_or_raise(known)
+    key = command.origin.idempotency_key
+    if key is not None and (record := _recorded(key)) is not None:
+        if record.fingerprint != commands.fingerprint(command):
+            raise exceptions.IdempotencyKeyReused(
+                f"this Idempotency-Key was used for another request (request "
+                f"{record.request_id}, log index {record.index}): nothing was submitted; use "
+                "a new key for a new request"
+            )
+        return _done(_recorded_outcome(record))
     if prevalidate is not None:
         prevalidate()
+    request_id = uuid.uuid4().hex
     ok, _ = node_has_quorum()
     if not ok:
         raise exceptions.NoQuorum(
             "this node cannot reach a quorum: nothing was submitted, nothing committed",
             request_id=request_id,
         )
-    outcome = submitter.submit(
+    outcome = client.default_submitter().submit(
         payload,
         request_id=request_id,
-        fresh=fresh,
+        fresh=True,
         timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_WRITE_TIMEOUT"),
     )
     if isinstance(outcome, client.NotConfirmed):
@@ -350,36 +370,39 @@ def _submit(
             f"not confirmed in time: it may still commit; look up request {request_id}",
             request_id=request_id,
         )
-    return request_id, _committed_or_raise(outcome)
+    return _done(outcome)
 
 
-def _committed_or_raise(outcome: client.Committed | client.Rejected) -> client.Committed:
-    if isinstance(outcome, client.Committed):
-        return outcome
-    error = rejection_error(outcome.result)
-    error.request_id, error.index = outcome.request_id, outcome.slot
-    raise error
+def _done(outcome: client.Committed | client.Rejected) -> _Done:
+    """The answer for an applied command: a replay answers as the first command did."""
+    first = outcome.result.get("replay_of")
+    request_id, index = (
+        (first["request_id"], first["index"]) if first else (outcome.request_id, outcome.slot)
+    )
+    if isinstance(outcome, client.Rejected):
+        error = rejection_error(outcome.result)
+        error.request_id, error.index = request_id, index
+        raise error
+    return _Done(request_id, index, outcome.result)
 
 
-def _check_replay(command: commands.Command, request_id: str) -> None:
-    """A request id already applied may only be retried with the same command: its history
-    rows (one per key) must name the same keys, operations and values."""
-    if isinstance(command, SchemaCommand):
-        asked = [(command.key, command.op, command.schema)]
-    else:
-        asked = [(w.key, w.op, w.value if w.op == "put" else None) for w in command.writes]
-    found = [
-        (key, operation, value)
-        for key, operation, value in History.objects.filter(request_id=request_id)
-        .order_by("id")
-        .values_list("key", "operation", "new_value")
-    ]
-    if found != asked:
-        raise exceptions.IdempotencyKeyReused(
-            f"request {request_id} was already applied with a different request; "
-            "use a new Idempotency-Key for a new request",
-            field="Idempotency-Key",
-        )
+def _namespaced(actor: str, idempotency_key: str) -> str:
+    """Idempotency keys are per actor: the same through every node, never another user's."""
+    return f"{actor}:{idempotency_key}"
+
+
+def _recorded(key: str) -> IdempotencyRecord | None:
+    """This node's live record of an idempotency key (see statemachine.IDEMPOTENCY_WINDOW)."""
+    record = IdempotencyRecord.objects.filter(key=key).first()
+    if record is None or record.index < selectors.applied_index() - IDEMPOTENCY_WINDOW:
+        return None
+    return record
+
+
+def _recorded_outcome(record: IdempotencyRecord) -> client.Committed | client.Rejected:
+    kind = client.Committed if record.outcome == "committed" else client.Rejected
+    first = {"request_id": record.request_id, "index": record.index}
+    return kind(record.request_id, record.index, {**record.result, "replay_of": first})
 
 
 def rejection_error(result: dict) -> exceptions.ConfigstoreError:
@@ -404,14 +427,27 @@ def rejection_error(result: dict) -> exceptions.ConfigstoreError:
         )
     if code == "txn_failed":
         return exceptions.TxnFailed(detail, failed=result.get("failed", []))
+    if code == "idempotency_key_reused":
+        return exceptions.IdempotencyKeyReused(detail)
     return exceptions.InvalidInput(detail)
 
 
-def _origin(actor: str, reason: str) -> Origin:
+def _origin(actor: str, reason: str, idempotency_key: str | None = None) -> Origin:
     _text(actor, "actor", commands.MAX_ACTOR_LENGTH)
     _text(reason, "reason", commands.MAX_REASON_LENGTH)
+    if idempotency_key is not None:
+        _text(idempotency_key, "idempotency_key", commands.MAX_CLIENT_KEY_LENGTH)
+        if not idempotency_key:
+            raise exceptions.InvalidInput(
+                "an idempotency key must not be empty", field="Idempotency-Key"
+            )
+        idempotency_key = _namespaced(actor, idempotency_key)
     return Origin(
-        at=datetime.now(UTC), actor=actor, reason=reason, node=settings.CONFIGSTORE_NODE_ID
+        at=datetime.now(UTC),
+        actor=actor,
+        reason=reason,
+        node=settings.CONFIGSTORE_NODE_ID,
+        idempotency_key=idempotency_key,
     )
 
 

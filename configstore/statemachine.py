@@ -13,17 +13,33 @@ not match, a value its schema refuses -- each is applied as a rejected command, 
 the history with its reason, and the state is unchanged. Everything decode() accepts is
 storable (configstore.validation), so no statement here fails on the content of a command.
 
+Idempotency keys (a command's origin.idempotency_key, "<actor>:<client key>") are decided
+here, at apply, identically on every node: the first command applied under a key is applied
+as usual and its fingerprint and outcome are recorded (configstore_idempotency). A later
+command under the same key, while that record is live (IDEMPOTENCY_WINDOW log indexes), is
+not applied again:
+    - same fingerprint (the same request, retried through any node): its outcome is the
+      first command's, with "replay_of": {"request_id", "index"} of the first added to the
+      result; it changes nothing and leaves no history row (the first one's row is the
+      write's record);
+    - another fingerprint: rejected with idempotency_key_reused (+ request_id, index of the
+      first), one rejected history row per key it named, nothing else changed.
+So two racing requests with one key are ordered by the log, and each waiter is told the
+outcome recorded for its own command.
+
 Results (the `result` of Committed/Rejected, stored with the request id's outcome):
     put            {"key", "version", "created", "created_index", "description", "updated_at"}
     delete         {"key", "version"}                      the version deleted
     txn            {"results": [{"op", "key", "version"}]}  delete: the version deleted
-    put_schema     {"key", "version", "created", "created_index", "description"}
+    put_schema     {"key", "version", "created", "created_index", "description", "updated_at"}
     delete_schema  {"key", "version"}
     noop           {}
     rejected       {"error": code, "detail": text, ...}; codes: malformed, version_conflict
                    (+ key, expected_version, current_version), not_found (+ key),
                    schema_violation (+ key, path, schema), txn_failed (+ failed: [{key,
-                   expected_version, current_version}])
+                   expected_version, current_version}]), idempotency_key_reused (+ request_id,
+                   index of the command applied first under that key)
+    a replay       the first command's result + "replay_of": {"request_id", "index"}
 """
 
 from __future__ import annotations
@@ -39,26 +55,47 @@ from configstore.commands import (
     Write,
     WriteCommand,
     decode,
+    fingerprint,
 )
 from configstore.validation import schema_targets
 from consensus.paxos import Command
 
 COMMITTED, REJECTED = "committed", "rejected"
 
-# One round trip: the current version, created index and description of each key, and
-# the schemas attached to the given targets.
+#: How long an idempotency key is remembered, in log indexes: a record made at index i
+#: decides the commands under its key applied at indexes up to i + IDEMPOTENCY_WINDOW; after
+#: that the key is free again. A constant, never a setting: every node must decide alike.
+IDEMPOTENCY_WINDOW = 1_000_000
+#: Expired records are deleted when a slot whose index is a multiple of this is applied
+#: (deleting them changes no decision: expired records are ignored anyway).
+IDEMPOTENCY_PRUNE_EVERY = 1000
+
+# One round trip: the current version, created index and description of each key, the
+# schemas attached to the given targets, and the records of the given idempotency keys.
+_IDEMPOTENCY_RECORDS = (
+    "(SELECT coalesce(jsonb_object_agg(key, jsonb_build_array(fingerprint, request_id, index, "
+    "outcome, result)), '{}'::jsonb) FROM configstore_idempotency "
+    "WHERE key = ANY(%s::text[]))::text"
+)
 _READ_STATE = (
     "SELECT (SELECT coalesce(jsonb_object_agg(key, jsonb_build_array(version, created_index, "
     "description)), '{}'::jsonb) FROM configstore_entry WHERE key = ANY(%s::text[]))::text, "
     "(SELECT coalesce(jsonb_object_agg(key, schema), '{}'::jsonb) FROM configstore_schema "
-    "WHERE key = ANY(%s::text[]))::text"
+    f"WHERE key = ANY(%s::text[]))::text, {_IDEMPOTENCY_RECORDS}"
 )
+_RECORD_IDEMPOTENCY = (
+    "INSERT INTO configstore_idempotency (key, fingerprint, request_id, index, outcome, result) "
+    "VALUES (%s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT (key) DO UPDATE SET "
+    "fingerprint = EXCLUDED.fingerprint, request_id = EXCLUDED.request_id, "
+    "index = EXCLUDED.index, outcome = EXCLUDED.outcome, result = EXCLUDED.result"
+)
+_PRUNE_IDEMPOTENCY = "DELETE FROM configstore_idempotency WHERE index < %s"
 
 _HISTORY_COLUMNS = (
     "index, request_id, command, operation, key, old_value, new_value, old_version, "
-    "new_version, actor, reason, node, outcome, error, detail, at"
+    "new_version, actor, reason, node, idempotency_key, outcome, error, detail, at"
 )
-_ORIGIN = "%(actor)s, %(reason)s, %(node)s"
+_ORIGIN = "%(actor)s, %(reason)s, %(node)s, %(idempotency_key)s"
 
 # Each write and its history row in one statement: the CTEs see the state before it, so
 # the history's old value comes straight from the table, never through Python.
@@ -133,6 +170,8 @@ def apply_commands(
     `apply_command` on each, but a slot of writes reads the state it needs once, up front,
     and keeps it current in memory as it writes: one round trip per slot, not per command
     (the applier's hot path). A slot with a schema command goes one command at a time."""
+    if slot % IDEMPOTENCY_PRUNE_EVERY == 0:
+        cursor.execute(_PRUNE_IDEMPOTENCY, [slot - IDEMPOTENCY_WINDOW])
     decoded = []
     for command in commands:
         try:
@@ -157,25 +196,37 @@ def apply_commands(
 # ---------------------------------------------------------------------------------- writes
 
 
-def _read_state(cursor, cmds: list[WriteCommand]) -> tuple[dict, dict]:
-    """(entries: key -> (version, created_index, description), attached schemas) for every
-    key and schema target the commands touch, in one round trip."""
+def _read_state(cursor, cmds: list[WriteCommand]) -> tuple[dict, dict, dict]:
+    """(entries: key -> (version, created_index, description), attached schemas, idempotency
+    records: key -> [fingerprint, request_id, index, outcome, result]) for every key, schema
+    target and idempotency key the commands touch, in one round trip."""
     keys = sorted({w.key for c in cmds for w in c.writes} | {k.key for c in cmds for k in c.checks})
     targets = sorted(
         {t for c in cmds for w in c.writes if w.op == "put" for t in schema_targets(w.key)}
     )
-    cursor.execute(_READ_STATE, [keys, targets])
-    entries_json, schemas_json = cursor.fetchone()
+    idempotency_keys = sorted({c.origin.idempotency_key for c in cmds} - {None})
+    cursor.execute(_READ_STATE, [keys, targets, idempotency_keys])
+    entries_json, schemas_json, records_json = cursor.fetchone()
     entries = {k: tuple(v) for k, v in json.loads(entries_json).items()}
-    return entries, json.loads(schemas_json)
+    return entries, json.loads(schemas_json), json.loads(records_json)
 
 
 def _apply_writes(
-    cursor, slot: int, request_id: str, cmd: WriteCommand, state: tuple[dict, dict] | None = None
+    cursor, slot: int, request_id: str, cmd: WriteCommand, state: tuple | None = None
 ) -> tuple[str, dict]:
     """`state` (from _read_state, covering this command) is kept current as this writes."""
-    entries, attached = state if state is not None else _read_state(cursor, [cmd])
+    entries, attached, records = state if state is not None else _read_state(cursor, [cmd])
+    decided = _idempotent(cursor, slot, request_id, cmd, records)
+    if decided is not None:
+        return decided
+    outcome, result = _write(cursor, slot, request_id, cmd, entries, attached)
+    _remember(cursor, slot, request_id, cmd, outcome, result, records)
+    return outcome, result
 
+
+def _write(
+    cursor, slot: int, request_id: str, cmd: WriteCommand, entries: dict, attached: dict
+) -> tuple[str, dict]:
     def version_of(key: str) -> int:
         return entries[key][0] if key in entries else 0
 
@@ -304,8 +355,65 @@ def _schema_refusal(cmd: WriteCommand, attached: dict) -> dict | None:
 
 def _origin_params(origin: Origin | None) -> dict:
     if origin is None:
-        return {"actor": "", "reason": "", "node": "", "at": None}
-    return {"actor": origin.actor, "reason": origin.reason, "node": origin.node, "at": origin.at}
+        return {"actor": "", "reason": "", "node": "", "idempotency_key": "", "at": None}
+    return {
+        "actor": origin.actor,
+        "reason": origin.reason,
+        "node": origin.node,
+        "idempotency_key": origin.idempotency_key or "",
+        "at": origin.at,
+    }
+
+
+# ----------------------------------------------------------------------- idempotency
+
+
+def _idempotent(
+    cursor, slot: int, request_id: str, cmd: WriteCommand | SchemaCommand, records: dict
+) -> tuple[str, dict] | None:
+    """The outcome of a command whose idempotency key has a live record: the first one's
+    (a replay: nothing written) or idempotency_key_reused (rejected history rows written).
+    None: the command is to be applied."""
+    key = cmd.origin.idempotency_key
+    found = records.get(key) if key else None
+    if found is None or found[2] < slot - IDEMPOTENCY_WINDOW:
+        return None
+    first_fingerprint, first_request_id, first_index, outcome, result = found
+    first = {"request_id": first_request_id, "index": first_index}
+    if fingerprint(cmd) == first_fingerprint:
+        return outcome, {**result, "replay_of": first}
+    refusal = {
+        "error": "idempotency_key_reused",
+        "detail": f"this idempotency key was used for another request (request "
+        f"{first_request_id}, log index {first_index}): nothing applied; use a new key for a "
+        "new request",
+        **first,
+    }
+    if isinstance(cmd, SchemaCommand):
+        _record_rejected_schema(cursor, slot, request_id, cmd, refusal)
+    else:
+        for write in cmd.writes:
+            _record_rejected(cursor, slot, request_id, cmd.op, write, cmd.origin, refusal)
+    return REJECTED, refusal
+
+
+def _remember(
+    cursor,
+    slot: int,
+    request_id: str,
+    cmd: WriteCommand | SchemaCommand,
+    outcome: str,
+    result: dict,
+    records: dict,
+) -> None:
+    """Record the outcome of a command applied under an idempotency key (in `records` too,
+    for the commands after it in the same slot)."""
+    key = cmd.origin.idempotency_key
+    if not key:
+        return
+    record = [fingerprint(cmd), request_id, slot, outcome, result]
+    cursor.execute(_RECORD_IDEMPOTENCY, [key, *record[:4], json.dumps(result)])
+    records[key] = record
 
 
 def _record_rejected(
@@ -355,6 +463,36 @@ def _like_prefix(prefix: str) -> str:
 
 
 def _apply_schema(cursor, slot: int, request_id: str, cmd: SchemaCommand) -> tuple[str, dict]:
+    records: dict = {}
+    if cmd.origin.idempotency_key:
+        cursor.execute(f"SELECT {_IDEMPOTENCY_RECORDS}", [[cmd.origin.idempotency_key]])
+        records = json.loads(cursor.fetchone()[0])
+    decided = _idempotent(cursor, slot, request_id, cmd, records)
+    if decided is not None:
+        return decided
+    outcome, result = _change_schema(cursor, slot, request_id, cmd)
+    _remember(cursor, slot, request_id, cmd, outcome, result, records)
+    return outcome, result
+
+
+def _record_rejected_schema(cursor, slot, request_id, cmd: SchemaCommand, refusal: dict) -> None:
+    cursor.execute(
+        _REJECTED_SCHEMA,
+        {
+            "slot": slot,
+            "request_id": request_id,
+            "key": cmd.key,
+            **_origin_params(cmd.origin),
+            "command": cmd.op,
+            "operation": cmd.op,
+            "value": json.dumps(cmd.schema) if cmd.op == "put_schema" else None,
+            "error": refusal["error"],
+            "detail": refusal["detail"],
+        },
+    )
+
+
+def _change_schema(cursor, slot: int, request_id: str, cmd: SchemaCommand) -> tuple[str, dict]:
     cursor.execute(
         "SELECT version, description, created_index FROM configstore_schema WHERE key = %s",
         [cmd.key],
@@ -370,17 +508,7 @@ def _apply_schema(cursor, slot: int, request_id: str, cmd: SchemaCommand) -> tup
         refusal = _existing_values_refusal(cursor, cmd)
     params = {"slot": slot, "request_id": request_id, "key": cmd.key, **_origin_params(cmd.origin)}
     if refusal is not None:
-        cursor.execute(
-            _REJECTED_SCHEMA,
-            {
-                **params,
-                "command": cmd.op,
-                "operation": cmd.op,
-                "value": json.dumps(cmd.schema) if cmd.op == "put_schema" else None,
-                "error": refusal["error"],
-                "detail": refusal["detail"],
-            },
-        )
+        _record_rejected_schema(cursor, slot, request_id, cmd, refusal)
         return REJECTED, refusal
     if cmd.op == "delete_schema":
         cursor.execute(_DELETE_SCHEMA, params)
@@ -401,6 +529,7 @@ def _apply_schema(cursor, slot: int, request_id: str, cmd: SchemaCommand) -> tup
         "created": not current,
         "created_index": created_index,
         "description": description,
+        "updated_at": cmd.origin.at.isoformat(),
     }
 
 

@@ -20,6 +20,7 @@ STATUS = [
     (exceptions.VersionConflict, 412),
     (exceptions.NotFound, 404),
     (exceptions.TxnFailed, 409),
+    (exceptions.IdempotencyKeyReused, 409),
     (exceptions.Unavailable, 503),
 ]
 RETRY_AFTER_SECONDS = 1

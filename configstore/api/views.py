@@ -166,9 +166,10 @@ def _conditions(request) -> dict:
     return {}
 
 
-def _request_id(request) -> str | None:
-    """Idempotency-Key -> the command's request id, namespaced per user: a retry with the
-    same key is applied once; two users' keys never collide."""
+def _idempotency_key(request) -> str | None:
+    """The Idempotency-Key header, checked. The services namespace it by the username: a
+    retry with the same key, through any node, is applied once; two users' keys never
+    collide."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
@@ -177,7 +178,7 @@ def _request_id(request) -> str | None:
             "Idempotency-Key must be 1-100 characters of A-Z a-z 0-9 . _ : ~ + / = -",
             field="Idempotency-Key",
         )
-    return f"u{request.user.pk}:{key}"
+    return key
 
 
 def _actor(request) -> str:
@@ -216,7 +217,8 @@ _IDEMPOTENCY = OpenApiParameter(
     "Idempotency-Key",
     str,
     OpenApiParameter.HEADER,
-    description="a retried request with the same key is applied once",
+    description="a retried request with the same key (and the same body), through any node, "
+    "is applied once and answered as the first was; the same key with another body: 409",
 )
 _IF_MATCH = OpenApiParameter(
     "If-Match", str, OpenApiParameter.HEADER, description='"<version>": compare-and-set'
@@ -325,7 +327,7 @@ class KeyDetailView(ApiView):
         key = _key(key)
         _require(request, CHANGE, key)
         conditions = _conditions(request)
-        request_id = _request_id(request)
+        idempotency_key = _idempotency_key(request)
         body = _data(request, s.PutEntrySerializer)
         written = services.entry_put(
             key=key,
@@ -333,7 +335,7 @@ class KeyDetailView(ApiView):
             actor=_actor(request),
             reason=body.get("reason", ""),
             description=body.get("description"),
-            request_id=request_id,
+            idempotency_key=idempotency_key,
             **conditions,
         )
         headers = {REQUEST_ID_HEADER: written.request_id}
@@ -375,7 +377,7 @@ def _delete(request, service, key: str, conditions: dict) -> Response:
         key=key,
         actor=_actor(request),
         reason=body.get("reason", request.query_params.get("reason", "")),
-        request_id=_request_id(request),
+        idempotency_key=_idempotency_key(request),
         **conditions,
     )
     return Response(
@@ -397,7 +399,7 @@ class TxnView(ApiView):
         },
     )
     def post(self, request):
-        request_id = _request_id(request)
+        idempotency_key = _idempotency_key(request)
         body = _data(request, s.TxnSerializer)
         ops = [
             Write("put", _key(op["key"]), op["value"], op.get("description"))
@@ -415,7 +417,7 @@ class TxnView(ApiView):
             checks=checks,
             actor=_actor(request),
             reason=body.get("reason", ""),
-            request_id=request_id,
+            idempotency_key=idempotency_key,
         )
         return Response(
             {
@@ -607,7 +609,7 @@ class SchemaDetailView(ApiView):
         conditions = _conditions(request)
         if conditions and "expected_version" not in conditions:
             raise exceptions.InvalidInput('a schema write takes only If-Match: "<version>"')
-        request_id = _request_id(request)
+        idempotency_key = _idempotency_key(request)
         body = _data(request, s.PutSchemaSerializer)
         written = services.schema_put(
             key=key,
@@ -615,7 +617,7 @@ class SchemaDetailView(ApiView):
             actor=_actor(request),
             reason=body.get("reason", ""),
             description=body.get("description"),
-            request_id=request_id,
+            idempotency_key=idempotency_key,
             **conditions,
         )
         return Response(

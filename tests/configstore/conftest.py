@@ -104,8 +104,10 @@ def replicated_state() -> dict:
         "schemas": "SELECT key, schema::text, description, version, created_index, "
         "modified_index, updated_by, updated_at FROM configstore_schema ORDER BY key",
         "history": "SELECT index, request_id, command, operation, key, old_value::text, "
-        "new_value::text, old_version, new_version, actor, reason, node, outcome, error, "
-        "detail, at FROM configstore_history ORDER BY index, id",
+        "new_value::text, old_version, new_version, actor, reason, node, idempotency_key, "
+        "outcome, error, detail, at FROM configstore_history ORDER BY index, id",
+        "idempotency": "SELECT key, fingerprint, request_id, index, outcome, result::text "
+        "FROM configstore_idempotency ORDER BY key",
         "applied": "SELECT request_id, slot, outcome, result::text "
         "FROM consensus_applied_request ORDER BY slot, request_id",
         "applied_index": "SELECT applied_index FROM consensus_applied_state",

@@ -1,6 +1,6 @@
 """The services: every input they refuse is refused before anything is submitted (state and
 history unchanged); an applier's rejection becomes the exception a caller acts on; a retried
-request id returns its first outcome without submitting again.
+idempotency key returns its first outcome without submitting again.
 
 No cluster runs (see conftest): a valid write ends in NoQuorum, never submitted."""
 
@@ -178,11 +178,14 @@ def committed_log(transactional_db) -> Log:
 
 def test_a_retried_request_returns_its_first_outcome_without_submitting(committed_log):
     slot = committed_log.apply(
-        payload("put", key="k", value={"v": 1}, actor="alice", reason="first"), request_id="u1:abc"
+        payload(
+            "put", key="k", value={"v": 1}, actor="alice", reason="r", idempotency_key="alice:abc"
+        ),
+        request_id="first",
     )
     before = replicated_state()
-    written = put(value={"v": 1}, request_id="u1:abc")
-    assert (written.index, written.created, written.request_id) == (slot, True, "u1:abc")
+    written = put(value={"v": 1}, reason="r", idempotency_key="abc")
+    assert (written.index, written.created, written.request_id) == (slot, True, "first")
     assert (written.entry.value, written.entry.version, written.entry.modified_index) == (
         {"v": 1},
         1,
@@ -191,28 +194,59 @@ def test_a_retried_request_returns_its_first_outcome_without_submitting(committe
     assert replicated_state() == before  # nothing submitted: no quorum was even needed
 
 
-def test_a_request_id_reused_for_another_request_is_refused(committed_log):
-    committed_log.apply(payload("put", key="k", value=1), request_id="u1:abc")
-    with pytest.raises(exceptions.IdempotencyKeyReused):
-        put(value=2, request_id="u1:abc")
-    with pytest.raises(exceptions.IdempotencyKeyReused):
-        put(key="other", value=1, request_id="u1:abc")
-    with pytest.raises(exceptions.IdempotencyKeyReused):
-        services.entry_delete(key="k", actor="alice", request_id="u1:abc")
+def test_an_idempotency_key_reused_for_another_request_is_refused_unsubmitted(committed_log):
+    committed_log.apply(
+        payload("put", key="k", value=1, reason="", idempotency_key="alice:abc"),
+        request_id="first",
+    )
+    before = replicated_state()
+    for reuse in (
+        lambda: put(value=2, idempotency_key="abc"),
+        lambda: put(key="other", value=1, idempotency_key="abc"),
+        lambda: put(value=1, reason="another reason", idempotency_key="abc"),
+        lambda: put(value=1, expected_version=1, idempotency_key="abc"),
+        lambda: services.entry_delete(key="k", actor="alice", idempotency_key="abc"),
+    ):
+        with pytest.raises(exceptions.IdempotencyKeyReused) as refused:
+            reuse()
+        assert "first" in refused.value.detail
+    assert replicated_state() == before
+
+
+def test_idempotency_keys_are_per_actor(committed_log):
+    committed_log.apply(
+        payload("put", key="k", value=1, reason="", idempotency_key="alice:abc"),
+        request_id="first",
+    )
+    with pytest.raises(exceptions.NoQuorum):  # bob's "abc" is not alice's: a new request
+        put(actor="bob", value=2, idempotency_key="abc")
+    assert services.idempotent_outcome(actor="bob", idempotency_key="abc") is None
+    assert services.idempotent_outcome(actor="alice", idempotency_key="abc").slot == 1
 
 
 def test_a_retried_rejected_request_raises_its_rejection_again(committed_log):
     committed_log.apply(payload("put", key="k", value=1))
     slot = committed_log.apply(
-        payload("put", key="k", value=2, expected_version=7), request_id="u1:cas"
+        payload(
+            "put", key="k", value=2, expected_version=7, reason="", idempotency_key="alice:cas"
+        ),
+        request_id="first",
     )
     with pytest.raises(exceptions.VersionConflict) as refused:
-        put(value=2, expected_version=7, request_id="u1:cas")
+        put(value=2, expected_version=7, idempotency_key="cas")
     assert (refused.value.current_version, refused.value.request_id, refused.value.index) == (
         1,
-        "u1:cas",
+        "first",
         slot,
     )
+
+
+def test_a_key_expired_from_the_window_is_a_new_request(committed_log, monkeypatch):
+    committed_log.apply(payload("put", key="k", value=1, reason="", idempotency_key="alice:old"))
+    committed_log.apply(payload("put", key="other", value=1))
+    monkeypatch.setattr(services, "IDEMPOTENCY_WINDOW", 0)
+    with pytest.raises(exceptions.NoQuorum):  # submitted afresh (here: no quorum)
+        put(value=2, idempotency_key="old")
 
 
 def test_the_outcome_of_a_request_id_can_be_looked_up(committed_log):
@@ -223,10 +257,12 @@ def test_the_outcome_of_a_request_id_can_be_looked_up(committed_log):
 
 
 def test_a_retry_returns_its_first_outcome_even_if_a_schema_now_refuses_it(committed_log):
-    slot = committed_log.apply(payload("put", key="n/k", value=-1), request_id="u1:early")
+    slot = committed_log.apply(
+        payload("put", key="n/k", value=-1, reason="", idempotency_key="alice:early")
+    )
     committed_log.apply(payload("put", key="n/k", value=1))
     committed_log.apply(payload("put_schema", key="n/", schema={"minimum": 0}))
     with pytest.raises(exceptions.SchemaViolation):
         put(key="n/k", value=-1)  # a new request is checked against the schema
-    written = put(key="n/k", value=-1, request_id="u1:early")
+    written = put(key="n/k", value=-1, idempotency_key="early")
     assert (written.index, written.entry.version) == (slot, 1)

@@ -474,6 +474,137 @@ def test_a_request_id_applied_once_is_not_applied_again(log):
     assert History.objects.filter(request_id="same").count() == 1
 
 
+# ------------------------------------------------------------------ idempotency keys
+
+
+def keyed(op: str, idem: str = "alice:k1", **fields) -> str:
+    return payload(op, idempotency_key=idem, **fields)
+
+
+def outcome_of(request_id: str) -> tuple[str, dict]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT outcome, result FROM consensus_applied_request WHERE request_id = %s",
+            [request_id],
+        )
+        outcome, result = cursor.fetchone()
+    return outcome, json.loads(result) if isinstance(result, str) else result
+
+
+def test_the_same_request_under_one_key_is_applied_once_and_answered_as_the_first(log):
+    first = log.apply(keyed("put", idem="alice:k1", key="k", value=1), request_id="a")
+    before = replicated_state()
+    # Retried through another node, later: the same request (node and time differ).
+    again = json.dumps({**json.loads(keyed("put", key="k", value=1)), "node": "n3"})
+    log.apply(again, request_id="b")
+    assert entry("k").version == 1
+    assert outcome_of("b") == (
+        "committed",
+        {**outcome_of("a")[1], "replay_of": {"request_id": "a", "index": first}},
+    )
+    after = replicated_state()
+    assert {k: v for k, v in after.items() if k not in ("applied", "applied_index", "chosen")} == {
+        k: v for k, v in before.items() if k not in ("applied", "applied_index", "chosen")
+    }  # no entry, schema, history row or record changed: only the log and the outcome moved
+    assert rows(key="k")[0].idempotency_key == "alice:k1"
+
+
+def test_another_request_under_a_used_key_is_rejected_and_changes_nothing(log):
+    first = log.apply(keyed("put", key="k", value=1), request_id="a")
+    entries_before = replicated_state()["entries"]
+    slot = log.apply(keyed("put", key="k2", value=2), request_id="b")
+    assert entry("k2") is None and replicated_state()["entries"] == entries_before
+    outcome, result = outcome_of("b")
+    assert (outcome, result["error"], result["request_id"], result["index"]) == (
+        "rejected",
+        "idempotency_key_reused",
+        "a",
+        first,
+    )
+    (row,) = rows(index=slot)
+    assert (row.outcome, row.error, row.key, row.new_value, row.idempotency_key) == (
+        "rejected",
+        "idempotency_key_reused",
+        "k2",
+        2,
+        "alice:k1",
+    )
+    # What the request asks for decides, not only the key and value: the reason too.
+    log.apply(keyed("put", reason="other", key="k", value=1), request_id="c")
+    assert outcome_of("c")[1]["error"] == "idempotency_key_reused"
+
+
+def test_two_requests_with_one_key_in_one_slot_the_log_orders_them(log):
+    slot = log.slots.__next__()
+    value = Value(
+        (
+            Command("a", keyed("put", key="race1", value=1)),
+            Command("b", keyed("put", key="race2", value=2)),
+            Command("c", keyed("put", key="race1", value=1)),
+        )
+    )
+    assert storage.apply_chosen(apply_commands, "n1", [(slot, value)]) == 1
+    assert (entry("race1").value, entry("race2")) == (1, None)
+    assert outcome_of("a")[0] == "committed"
+    assert outcome_of("b")[1]["error"] == "idempotency_key_reused"
+    assert outcome_of("c")[1]["replay_of"] == {"request_id": "a", "index": slot}
+
+
+def test_a_rejected_first_request_is_answered_again_to_its_retry(log):
+    log.apply(payload("put", key="k", value=0))
+    first = log.apply(keyed("put", key="k", value=1, expected_version=9))
+    log.apply(payload("put", key="k", value=5))  # the state moves on: version 2
+    log.apply(keyed("put", key="k", value=1, expected_version=9), request_id="r")
+    outcome, result = outcome_of("r")
+    assert (outcome, result["current_version"], result["replay_of"]["index"]) == (
+        "rejected",
+        1,
+        first,
+    )
+    assert entry("k").value == 5
+
+
+def test_idempotency_keys_of_two_actors_never_collide(log):
+    log.apply(keyed("put", idem="alice:k", key="a", value=1))
+    log.apply(keyed("put", idem="bob:k", actor="bob", key="b", value=2))
+    assert (entry("a").value, entry("b").value) == (1, 2)
+
+
+def test_schema_commands_take_idempotency_keys_too(log):
+    log.apply(keyed("put_schema", idem="alice:s", key="n/", schema=INTEGER), request_id="a")
+    log.apply(keyed("put_schema", idem="alice:s", key="n/", schema=INTEGER), request_id="b")
+    log.apply(keyed("delete_schema", idem="alice:s", key="n/"), request_id="c")
+    assert Schema.objects.get(key="n/").version == 1
+    assert outcome_of("b")[1]["replay_of"]["request_id"] == "a"
+    assert outcome_of("c")[1]["error"] == "idempotency_key_reused"
+    assert [(r.operation, r.outcome) for r in rows(key="n/")] == [
+        ("put_schema", "committed"),
+        ("delete_schema", "rejected"),
+    ]
+
+
+def test_a_key_is_remembered_for_the_window_then_free_and_pruned(log, monkeypatch):
+    from configstore import statemachine
+
+    monkeypatch.setattr(statemachine, "IDEMPOTENCY_WINDOW", 3)
+    monkeypatch.setattr(statemachine, "IDEMPOTENCY_PRUNE_EVERY", 10)
+    first = log.apply(keyed("put", key="k", value=1))  # slot 1
+    for _ in range(3):  # slots 2-4: within the window, a reuse is refused
+        log.apply(keyed("put", key="k", value=2))
+    assert entry("k").version == 1
+    log.apply(keyed("put", key="k", value=2), request_id="free")  # slot 5: expired
+    assert (entry("k").version, outcome_of("free")[0]) == (2, "committed")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT key, index FROM configstore_idempotency")
+        assert cursor.fetchall() == [("alice:k1", 5)]
+    for _ in range(5):  # up to slot 10: records older than 10 - 3 are deleted
+        log.apply(payload("put", key="other", value=0))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM configstore_idempotency")
+        assert cursor.fetchone()[0] == 0
+    assert first == 1
+
+
 # -------------------------------------------------------------------- determinism
 
 
@@ -486,6 +617,13 @@ def workload(seed: int, count: int) -> list[str]:
         key = rng.choice(keys)
         kind = rng.choice(["put", "put", "cas", "create", "delete", "txn", "schema", "unschema"])
         value = rng.choice([i, -i, f"s{i}", {"n": i}, None, [i, i]])
+        if rng.random() < 0.3:  # a few keys, reused: replays, reuses and first uses
+            idem = {"idempotency_key": f"alice:k{rng.randint(1, 8)}"}
+            if out and rng.random() < 0.5:  # the very same request again: a replay
+                out.append(out[-1])
+                continue
+        else:
+            idem = {}
         if kind == "put":
             out.append(payload("put", key=key, value=value, actor=f"u{i % 3}"))
         elif kind == "cas":
@@ -517,6 +655,8 @@ def workload(seed: int, count: int) -> list[str]:
             )
         else:
             out.append(payload("delete_schema", key="d/"))
+        if idem:
+            out[-1] = json.dumps({**json.loads(out[-1]), **idem})
     return out
 
 
@@ -524,7 +664,8 @@ def _reset() -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE configstore_entry, configstore_schema, configstore_history, "
-            "consensus_applied_request, consensus_applied_state, consensus_chosen_slot"
+            "configstore_idempotency, consensus_applied_request, consensus_applied_state, "
+            "consensus_chosen_slot"
         )
 
 
@@ -554,6 +695,9 @@ def test_the_same_log_gives_the_same_state_on_every_node(log):
     assert run("n2", batch=10) == run("n2", batch=10, state_machine=one_at_a_time)
     outcomes = {row[2] for row in first["applied"]}
     assert outcomes == {"committed", "rejected"}  # the workload exercises both
+    results = [json.loads(row[3]) for row in first["applied"]]
+    assert any("replay_of" in r for r in results)  # ... and replays and reuses of keys
+    assert any(r.get("error") == "idempotency_key_reused" for r in results)
     assert len(first["history"]) > 200
 
 
