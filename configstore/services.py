@@ -216,9 +216,10 @@ def entry_txn(
             raise exceptions.InvalidInput(f"a txn may name each key once in its {what}", field=what)
 
     def prevalidate() -> None:
+        budget = schemas.Budget()  # as the applier: one for the whole txn
         for write in writes:
             if write.op == "put":
-                _prevalidate(write.key, write.value)
+                _prevalidate(write.key, write.value, budget)
 
     command = WriteCommand(
         "txn", tuple(writes), _origin(actor, reason, idempotency_key), tuple(checks)
@@ -507,10 +508,10 @@ def _conditions(expected_version: object, create_only: bool, must_exist: bool) -
         )
 
 
-def _prevalidate(key: str, value: Any) -> None:
+def _prevalidate(key: str, value: Any, budget: schemas.Budget | None = None) -> None:
     """Check the value against this node's copy of the schemas that apply. The applier
     checks again against the schemas in force when the command is applied."""
-    found = schemas.first_violation(selectors.schemas_for_key(key), value)
+    found = schemas.first_violation(selectors.schemas_for_key(key), value, budget)
     if found is not None:
         raise exceptions.SchemaViolation(
             found.describe(key), key=key, path=found.path, schema=found.schema_key

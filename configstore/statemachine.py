@@ -337,11 +337,12 @@ def _txn_refusal(cmd: WriteCommand, version_of) -> dict | None:
 
 
 def _schema_refusal(cmd: WriteCommand, attached: dict) -> dict | None:
+    budget = schemas.Budget()  # one per command: a txn of many values is bounded too
     for write in cmd.writes:
         if write.op != "put":
             continue
         applicable = [(t, attached[t]) for t in schema_targets(write.key) if t in attached]
-        found = schemas.first_violation(applicable, write.value)
+        found = schemas.first_violation(applicable, write.value, budget)
         if found is not None:
             return {
                 "error": "schema_violation",
@@ -544,8 +545,9 @@ def _existing_values_refusal(cursor, cmd: SchemaCommand) -> dict | None:
         )
     else:
         cursor.execute("SELECT key, value::text FROM configstore_entry WHERE key = %s", [cmd.key])
+    budget = schemas.Budget()  # one for every value the schema would govern
     for key, value in cursor.fetchall():
-        found = schemas.violation(cmd.key, cmd.schema, json.loads(value))
+        found = schemas.violation(cmd.key, cmd.schema, json.loads(value), budget)
         if found is not None:
             return {
                 "error": "schema_violation",
