@@ -266,3 +266,26 @@ def test_a_retry_returns_its_first_outcome_even_if_a_schema_now_refuses_it(commi
         put(key="n/k", value=-1)  # a new request is checked against the schema
     written = put(key="n/k", value=-1, idempotency_key="early")
     assert (written.index, written.entry.version) == (slot, 1)
+
+
+# ------------------------------------------------------------------ hostile schemas
+
+
+def test_a_near_miss_of_a_catastrophic_pattern_is_refused_before_submitting(log):
+    log.apply(payload("put_schema", key="r/k", schema={"type": "string", "pattern": "^(a+)+$"}))
+    before = replicated_state()
+    with pytest.raises(exceptions.SchemaViolation) as refused:
+        put(key="r/k", value="a" * 40 + "!")
+    assert refused.value.schema == "r/k"
+    assert replicated_state() == before
+
+
+@pytest.mark.parametrize(
+    "pattern, construct", [("(a)\\1", "\\1"), ("(?=a)", "(?="), ("(?<=a)b", "(?<=")]
+)
+def test_a_schema_with_a_pattern_re2_cannot_match_is_refused_naming_it(log, pattern, construct):
+    before = replicated_state()
+    with pytest.raises(exceptions.InvalidInput) as refused:
+        services.schema_put(key="r/k", schema={"pattern": pattern}, actor="alice")
+    assert refused.value.field == "schema" and construct in refused.value.detail
+    assert replicated_state() == before

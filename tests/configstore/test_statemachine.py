@@ -714,3 +714,51 @@ def test_the_history_is_append_only(log, sql):
     ):
         cursor.execute(sql)
     assert History.objects.get().actor == "alice"
+
+
+# ------------------------------------------------------------------ hostile schemas
+
+NEAR_MISS = "a" * 40 + "!"  # days of backtracking for ^(a+)+$ in Python's re
+
+
+def test_a_catastrophic_pattern_over_a_current_value_is_refused_at_once(log):
+    log.apply(payload("put", key="r/k", value=NEAR_MISS))
+    slot = log.apply(
+        payload("put_schema", key="r/k", schema={"type": "string", "pattern": "^(a+)+$"})
+    )
+    assert Schema.objects.filter(key="r/k").count() == 0
+    (row,) = rows(index=slot)
+    assert (row.outcome, row.error) == ("rejected", "schema_violation")
+    assert "does not match '^(a+)+$'" in row.detail
+    log.apply(payload("put", key="r/k", value="aaaa"))  # the applier goes on
+    assert entry("r/k").version == 2
+
+
+def test_a_catastrophic_pattern_in_place_refuses_a_near_miss_at_once(log):
+    log.apply(payload("put_schema", key="r/", schema={"patternProperties": {"^(a+)+$": {}}}))
+    log.apply(payload("put_schema", key="r/k", schema={"pattern": "^(a+)+$"}))
+    slot = log.apply(payload("put", key="r/k", value=NEAR_MISS))
+    assert [(r.outcome, r.error) for r in rows(index=slot)] == [("rejected", "schema_violation")]
+    log.apply(payload("put", key="r/k", value="aaaa"))
+    log.apply(payload("put", key="r/j", value={NEAR_MISS: 1, "a": 2}))
+    assert (entry("r/k").value, entry("r/j").version) == ("aaaa", 1)
+
+
+def test_a_schema_too_costly_to_check_is_refused_the_same_on_every_node(log):
+    levels = {
+        f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]}
+        for i in range(40)
+    }
+    schema = {"$defs": {**levels, "d40": {"type": "integer"}}, "$ref": "#/$defs/d0"}
+    log.apply(payload("put", key="x", value=1))
+    slot = log.apply(payload("put_schema", key="x", schema=schema))
+    (row,) = rows(index=slot)
+    assert (row.outcome, row.error) == ("rejected", "schema_violation")
+    assert "too costly to check" in row.detail
+
+
+def test_a_pattern_re2_cannot_match_is_a_malformed_command(log):
+    slot = log.apply(payload("put_schema", key="x", schema={"pattern": "(a)\\1"}))
+    (row,) = rows(index=slot)
+    assert (row.outcome, row.error) == ("rejected", "malformed")
+    assert "not supported" in row.detail and "\\1" in row.detail

@@ -104,7 +104,8 @@ def audit(cluster: LocalCluster, operations: list[Operation], failed: dict[str, 
     rows = cluster.query(
         node,
         "SELECT id, index, request_id, command, operation, key, old_value, new_value,"
-        " old_version, new_version, outcome, error FROM configstore_history ORDER BY id",
+        " old_version, new_version, outcome, error, idempotency_key FROM configstore_history"
+        " ORDER BY id",
     )
     entries = {
         key: (value, version)
@@ -164,7 +165,7 @@ def _replay(result: Audit, rows, entries) -> None:
     """Walk the history in order; each row must start from the state the rows before it
     left, and the walk must end in the entries the node holds."""
     state: dict[str, tuple[str, int]] = {}
-    for row_id, index, _rid, _cmd, operation, key, old, new, old_v, new_v, outcome, _ in rows:
+    for row_id, index, _rid, _cmd, operation, key, old, new, old_v, new_v, outcome, *_ in rows:
         if operation not in ("put", "delete"):
             continue
         before = state.get(key)
@@ -189,14 +190,21 @@ def _replay(result: Audit, rows, entries) -> None:
         result.problem(f"replaying the history does not give the entries held: {differing[:10]}")
 
 
-def _idempotency_key(request_id: str) -> str:
-    """The client's Idempotency-Key in a request id the API made of it ("u<user>:<key>")."""
-    return request_id.split(":", 1)[-1]
+def _idempotency_key(namespaced: str) -> str:
+    """The client's Idempotency-Key in the key a command carries ("<username>:<key>")."""
+    return namespaced.split(":", 1)[-1]
+
+
+def _command_key(payload: str) -> str:
+    try:
+        return _idempotency_key(json.loads(payload).get("idempotency_key") or "")
+    except (ValueError, AttributeError):
+        return ""
 
 
 def _check_clients(result: Audit, rows, chosen, operations: list[Operation], failed) -> None:
-    by_key = {_idempotency_key(row[2]): row for row in rows}
-    in_log = {_idempotency_key(c.request_id) for _, value in chosen for c in value.commands}
+    by_key = {_idempotency_key(row[-1]): row for row in rows if row[-1]}
+    in_log = {_command_key(c.payload) for _, value in chosen for c in value.commands} - {""}
     for op in operations:
         if op.kind not in (PUT, DELETE) or op.request_id is None or op.unknown:
             continue
@@ -204,7 +212,7 @@ def _check_clients(result: Audit, rows, chosen, operations: list[Operation], fai
         if row is None:
             result.problem(f"no history row for a write the client was answered: {op.describe()}")
             continue
-        *_, operation, key, _old, new, _ov, new_v, outcome, error = row
+        *_, operation, key, _old, new, _ov, new_v, outcome, error, _key = row
         if op.outcome == OK:
             good = outcome == "committed" and key == op.key and operation == op.kind
             if op.kind == PUT:

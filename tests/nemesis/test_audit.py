@@ -12,11 +12,13 @@ from tests.nemesis.audit import Audit, _check_clients, _check_log_against_histor
 
 def row(row_id, index, rid, op, key, old, new, old_v, new_v, outcome="committed", error=""):
     command = op if op in ("put", "delete") else "txn"
-    return (row_id, index, rid, command, op, key, old, new, old_v, new_v, outcome, error)
+    # The request id doubles as the idempotency key ("<user>:<client's key>").
+    return (row_id, index, rid, command, op, key, old, new, old_v, new_v, outcome, error, rid)
 
 
 def put(rid: str, key: str) -> Command:
-    return Command(rid, json.dumps({"op": "put", "key": key, "value": 1}))
+    payload = {"op": "put", "key": key, "value": 1, "idempotency_key": rid}
+    return Command(rid, json.dumps(payload))
 
 
 GOOD_ROWS = [
