@@ -19,8 +19,10 @@ every commit waits behind the applier):
   matches those with Python's backtracking engine);
 - "uniqueItems" is checked in linear time (jsonschema compares unhashable items pairwise);
 - every keyword evaluation spends one step of a Budget (CHECK_STEPS per command, shared by
-  every value and schema the command checks). A check that runs out is a violation ("too
-  costly to check"), the same on every node: the count does not depend on the clock.
+  every value the command checks). A check that runs out is a violation ("too costly to
+  check"), the same on every node: the count does not depend on the clock. A schema is
+  itself checked against its draft's metaschema on a Budget of its own (once: the answer
+  is cached); one too large or complex for it is refused.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
+import attrs
 import re2
 from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.exceptions import ValidationError, best_match
 
 #: Keyword evaluations one command may spend on schema checks: about 4 s of one core here
 #: (jsonschema costs ~20 us per keyword). A constant, never a setting: all nodes must agree.
@@ -209,20 +212,45 @@ def _metered(keyword):
     return evaluate
 
 
+_bounded_classes: set[type] = set()
+
+
 @lru_cache(maxsize=16)
 def _bounded_class(cls):
-    """The draft's validator class with the bounded keywords, every keyword metered."""
+    """The draft's validator class with the bounded keywords, every keyword metered. A
+    subschema that names another draft ("$schema") is evaluated by that draft's bounded
+    class too (jsonschema's own `evolve` would pick the draft's plain class)."""
     keywords = {name: _BOUNDED.get(name, fn) for name, fn in cls.VALIDATORS.items()}
-    return validators.extend(cls, {name: _metered(fn) for name, fn in keywords.items()})
+    bounded = validators.extend(cls, {name: _metered(fn) for name, fn in keywords.items()})
+    plain_evolve = bounded.evolve
+
+    def evolve(self, **changes):
+        evolved = plain_evolve(self, **changes)
+        if type(evolved) in _bounded_classes:
+            return evolved
+        target = _bounded_class(type(evolved))
+        fields = attrs.fields(type(evolved))
+        return target(**{f.alias: getattr(evolved, f.name) for f in fields if f.init})
+
+    bounded.evolve = evolve
+    _bounded_classes.add(bounded)
+    return bounded
 
 
 # -------------------------------------------------------------------------- checks
 
 
 def schema_error(schema: object) -> str | None:
-    """Why `schema` is not a usable JSON Schema, or None."""
+    """Why `schema` is not a usable JSON Schema, or None. Bounded like a value's check: the
+    schema is validated against its draft's metaschema on a Budget of its own."""
     if not isinstance(schema, dict | bool):
         return "a schema must be a JSON object (or true/false)"
+    return _schema_error(json.dumps(schema, sort_keys=True))
+
+
+@lru_cache(maxsize=64)
+def _schema_error(canonical: str) -> str | None:
+    schema = json.loads(canonical)
     for pattern in _patterns(schema):
         if (error := _pattern_error(pattern)) is not None:
             return error
@@ -231,13 +259,25 @@ def schema_error(schema: object) -> str | None:
             "a schema may not combine unevaluatedProperties with patternProperties (their "
             "combination is not matched in linear time)"
         )
-    try:
+    budget = Budget()
+    _spending.budget = budget
+    try:  # what cls.check_schema does, on the bounded, metered validator classes
         cls = validators.validator_for(schema, default=Draft202012Validator)
-        cls.check_schema(schema)
-    except SchemaError as error:
-        return f"not a valid JSON Schema: {error.message}"
+        meta = _bounded_class(validators.validator_for(cls.META_SCHEMA, default=cls))
+        error = best_match(
+            meta(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER).iter_errors(schema)
+        )
+    except TooCostly:
+        return (
+            f"the schema is too large or complex to check: over {budget.total} keyword "
+            "evaluations against its metaschema"
+        )
     except Exception as error:  # noqa: BLE001 - any failure of a user's schema is its error
         return f"not a valid JSON Schema: {error}"
+    finally:
+        _spending.budget = None
+    if error is not None:
+        return f"not a valid JSON Schema: {_clip(error.message)}"
     return None
 
 

@@ -249,3 +249,20 @@ def test_one_budget_is_shared_by_every_check_of_a_command():
     assert schemas.violation("k", schema, list(range(600)), budget) is None
     found = schemas.violation("k", schema, list(range(600)), budget)  # the rest is not enough
     assert found is not None and found.message.startswith("too costly to check")
+
+
+def test_a_subschema_naming_its_draft_is_bounded_too():
+    for draft in (
+        "https://json-schema.org/draft/2020-12/schema",
+        "http://json-schema.org/draft-07/schema#",
+    ):
+        inner = {"$schema": draft, "pattern": "^(a+)+$"}
+        schema = {"$defs": {"x": inner}, "$ref": "#/$defs/x"}
+        assert "does not match" in check_isolated(schema, NEAR_MISS)
+
+
+def test_a_schema_too_large_to_check_is_refused():
+    props = {f"p{i}": {"type": "integer", "minimum": 0} for i in range(10_000)}
+    error = schemas.schema_error({"properties": props})
+    assert error.startswith("the schema is too large or complex to check")
+    assert schemas.schema_error({"properties": dict(list(props.items())[:100])}) is None
