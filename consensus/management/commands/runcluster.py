@@ -23,6 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
+import psutil
 from django.core.management.base import BaseCommand
 
 from consensus.localcluster import LocalCluster
@@ -71,7 +72,10 @@ class Command(BaseCommand):
         finally:
             self._starting = False
             self._say("stopping every process of the cluster ...")
-            cluster.stop()
+            try:
+                cluster.stop()
+            finally:
+                stop_leftover_children()
             self._say("stopped.")
 
     def _say(self, line: str, style=None) -> None:
@@ -101,3 +105,24 @@ class Command(BaseCommand):
         w(f"  cluster state: CONFIGSTORE_PEERS='{cluster.peers()}' ./dev manage clusterstatus")
         w(f"  data and logs: {cluster.data_dir}   (supervision: logs/supervisor.log)")
         w("  a process that exits is restarted; Ctrl-C stops everything")
+
+
+def stop_leftover_children(timeout: float = 10.0) -> None:
+    """Stop whatever is still a child of this process after the cluster stopped: a process a
+    stop signal caught between its start and its bookkeeping, a migration in progress. A child
+    leading a group of its own (a node process) is stopped with its group."""
+    children = psutil.Process().children()
+    for child in children:
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(child.pid) == child.pid:
+                os.killpg(child.pid, signal.SIGTERM)
+            else:
+                child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(child.pid) == child.pid:
+                os.killpg(child.pid, signal.SIGKILL)
+            else:
+                child.kill()
+    psutil.wait_procs(alive, timeout=timeout)
