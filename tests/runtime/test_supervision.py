@@ -354,3 +354,26 @@ def test_a_process_that_keeps_exiting_is_restarted_later_each_time_until_it_runs
         assert cluster._tend(unit, lambda: now[0] + 100) == []
     finally:
         shutil.rmtree(cluster.data_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- secrets
+
+
+def test_the_secrets_a_cluster_keeps_are_long_random_and_private():
+    """runcluster and the tests run with DEBUG off: their secrets must pass the checks that
+    refuse default or short ones, also when a kept file was cut short (e.g. by a crash)."""
+    cluster = LocalCluster(_scratch("configstore-secrets-"))
+    try:
+        first = cluster._kept_secret("cluster-secret")
+        assert len(first) == 64 and int(first, 16) >= 0
+        path = cluster.data_dir / "cluster-secret"
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert cluster._kept_secret("cluster-secret") == first  # kept across starts
+        assert cluster._kept_secret("django-secret") != first
+        for damaged in ("", "abc", "dev-cluster-secret-change-me" * 3):
+            path.write_text(damaged)
+            renewed = cluster._kept_secret("cluster-secret")
+            assert len(renewed) == 64 and renewed not in (first, damaged)
+            assert path.read_text() == renewed and path.stat().st_mode & 0o777 == 0o600
+    finally:
+        shutil.rmtree(cluster.data_dir, ignore_errors=True)
