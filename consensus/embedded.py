@@ -85,7 +85,7 @@ class EmbeddedServerError(RuntimeError):
 # --------------------------------------------------------------------------- shared helpers
 
 
-class _DirLock:
+class DirLock:
     """An exclusive flock on ``path``, held until ``release()`` or the owner's death."""
 
     def __init__(self, path: Path) -> None:
@@ -107,7 +107,7 @@ class _DirLock:
             self._fd = None
 
 
-def _process_if_alive(pid: int, started_at: float, tolerance: float = 5.0) -> psutil.Process | None:
+def process_if_alive(pid: int, started_at: float, tolerance: float = 5.0) -> psutil.Process | None:
     """The live process ``pid`` if it was created at ``started_at`` (so not a reused pid)."""
     try:
         process = psutil.Process(pid)
@@ -355,7 +355,7 @@ def _clear_previous_postmaster(pgdata: Path) -> None:
     previous = _PostmasterPid.read(pgdata)
     if previous is None:
         return
-    orphan = _process_if_alive(previous.pid, previous.started_at)
+    orphan = process_if_alive(previous.pid, previous.started_at)
     if orphan is not None and orphan.name().startswith("postgres"):
         _stop_orphan(orphan, signal.SIGINT, "PostgreSQL")  # SIGINT = fast shutdown
     left = _PostmasterPid.read(pgdata)  # a clean shutdown removed it
@@ -415,7 +415,7 @@ class EmbeddedPostgres:
     data_dir: Path
     socket_dir: Path
     process: subprocess.Popen[bytes]
-    _lock: _DirLock = field(repr=False)
+    _lock: DirLock = field(repr=False)
     _owner_pid: int = field(default=0, repr=False)
 
     @property
@@ -480,7 +480,7 @@ def start_postgres(
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata, log = data_dir / "pgdata", data_dir / "postgres.log"
     socket_dir = _socket_dir(pgdata)
-    lock = _DirLock(data_dir / "postgres.lock")
+    lock = DirLock(data_dir / "postgres.lock")
     child: subprocess.Popen[bytes] | None = None
     try:
         account = _postgres_account(run_as)
@@ -522,7 +522,7 @@ def _clear_previous_redis(data_dir: Path) -> None:
     state_file = data_dir / REDIS_STATE_FILE
     try:
         state = json.loads(state_file.read_text())
-        orphan = _process_if_alive(int(state["pid"]), float(state["started_at"]))
+        orphan = process_if_alive(int(state["pid"]), float(state["started_at"]))
     except (OSError, ValueError, KeyError, TypeError):
         orphan = None
     if orphan is not None and orphan.name().startswith("redis-server"):
@@ -601,7 +601,7 @@ class EmbeddedRedis:
     data_dir: Path
     port: int
     process: subprocess.Popen[bytes]
-    _lock: _DirLock = field(repr=False)
+    _lock: DirLock = field(repr=False)
     _owner_pid: int = field(default=0, repr=False)
 
     @property
@@ -645,7 +645,7 @@ def start_redis(
     """
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    lock = _DirLock(data_dir / "redis.lock")
+    lock = DirLock(data_dir / "redis.lock")
     log = data_dir / "redis.log"
     child: subprocess.Popen[bytes] | None = None
     try:

@@ -61,6 +61,9 @@ BROKER_URL_ENV = "CONFIGSTORE_CLUSTER_BROKER_URL"
 SECRET_HEX_DIGITS = 64
 #: How long a stopped process group gets between SIGTERM and SIGKILL.
 STOP_TIMEOUT = 10.0
+#: In the data folder: every node process started, one JSON object per line (pid, start time),
+#: so that the next owner of the folder can stop those a killed owner left running.
+NODE_PROCESSES_FILE = "node-processes.jsonl"
 
 
 @dataclass
@@ -133,6 +136,7 @@ class LocalCluster:
         self._supervisor: threading.Thread | None = None
         self._supervisor_stop = threading.Event()
         self._owner_pid = os.getpid()
+        self._folder_lock = None
 
     @classmethod
     def from_environment(cls, data_dir: Path, **kwargs) -> LocalCluster:
@@ -158,8 +162,14 @@ class LocalCluster:
             self._start_supervisor()
 
     def _start(self) -> None:
+        from consensus.embedded import DirLock
+
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
+        # One live cluster per data folder (EmbeddedServerError otherwise); the kernel drops
+        # the lock when its owner dies, so whatever a dead owner left can be stopped.
+        self._folder_lock = DirLock(self.data_dir / "cluster.lock")
+        self._stop_left_behind()
         self.secret = self._kept_secret("cluster-secret")
         self.django_secret = self._kept_secret("django-secret")
         self._start_servers()
@@ -184,6 +194,7 @@ class LocalCluster:
             self._stop_node_processes,
             self._stop_redis,
             self._stop_postgres,
+            self._release_folder,
         ]
         failure: BaseException | None = None
         for step in steps:
@@ -207,6 +218,43 @@ class LocalCluster:
             for procs in self.processes.values():
                 procs.worker = procs.web = None
             stop_groups([p for p in groups if p is not None])
+
+    def _release_folder(self) -> None:
+        lock, self._folder_lock = self._folder_lock, None
+        if lock is not None:
+            (self.data_dir / NODE_PROCESSES_FILE).unlink(missing_ok=True)
+            lock.release()
+
+    def _stop_left_behind(self) -> None:
+        """Stop the node processes a previous owner of the data folder left running (it was
+        killed with SIGKILL, so it stopped nothing): none may keep a port or consume an inbox.
+        A listed pid counts only if its process started when the list says (no reused pid)."""
+        from consensus.embedded import process_if_alive
+
+        path = self.data_dir / NODE_PROCESSES_FILE
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            return
+        left: list[int] = []
+        for line in lines:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                if process_if_alive(int(entry["pid"]), float(entry["started_at"])) is not None:
+                    left.append(int(entry["pid"]))
+        if left:
+            self._report(f"stopping node processes a previous run left running: {left}")
+            stop_orphan_groups(left)
+        path.unlink(missing_ok=True)
+
+    def _remember(self, process: subprocess.Popen) -> None:
+        """Add a node process just started to NODE_PROCESSES_FILE."""
+        import psutil  # a dependency of pgserver
+
+        with contextlib.suppress(psutil.Error, OSError):
+            started_at = psutil.Process(process.pid).create_time()
+            with open(self.data_dir / NODE_PROCESSES_FILE, "a") as out:
+                out.write(json.dumps({"pid": process.pid, "started_at": started_at}) + "\n")
 
     def _stop_redis(self) -> None:
         with self._lock:
@@ -379,7 +427,7 @@ class LocalCluster:
     def _spawn(self, node_id: str, args: list[str], log_name: str) -> subprocess.Popen:
         log_file = open(self.data_dir / "logs" / log_name, "ab")  # noqa: SIM115 - owned by the child
         try:
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 args,
                 cwd=ROOT,
                 env={**os.environ, **self.env(node_id)},
@@ -389,6 +437,8 @@ class LocalCluster:
             )
         finally:
             log_file.close()
+        self._remember(process)
+        return process
 
     def start_worker(self, node_id: str) -> None:
         with self._lock:
@@ -786,6 +836,34 @@ def free_ports(count: int, *, consecutive: bool = False, avoid: Sequence[int] = 
             for sock in sockets:
                 sock.close()
     raise RuntimeError("no free ports")
+
+
+def stop_orphan_groups(pgids: Sequence[int], timeout: float = STOP_TIMEOUT) -> None:
+    """Stop process groups whose leaders are not our children (left by a dead owner): SIGTERM,
+    then SIGKILL to those with a live member after `timeout`. Zombies count as gone (whoever
+    adopted them may never reap them)."""
+    import psutil  # a dependency of pgserver
+
+    def live_members() -> list[int]:
+        alive = []
+        for process in psutil.process_iter(["status"]):
+            with contextlib.suppress(psutil.Error, OSError):
+                if process.info["status"] != psutil.STATUS_ZOMBIE and (
+                    os.getpgid(process.pid) in pgids
+                ):
+                    alive.append(process.pid)
+        return alive
+
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGCONT)
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while live_members() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 def signal_group(process: subprocess.Popen | None, sig: int) -> None:

@@ -11,6 +11,7 @@ the web servers, with nobody's hand, within a bounded wait.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -28,9 +29,11 @@ import psutil
 import pytest
 import requests
 
+from consensus.embedded import DirLock, EmbeddedServerError
 from consensus.localcluster import (
     BROKER_URL_ENV,
     DATABASE_URL_ENV,
+    NODE_PROCESSES_FILE,
     Backoff,
     LocalCluster,
     _Supervised,
@@ -377,3 +380,47 @@ def test_the_secrets_a_cluster_keeps_are_long_random_and_private():
             assert path.read_text() == renewed and path.stat().st_mode & 0o777 == 0o600
     finally:
         shutil.rmtree(cluster.data_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- folder owner
+
+
+def test_a_data_folder_has_one_live_cluster_and_the_next_stops_what_a_killed_one_left():
+    """An owner killed with SIGKILL stops nothing; its node processes (here a group of two
+    sleeping processes, as a gunicorn master and its worker) must not keep a port or an inbox
+    when the folder is used again. A listed pid whose process started at another time is not
+    ours any more (a reused pid) and is left alone."""
+    data = _scratch("configstore-owner-")
+    held = DirLock(data / "cluster.lock")  # a live owner
+    try:
+        with pytest.raises(EmbeddedServerError, match="in use"):
+            LocalCluster(data).start()
+    finally:
+        held.release()
+    # What a killed owner left: a process group in a session of its own, listed in the folder.
+    left = subprocess.Popen(["sh", "-c", "sleep 120 & sleep 120; wait"], start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "120"])
+    try:
+        members = []
+        while len(members) < 2:  # the shell and its background sleep
+            members = psutil.Process(left.pid).children() + [psutil.Process(left.pid)]
+            time.sleep(0.05)
+        entries = [
+            {"pid": left.pid, "started_at": psutil.Process(left.pid).create_time()},
+            {"pid": bystander.pid, "started_at": 1000.0},  # a reused pid: not the listed one
+        ]
+        (data / NODE_PROCESSES_FILE).write_text("".join(json.dumps(e) + "\n" for e in entries))
+        cluster = LocalCluster(data)
+        cluster._stop_left_behind()
+        left.wait(30)
+        _, alive = psutil.wait_procs(members, timeout=30)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert bystander.poll() is None
+        assert not (data / NODE_PROCESSES_FILE).exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(left.pid, signal.SIGKILL)
+        left.wait()
+        shutil.rmtree(data, ignore_errors=True)
