@@ -16,6 +16,13 @@ node process (worker, web server) or embedded server (PostgreSQL, Redis) that ex
 having been stopped through this class, after a backoff delay (see ``Backoff``), and reports
 each exit and restart (``on_event``, the log, ``logs/supervisor.log``). A process stopped on
 purpose (``kill_worker``, ``kill_web``, ``stop_*``) stays stopped until started again.
+Why a thread of our own rather than supervisord or circus: those are separate daemons that
+must become the parent of every process (their own config file, control socket and log
+handling), while the embedded servers here are Python objects of this process (the folder's
+flock, the URLs the nodes were given) and the tests and the fault run drive the processes
+through this class (kill, pause, restart); supervisord's retries are also linear and end in a
+FATAL state instead of a capped backoff. In production, Docker's restart policy
+(docker-compose.yml) or systemd supervises instead.
 
 Every node process runs in a process group (session) of its own, so that a terminal's Ctrl-C
 reaches only the owner, which stops the groups in order; ``stop()`` signals whole groups (a
