@@ -165,8 +165,6 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
-        if self.supervise:
-            self._start_supervisor()
 
     def _start(self) -> None:
         from consensus.embedded import DirLock
@@ -186,6 +184,8 @@ class LocalCluster:
             self.start_worker(i)
             if self.web:
                 self.start_web(i)
+        if self.supervise:  # from now on: a process that fails to start is started again
+            self._start_supervisor()
         self.wait_until_ready()
 
     def stop(self) -> None:
@@ -802,6 +802,10 @@ class LocalCluster:
                     time.sleep(0.05)
 
     def _check_alive(self, node_id: str) -> None:
+        """Raise if a process of node_id exited, unless the supervisor is there to restart it
+        (it says so); `wait_until_ready`'s deadline still bounds the start."""
+        if self._supervisor is not None:
+            return
         for name, process in (
             ("worker", self.processes[node_id].worker),
             ("web", self.processes[node_id].web),

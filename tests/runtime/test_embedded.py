@@ -234,7 +234,7 @@ def test_a_killed_postgres_restarts_on_its_folder_with_its_data(data_root: Path)
         with pytest.raises(EmbeddedServerError, match="still running"):
             server.restart()
         os.kill(server.pid, signal.SIGKILL)
-        _wait_gone(old_tree[:1])
+        server.process.wait(30)
         assert server.exited()
         restarted = server.restart()  # crash recovery; the old backends are killed first
         with _stopping(restarted):
@@ -254,9 +254,8 @@ def test_a_killed_redis_restarts_on_its_port_with_its_data(data_root: Path) -> N
     try:
         client = redis.Redis.from_url(server.url())
         assert client.set("k", "v1")  # in the AOF (written, fsynced within 1 s) once answered
-        process = psutil.Process(server.pid)
         os.kill(server.pid, signal.SIGKILL)
-        _wait_gone([process])
+        server.process.wait(30)
         assert server.exited()
         restarted = server.restart()
         with _stopping(restarted):

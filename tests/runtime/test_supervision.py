@@ -109,8 +109,12 @@ class RunCluster:
         )
 
     def diagnosis(self) -> str:
-        stderr = (self.root / "stderr.log").read_text(errors="replace")[-3000:]
-        return "stdout:\n" + "\n".join(self.lines[-30:]) + "\nstderr:\n" + stderr
+        """runcluster's output and the tail of every process's log."""
+        parts = ["stdout:", *self.lines[-30:]]
+        for log in [self.root / "stderr.log", *sorted((self.data / "logs").glob("*.log"))]:
+            with contextlib.suppress(OSError):
+                parts += [f"----- {log.name}", *log.read_text(errors="replace").splitlines()[-15:]]
+        return "\n".join(parts)
 
     # ------------------------------------------------------------------ its processes
 
