@@ -191,6 +191,14 @@ class RunCluster:
         psutil.wait_procs(list(self.seen.values()), timeout=10)
 
 
+def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an orphan's adopter may never reap it)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def is_worker(node: str) -> Callable[[list[str]], bool]:
     return lambda argv: "celery" in " ".join(argv) and f"consensus.{node}" in argv
 
@@ -235,8 +243,8 @@ def test_a_killed_web_server_is_restarted_and_serves_again(running):
     took = running.wait_for_writes([port], "web server of n3 restarted")
     new = _gunicorn_master(running, port)
     assert new.pid != old.pid
-    psutil.wait_procs(old_workers, timeout=10)
-    assert not [p for p in old_workers if p.is_running() and p.status() != "zombie"]
+    _, alive = psutil.wait_procs(old_workers, timeout=10)
+    assert not [p for p in alive if _running(p)], "the killed master's workers still run"
     print(f"\nweb server of n3 SIGKILLed: it committed a write again after {took:.1f} s")
 
 
@@ -309,7 +317,7 @@ def test_runcluster_with_its_output_gone_stops_every_process_on_a_signal(signum,
         cluster.process.send_signal(signum)
         cluster.process.wait(120)
         _, alive = psutil.wait_procs(children, timeout=30)
-        alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in alive if _running(p)]
         assert not alive, "still running after runcluster exited: " + ", ".join(
             f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in alive
         )
@@ -418,7 +426,7 @@ def test_a_data_folder_has_one_live_cluster_and_the_next_stops_what_a_killed_one
         cluster._stop_left_behind()
         left.wait(30)
         _, alive = psutil.wait_procs(members, timeout=30)
-        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert not [p for p in alive if _running(p)]
         assert bystander.poll() is None
         assert not (data / NODE_PROCESSES_FILE).exists()
     finally:
