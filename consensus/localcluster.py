@@ -10,10 +10,29 @@ are started in the data folder, so the cluster's data survive a restart.
 
     database_url template: "postgresql://postgres@127.0.0.1:5432/configstore_{node}"
     broker_url template:   "redis://127.0.0.1:6379/{index}"   (index = 1, 2, 3, ...)
+
+Supervision (``supervise=True``, as runcluster runs it): a thread of this process restarts any
+node process (worker, web server) or embedded server (PostgreSQL, Redis) that exits without
+having been stopped through this class, after a backoff delay (see ``Backoff``), and reports
+each exit and restart (``on_event``, the log, ``logs/supervisor.log``). A process stopped on
+purpose (``kill_worker``, ``kill_web``, ``stop_*``) stays stopped until started again.
+Why a thread of our own rather than supervisord or circus: those are separate daemons that
+must become the parent of every process (their own config file, control socket and log
+handling), while the embedded servers here are Python objects of this process (the folder's
+flock, the URLs the nodes were given) and the tests and the fault run drive the processes
+through this class (kill, pause, restart); supervisord's retries are also linear and end in a
+FATAL state instead of a capped backoff. In production, Docker's restart policy
+(docker-compose.yml) or systemd supervises instead.
+
+Every node process runs in a process group (session) of its own, so that a terminal's Ctrl-C
+reaches only the owner, which stops the groups in order; ``stop()`` signals whole groups (a
+gunicorn master and its workers), is idempotent, and also runs at interpreter exit.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,9 +42,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,10 +64,49 @@ DATABASE_URL_ENV = "CONFIGSTORE_CLUSTER_DATABASE_URL"
 BROKER_URL_ENV = "CONFIGSTORE_CLUSTER_BROKER_URL"
 
 
+#: Length in hex digits of the secrets generated for a cluster (256 bits).
+SECRET_HEX_DIGITS = 64
+#: How long a stopped process group gets between SIGTERM and SIGKILL.
+STOP_TIMEOUT = 10.0
+#: In the data folder: every node process started, one JSON object per line (pid, start time),
+#: so that the next owner of the folder can stop those a killed owner left running.
+NODE_PROCESSES_FILE = "node-processes.jsonl"
+
+
 @dataclass
 class NodeProcesses:
     worker: subprocess.Popen | None = None
     web: subprocess.Popen | None = None
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """When the supervisor restarts a process that exited: `initial` seconds after its first
+    exit, doubling with each further exit up to `cap`. A process that ran `stable_after`
+    seconds or more counts as healthy: its next exit is a first one again."""
+
+    initial: float = 0.5
+    cap: float = 30.0
+    stable_after: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        """The wait before the restart that follows the `failures`-th exit in a row (>= 1)."""
+        return min(self.cap, self.initial * 2 ** max(0, failures - 1))
+
+
+@dataclass
+class _Supervised:
+    """One supervised process: what it is called, the process wanted running now (None: not
+    wanted, e.g. stopped on purpose) and how to start it again."""
+
+    name: str
+    current: Callable[[], subprocess.Popen | None]
+    restart: Callable[[], None]
+    log: Path
+    pid: int | None = None  # the process last seen running
+    started: float = 0.0  # monotonic time it was first seen running
+    failures: int = 0  # exits in a row without a stable run between them
+    due: float | None = None  # monotonic time of the pending restart
 
 
 @dataclass
@@ -62,6 +122,11 @@ class LocalCluster:
     fresh: bool = False
     #: Extra environment for every node process (e.g. Paxos timings).
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Restart processes that exit (see the module doc); runcluster turns it on.
+    supervise: bool = False
+    backoff: Backoff = field(default_factory=Backoff)
+    #: Called with each line the supervisor reports (besides the log); must not raise.
+    on_event: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -72,6 +137,13 @@ class LocalCluster:
         self._submitters: dict[str, Submitter] = {}
         self._db_urls: dict[str, str] = {}
         self._broker_urls: dict[str, str] = {}
+        # Held while the process table changes: the supervisor never sees a process that
+        # kill_*/stop_* is stopping on purpose as one that crashed.
+        self._lock = threading.RLock()
+        self._supervisor: threading.Thread | None = None
+        self._supervisor_stop = threading.Event()
+        self._owner_pid = os.getpid()
+        self._folder_lock = None
 
     @classmethod
     def from_environment(cls, data_dir: Path, **kwargs) -> LocalCluster:
@@ -85,7 +157,9 @@ class LocalCluster:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Start everything; on any failure, stop whatever was started and re-raise."""
+        """Start everything; on any failure, stop whatever was started and re-raise.
+        Whatever happens later, `stop()` runs at the latest when this interpreter exits."""
+        atexit.register(self.stop)
         try:
             self._start()
         except BaseException:
@@ -93,8 +167,14 @@ class LocalCluster:
             raise
 
     def _start(self) -> None:
+        from consensus.embedded import DirLock
+
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
+        # One live cluster per data folder (EmbeddedServerError otherwise); the kernel drops
+        # the lock when its owner dies, so whatever a dead owner left can be stopped.
+        self._folder_lock = DirLock(self.data_dir / "cluster.lock")
+        self._stop_left_behind()
         self.secret = self._kept_secret("cluster-secret")
         self.django_secret = self._kept_secret("django-secret")
         self._start_servers()
@@ -104,21 +184,96 @@ class LocalCluster:
             self.start_worker(i)
             if self.web:
                 self.start_web(i)
+        if self.supervise:  # from now on: a process that fails to start is started again
+            self._start_supervisor()
         self.wait_until_ready()
 
     def stop(self) -> None:
+        """Stop the supervisor, every node process (whole process groups: SIGTERM, SIGKILL
+        after STOP_TIMEOUT) and the embedded servers. Idempotent; each step runs even when an
+        earlier one failed (the first error is re-raised at the end)."""
+        if os.getpid() != self._owner_pid:
+            return  # a fork: the processes are not ours
+        atexit.unregister(self.stop)
+        steps = [
+            self._stop_supervisor,
+            self._close_submitters,
+            self._stop_node_processes,
+            self._stop_redis,
+            self._stop_postgres,
+            self._release_folder,
+        ]
+        failure: BaseException | None = None
+        for step in steps:
+            try:
+                step()
+            except BaseException as error:  # noqa: BLE001 - finish stopping, then re-raise
+                log.exception("stopping the cluster: %s failed", step.__name__)
+                failure = failure or error
+        if failure is not None:
+            raise failure
+
+    def _close_submitters(self) -> None:
         for submitter in self._submitters.values():
-            submitter.close()
+            with contextlib.suppress(Exception):
+                submitter.close()
         self._submitters.clear()
-        for i in self.ids:
-            self.stop_worker(i)
-            self.stop_web(i)
-        if self._redis is not None:
-            self._redis.stop()
-            self._redis = None
-        if self._pg is not None:
-            self._pg.stop()
-            self._pg = None
+
+    def _stop_node_processes(self) -> None:
+        with self._lock:
+            groups = [p for procs in self.processes.values() for p in (procs.worker, procs.web)]
+            for procs in self.processes.values():
+                procs.worker = procs.web = None
+            stop_groups([p for p in groups if p is not None])
+
+    def _release_folder(self) -> None:
+        lock, self._folder_lock = self._folder_lock, None
+        if lock is not None:
+            (self.data_dir / NODE_PROCESSES_FILE).unlink(missing_ok=True)
+            lock.release()
+
+    def _stop_left_behind(self) -> None:
+        """Stop the node processes a previous owner of the data folder left running (it was
+        killed with SIGKILL, so it stopped nothing): none may keep a port or consume an inbox.
+        A listed pid counts only if its process started when the list says (no reused pid)."""
+        from consensus.embedded import process_if_alive
+
+        path = self.data_dir / NODE_PROCESSES_FILE
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            return
+        left: list[int] = []
+        for line in lines:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                if process_if_alive(int(entry["pid"]), float(entry["started_at"])) is not None:
+                    left.append(int(entry["pid"]))
+        if left:
+            self._report(f"stopping node processes a previous run left running: {left}")
+            stop_orphan_groups(left)
+        path.unlink(missing_ok=True)
+
+    def _remember(self, process: subprocess.Popen) -> None:
+        """Add a node process just started to NODE_PROCESSES_FILE."""
+        import psutil  # a dependency of pgserver
+
+        with contextlib.suppress(psutil.Error, OSError):
+            started_at = psutil.Process(process.pid).create_time()
+            with open(self.data_dir / NODE_PROCESSES_FILE, "a") as out:
+                out.write(json.dumps({"pid": process.pid, "started_at": started_at}) + "\n")
+
+    def _stop_redis(self) -> None:
+        with self._lock:
+            server, self._redis = self._redis, None
+            if server is not None:
+                server.stop()
+
+    def _stop_postgres(self) -> None:
+        with self._lock:
+            server, self._pg = self._pg, None
+            if server is not None:
+                server.stop()
 
     def __enter__(self) -> LocalCluster:
         self.start()
@@ -130,11 +285,22 @@ class LocalCluster:
     # ------------------------------------------------------------------ servers
 
     def _kept_secret(self, name: str) -> str:
+        """A random secret of SECRET_HEX_DIGITS hex digits kept in the file `name` of the data
+        folder (mode 0600 from its creation). A missing, short or malformed file (e.g. cut
+        short by a crash) gets a new secret: the cluster never runs on a weak one."""
         path = self.data_dir / name
-        if not path.exists():
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
-        return path.read_text().strip()
+        with contextlib.suppress(FileNotFoundError):
+            kept = path.read_text().strip()
+            if len(kept) >= SECRET_HEX_DIGITS and all(c in "0123456789abcdef" for c in kept):
+                return kept
+            log.warning("%s holds no usable secret; generating a new one", path)
+        value = secrets.token_hex(SECRET_HEX_DIGITS // 2)
+        scratch = path.with_name(f".{name}.{os.getpid()}")
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(value)
+        os.replace(scratch, path)  # atomic: readers see the old file or the whole new one
+        return value
 
     def _start_servers(self) -> None:
         from consensus import embedded
@@ -268,7 +434,7 @@ class LocalCluster:
     def _spawn(self, node_id: str, args: list[str], log_name: str) -> subprocess.Popen:
         log_file = open(self.data_dir / "logs" / log_name, "ab")  # noqa: SIM115 - owned by the child
         try:
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 args,
                 cwd=ROOT,
                 env={**os.environ, **self.env(node_id)},
@@ -278,8 +444,15 @@ class LocalCluster:
             )
         finally:
             log_file.close()
+        self._remember(process)
+        return process
 
     def start_worker(self, node_id: str) -> None:
+        with self._lock:
+            stop_groups([self.processes[node_id].worker])  # never two workers on one inbox
+            self._start_worker(node_id)
+
+    def _start_worker(self, node_id: str) -> None:
         self.processes[node_id].worker = self._spawn(
             node_id,
             [
@@ -305,6 +478,11 @@ class LocalCluster:
         )
 
     def start_web(self, node_id: str) -> None:
+        with self._lock:
+            stop_groups([self.processes[node_id].web])  # frees the port
+            self._start_web(node_id)
+
+    def _start_web(self, node_id: str) -> None:
         port = self.web_port(node_id)
         self.processes[node_id].web = self._spawn(
             node_id,
@@ -341,37 +519,189 @@ class LocalCluster:
     def broker_url(self, node_id: str) -> str:
         return self._broker_urls[node_id]
 
-    def _signal(self, process: subprocess.Popen | None, sig: int) -> None:
-        if process is not None and process.poll() is None:
-            os.kill(process.pid, sig)
-
     def kill_worker(self, node_id: str, sig: int = signal.SIGKILL) -> None:
-        process = self.processes[node_id].worker
-        self._signal(process, sig)
-        if process is not None and sig in (signal.SIGKILL, signal.SIGTERM):
-            process.wait(30)
-            self.processes[node_id].worker = None
+        """Send `sig` to node_id's worker. SIGKILL and SIGTERM stop it on purpose: it is
+        reaped and stays stopped (the supervisor leaves it) until `start_worker`."""
+        with self._lock:
+            process = self.processes[node_id].worker
+            signal_group(process, sig)
+            if process is not None and sig in (signal.SIGKILL, signal.SIGTERM):
+                process.wait(30)
+                self.processes[node_id].worker = None
 
     def pause_worker(self, node_id: str) -> None:
-        self._signal(self.processes[node_id].worker, signal.SIGSTOP)
+        signal_group(self.processes[node_id].worker, signal.SIGSTOP)
 
     def resume_worker(self, node_id: str) -> None:
-        self._signal(self.processes[node_id].worker, signal.SIGCONT)
+        signal_group(self.processes[node_id].worker, signal.SIGCONT)
 
     def kill_web(self, node_id: str, sig: int = signal.SIGKILL) -> None:
-        process = self.processes[node_id].web
-        self._signal(process, sig)
-        if process is not None:
-            process.wait(30)
-            self.processes[node_id].web = None
+        """Send `sig` to node_id's web server, master and workers (its process group), and
+        reap it; it stays stopped (the supervisor leaves it) until `start_web`."""
+        with self._lock:
+            process = self.processes[node_id].web
+            signal_group(process, sig)
+            if process is not None:
+                process.wait(30)
+                self.processes[node_id].web = None
 
     def stop_worker(self, node_id: str) -> None:
-        stop_process(self.processes[node_id].worker)
-        self.processes[node_id].worker = None
+        with self._lock:
+            stop_groups([self.processes[node_id].worker])
+            self.processes[node_id].worker = None
 
     def stop_web(self, node_id: str) -> None:
-        stop_process(self.processes[node_id].web)
-        self.processes[node_id].web = None
+        with self._lock:
+            stop_groups([self.processes[node_id].web])
+            self.processes[node_id].web = None
+
+    # ------------------------------------------------------------------ supervision
+
+    def _units(self) -> list[_Supervised]:
+        """What the supervisor watches: every node's worker and web server, the embedded
+        servers this cluster started."""
+        logs = self.data_dir / "logs"
+        units = []
+        for i in self.ids:
+            units.append(
+                _Supervised(
+                    f"worker of {i}",
+                    lambda i=i: self.processes[i].worker,
+                    lambda i=i: self._respawn(i, "worker"),
+                    logs / f"worker-{i}.log",
+                )
+            )
+            if self.web:
+                units.append(
+                    _Supervised(
+                        f"web server of {i}",
+                        lambda i=i: self.processes[i].web,
+                        lambda i=i: self._respawn(i, "web"),
+                        logs / f"web-{i}.log",
+                    )
+                )
+        if self._pg is not None:
+            units.append(
+                _Supervised(
+                    "embedded PostgreSQL",
+                    lambda: None if self._pg is None else self._pg.process,
+                    self._restart_postgres,
+                    self.data_dir / "postgres" / "postgres.log",
+                )
+            )
+        if self._redis is not None:
+            units.append(
+                _Supervised(
+                    "embedded Redis",
+                    lambda: None if self._redis is None else self._redis.process,
+                    self._restart_redis,
+                    self.data_dir / "redis" / "redis.log",
+                )
+            )
+        return units
+
+    def _respawn(self, node_id: str, role: str) -> None:
+        """Start node_id's `role` process again after it exited; whatever is left of the dead
+        one's group (a killed gunicorn master's workers, holding the port) is killed first."""
+        from consensus.embedded import kill_group_remains
+
+        old = getattr(self.processes[node_id], role)
+        if old is not None:
+            kill_group_remains(old, f"{role} process of {node_id}")
+        (self._start_worker if role == "worker" else self._start_web)(node_id)
+
+    def _restart_postgres(self) -> None:
+        self._pg = self._pg.restart()
+
+    def _restart_redis(self) -> None:
+        self._redis = self._redis.restart()
+
+    def _start_supervisor(self) -> None:
+        units = self._units()
+        self._supervisor_stop = threading.Event()
+        self._supervisor = threading.Thread(
+            target=self._supervise,
+            args=(units, self._supervisor_stop),
+            name="cluster-supervisor",
+            daemon=True,
+        )
+        self._supervisor.start()
+        self._report(f"supervising {len(units)} processes (logs: {self.data_dir / 'logs'})")
+
+    def _stop_supervisor(self) -> None:
+        """After this, the supervisor starts nothing more: it acts only with the lock held and
+        after checking the stop flag under it, so whoever takes the lock next is safe (an
+        embedded server's restart in progress finishes first). Its reports are made outside
+        the lock: an output that blocks cannot hold up the stop."""
+        if self._supervisor is None:
+            return
+        self._supervisor_stop.set()
+        thread, self._supervisor = self._supervisor, None
+        if thread is not threading.current_thread():
+            thread.join(1.0)
+
+    def _supervise(self, units: list[_Supervised], stop: threading.Event) -> None:
+        while not stop.wait(0.1):
+            for unit in units:
+                with self._lock:
+                    if stop.is_set():
+                        return
+                    try:
+                        lines = self._tend(unit, time.monotonic)
+                    except Exception as error:  # noqa: BLE001 - the supervisor must not die
+                        log.exception("supervising %s failed", unit.name)
+                        lines = [f"supervising {unit.name} failed: {error!r}"]
+                for line in lines:
+                    self._report(line)
+
+    def _tend(self, unit: _Supervised, clock: Callable[[], float]) -> list[str]:
+        """One look at one process: note a new one, schedule the restart of one that exited
+        (after `backoff`), restart it when due. Returns what to report. Lock held."""
+        process, now = unit.current(), clock()
+        if process is None:
+            unit.pid, unit.due = None, None  # stopped on purpose
+            return []
+        if process.pid != unit.pid:  # started (again) by us or through start_worker & co
+            unit.pid, unit.started, unit.due = process.pid, now, None
+        if process.poll() is None:
+            return []
+        if unit.due is None:
+            ran = now - unit.started
+            unit.failures = 1 if ran >= self.backoff.stable_after else unit.failures + 1
+            delay = self.backoff.delay(unit.failures)
+            unit.due = now + delay
+            return [
+                f"{unit.name} (pid {process.pid}) exited with {exit_status(process.returncode)} "
+                f"after {ran:.1f} s; restarting it in {delay:.1f} s "
+                f"(exit {unit.failures} in a row; log: {unit.log})"
+            ]
+        if now < unit.due:
+            return []
+        try:
+            unit.restart()
+        except Exception as error:  # noqa: BLE001 - tried again after the next delay
+            unit.failures += 1
+            delay = self.backoff.delay(unit.failures)
+            unit.due = clock() + delay
+            return [f"{unit.name} did not start ({error}); next try in {delay:.1f} s"]
+        restarted = unit.current()
+        unit.pid, unit.started, unit.due = restarted.pid, clock(), None
+        return [f"{unit.name} restarted (pid {restarted.pid})"]
+
+    def _report(self, line: str) -> None:
+        """Say what the supervisor did: in logs/supervisor.log, and to `on_event` if given,
+        else to the log."""
+        if self.on_event is None:
+            log.warning("%s", line)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        with (
+            contextlib.suppress(OSError),
+            open(self.data_dir / "logs" / "supervisor.log", "a") as out,
+        ):
+            out.write(f"{stamp} {line}\n")
+        if self.on_event is not None:
+            with contextlib.suppress(Exception):
+                self.on_event(line)
 
     # ------------------------------------------------------------------ network faults
 
@@ -472,6 +802,10 @@ class LocalCluster:
                     time.sleep(0.05)
 
     def _check_alive(self, node_id: str) -> None:
+        """Raise if a process of node_id exited, unless the supervisor is there to restart it
+        (it says so); `wait_until_ready`'s deadline still bounds the start."""
+        if self._supervisor is not None:
+            return
         for name, process in (
             ("worker", self.processes[node_id].worker),
             ("web", self.processes[node_id].web),
@@ -515,14 +849,80 @@ def free_ports(count: int, *, consecutive: bool = False, avoid: Sequence[int] = 
     raise RuntimeError("no free ports")
 
 
-def stop_process(process: subprocess.Popen | None) -> None:
-    """Stop a child process: SIGCONT (it may be paused), SIGTERM, then SIGKILL after 10 s."""
-    if process is None or process.poll() is not None:
+def stop_orphan_groups(pgids: Sequence[int], timeout: float = STOP_TIMEOUT) -> None:
+    """Stop process groups whose leaders are not our children (left by a dead owner): SIGTERM,
+    then SIGKILL to those with a live member after `timeout`. Zombies count as gone (whoever
+    adopted them may never reap them)."""
+    import psutil  # a dependency of pgserver
+
+    def live_members() -> list[int]:
+        alive = []
+        for process in psutil.process_iter(["status"]):
+            with contextlib.suppress(psutil.Error, OSError):
+                if process.info["status"] != psutil.STATUS_ZOMBIE and (
+                    os.getpgid(process.pid) in pgids
+                ):
+                    alive.append(process.pid)
+        return alive
+
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGCONT)
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while live_members() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def signal_group(process: subprocess.Popen | None, sig: int) -> None:
+    """Send `sig` to the process group `process` leads (it was started in a session of its
+    own); nothing if there is no process or nothing is left of its group."""
+    if process is None:
         return
-    os.kill(process.pid, signal.SIGCONT)
-    process.terminate()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def stop_groups(
+    processes: Sequence[subprocess.Popen | None], timeout: float = STOP_TIMEOUT
+) -> None:
+    """Stop process groups together: SIGCONT (one may be paused) and SIGTERM to each, SIGKILL
+    to every group left after `timeout` seconds; each leader is reaped. Also cleans up the
+    remains of a leader that already exited (e.g. gunicorn workers of a killed master)."""
+    groups = [p for p in processes if p is not None]
+    for process in groups:
+        signal_group(process, signal.SIGCONT)
+        signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in groups:
+        while not _group_gone(process) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    for process in groups:
+        signal_group(process, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+
+
+def _group_gone(process: subprocess.Popen) -> bool:
+    process.poll()  # reap the leader: an unreaped leader keeps its group alive
     try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def exit_status(returncode: int | None) -> str:
+    """A child's exit as a person reads it: 'status 1', 'SIGKILL'."""
+    if returncode is None:
+        return "no status"
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return signal.Signals(-returncode).name
+        return f"signal {-returncode}"
+    return f"status {returncode}"

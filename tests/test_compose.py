@@ -28,7 +28,19 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 NODES = ("n1", "n2", "n3")
 APP_ROLES = ("migrate", "worker", "web")
 ROLES = ("postgres", "redis", *APP_ROLES)
-SECRETS = {"CONFIGSTORE_SECRET": "x" * 32, "DJANGO_SECRET_KEY": "y" * 32}
+SECRETS = {
+    "CONFIGSTORE_SECRET": "x" * 32,
+    "DJANGO_SECRET_KEY": "y" * 32,
+    "POSTGRES_PASSWORD": "p" * 32,
+    "CONFIGSTORE_REDIS_PASSWORD": "r" * 32,
+}
+LONG_RUNNING_ROLES = ("postgres", "redis", "worker", "web")
+RESTART_POLICIES = ("unless-stopped", "always", "on-failure")
+
+
+def required_variable(name: str) -> re.Pattern:
+    """`${NAME:?message}` (or `${NAME?message}`): Compose refuses the file without NAME."""
+    return re.compile(r"^\$\{" + re.escape(name) + r":?\?[^}]*\}$")
 
 
 def load_compose() -> dict:
@@ -289,8 +301,7 @@ def check_web_and_migrate_commands(compose: dict) -> None:
 
 def check_secrets_come_from_the_environment(compose: dict) -> None:
     required = {
-        "CONFIGSTORE_SECRET": re.compile(r"^\$\{CONFIGSTORE_SECRET:?\?[^}]*\}$"),
-        "DJANGO_SECRET_KEY": re.compile(r"^\$\{DJANGO_SECRET_KEY:?\?[^}]*\}$"),
+        name: required_variable(name) for name in ("CONFIGSTORE_SECRET", "DJANGO_SECRET_KEY")
     }
     for node in NODES:
         for role in APP_ROLES:
@@ -300,6 +311,75 @@ def check_secrets_come_from_the_environment(compose: dict) -> None:
                     f"{role}-{node}: {name} must be the required variable ${{{name}:?...}} "
                     f"from the environment, not {value!r}"
                 )
+
+
+def check_passwords_are_required(compose: dict) -> None:
+    """Every node's PostgreSQL and Redis require a password that only the environment gives
+    (no default anywhere), and every URL that reaches them carries it."""
+    postgres_password = "${POSTGRES_PASSWORD}"
+    redis_password = "${CONFIGSTORE_REDIS_PASSWORD}"
+    for node in NODES:
+        value = env_var(compose, "postgres", node, "POSTGRES_PASSWORD")
+        assert required_variable("POSTGRES_PASSWORD").match(value), (
+            f"postgres-{node}: POSTGRES_PASSWORD must be ${{POSTGRES_PASSWORD:?...}}, not {value!r}"
+        )
+        redis = service(compose, "redis", node)
+        required = option_values(tokens(redis.get("command")), "--requirepass")
+        assert len(required) == 1, f"redis-{node} runs without --requirepass"
+        assert required_variable("CONFIGSTORE_REDIS_PASSWORD").match(required[0]), (
+            f"redis-{node}: --requirepass {required[0]!r} is not the required variable"
+        )
+        # redis-cli reads REDISCLI_AUTH: the healthcheck's ping must authenticate.
+        assert environment(redis).get("REDISCLI_AUTH") == required[0], (
+            f"redis-{node}'s healthcheck does not authenticate (REDISCLI_AUTH)"
+        )
+        for role in APP_ROLES:
+            database = urlsplit(env_var(compose, role, node, "DATABASE_URL"))
+            assert database.password == postgres_password, (
+                f"{role}-{node}: DATABASE_URL's password is {database.password!r}, "
+                f"not {postgres_password}"
+            )
+            urls = [env_var(compose, role, node, "CELERY_BROKER_URL")]
+            urls += [
+                url for _, url in parse_peers(env_var(compose, role, node, "CONFIGSTORE_PEERS"))
+            ]
+            for url in urls:
+                assert urlsplit(url).password == redis_password, (
+                    f"{role}-{node}: broker URL {url} does not carry {redis_password}"
+                )
+    text = json.dumps(compose)
+    defaults = re.findall(
+        r"\$\{(?:POSTGRES_PASSWORD|CONFIGSTORE_REDIS_PASSWORD):?[-=+][^}]*\}", text
+    )
+    assert not defaults, f"a password with a default or alternative: {defaults}"
+
+
+def allowed_hosts(value: str) -> list[str]:
+    """DJANGO_ALLOWED_HOSTS as the settings split it, `${VAR:-default}` taken at its default."""
+    match = re.fullmatch(r"\$\{[A-Z_]+:?-([^}]*)\}", value)
+    return [host.strip() for host in (match.group(1) if match else value).split(",")]
+
+
+def check_allowed_hosts_are_named(compose: dict) -> None:
+    """The web servers answer only to named hosts: no `*`, no domain wildcard; the names that
+    reach them on this network and from the Docker host (the healthcheck's 127.0.0.1)."""
+    for node in NODES:
+        for role in APP_ROLES:
+            hosts = allowed_hosts(env_var(compose, role, node, "DJANGO_ALLOWED_HOSTS"))
+            wild = [h for h in hosts if not h or "*" in h or h.startswith(".")]
+            assert not wild, f"{role}-{node}: DJANGO_ALLOWED_HOSTS has wildcards {wild}"
+            for needed in ("127.0.0.1", "localhost", f"web-{node}"):
+                assert needed in hosts, f"{role}-{node}: DJANGO_ALLOWED_HOSTS lacks {needed}"
+
+
+def check_restart_policies(compose: dict) -> None:
+    """Docker restarts every long-running service that exits; the one-shot migrate runs once."""
+    for node in NODES:
+        for role in LONG_RUNNING_ROLES:
+            policy = str(service(compose, role, node).get("restart", "no"))
+            assert policy.split(":")[0] in RESTART_POLICIES, (
+                f"{role}-{node} is not restarted when it exits (restart: {policy})"
+            )
 
 
 def check_depends_on_own_node(compose: dict) -> None:
@@ -338,8 +418,14 @@ STRUCTURE_CHECKS = [
     check_worker_commands,
     check_web_and_migrate_commands,
     check_depends_on_own_node,
+    check_allowed_hosts_are_named,
+    check_restart_policies,
 ]
-ALL_CHECKS = [*STRUCTURE_CHECKS, check_secrets_come_from_the_environment]
+ALL_CHECKS = [
+    *STRUCTURE_CHECKS,
+    check_secrets_come_from_the_environment,
+    check_passwords_are_required,
+]
 
 
 @pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda check: check.__name__[len("check_") :])
@@ -370,7 +456,9 @@ def _peers_everywhere(spec):
     return mutate
 
 
-PEERS = "n1=redis://redis-n1:6379/0,n2=redis://redis-n2:6379/0,n3=redis://redis-n3:6379/0"
+PEERS = ",".join(
+    f"{node}=redis://:${{CONFIGSTORE_REDIS_PASSWORD}}@redis-{node}:6379/0" for node in NODES
+)
 WORKER_N1 = ["celery", "-A", "configstore", "worker", "-n", "celery@n1", "-P", "solo"]
 
 BREAKAGES = {
@@ -492,6 +580,70 @@ BREAKAGES = {
         lambda c: c["services"]["web-n3"]["depends_on"].pop("migrate-n3"),
         check_depends_on_own_node,
     ),
+    "redis-n2 without a password": (
+        _set_command("redis-n2", ["redis-server", "--appendonly", "yes"]),
+        check_passwords_are_required,
+    ),
+    "redis-n1 with a literal password": (
+        _set_command("redis-n1", ["redis-server", "--appendonly", "yes", "--requirepass", "pw"]),
+        check_passwords_are_required,
+    ),
+    "redis-n3 healthcheck without the password": (
+        lambda c: _env(c, "redis-n3").pop("REDISCLI_AUTH"),
+        check_passwords_are_required,
+    ),
+    "postgres password with a default": (
+        lambda c: _env(c, "postgres-n1").update(
+            POSTGRES_PASSWORD="${POSTGRES_PASSWORD:-configstore}"
+        ),
+        check_passwords_are_required,
+    ),
+    "DATABASE_URL with a literal password": (
+        lambda c: _env(c, "web-n2").update(
+            DATABASE_URL="postgresql://configstore:configstore@postgres-n2:5432/configstore"
+        ),
+        check_passwords_are_required,
+    ),
+    "DATABASE_URL whose password has a default": (
+        lambda c: _env(c, "migrate-n3").update(
+            DATABASE_URL="postgresql://configstore:${POSTGRES_PASSWORD-x}@postgres-n3:5432/configstore"
+        ),
+        check_passwords_are_required,
+    ),
+    "worker-n1's broker URL without the password": (
+        lambda c: _env(c, "worker-n1").update(CELERY_BROKER_URL="redis://redis-n1:6379/0"),
+        check_passwords_are_required,
+    ),
+    "a peer without the password everywhere": (
+        _peers_everywhere(PEERS.replace(":${CONFIGSTORE_REDIS_PASSWORD}@redis-n3", "redis-n3")),
+        check_passwords_are_required,
+    ),
+    "any host allowed": (
+        lambda c: _env(c, "web-n1").update(DJANGO_ALLOWED_HOSTS="*"),
+        check_allowed_hosts_are_named,
+    ),
+    "any host allowed by default": (
+        lambda c: _env(c, "web-n2").update(DJANGO_ALLOWED_HOSTS="${CONFIGSTORE_ALLOWED_HOSTS:-*}"),
+        check_allowed_hosts_are_named,
+    ),
+    "a domain wildcard": (
+        lambda c: _env(c, "worker-n3").update(
+            DJANGO_ALLOWED_HOSTS="localhost,127.0.0.1,web-n3,.example.com"
+        ),
+        check_allowed_hosts_are_named,
+    ),
+    "web-n3's own name not allowed": (
+        lambda c: _env(c, "web-n3").update(DJANGO_ALLOWED_HOSTS="localhost,127.0.0.1"),
+        check_allowed_hosts_are_named,
+    ),
+    "worker-n2 never restarted": (
+        lambda c: c["services"]["worker-n2"].pop("restart"),
+        check_restart_policies,
+    ),
+    "postgres-n3 restart: no": (
+        lambda c: c["services"]["postgres-n3"].update(restart="no"),
+        check_restart_policies,
+    ),
 }
 
 
@@ -540,8 +692,7 @@ def docker_compose(tmp_path_factory):
         env = {
             key: value
             for key, value in os.environ.items()
-            if not key.startswith("COMPOSE_")
-            and key not in {"CONFIGSTORE_SECRET", "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD"}
+            if not key.startswith("COMPOSE_") and key not in {*SECRETS, "CONFIGSTORE_ALLOWED_HOSTS"}
         }
         env.update(variables)
         argv = ["docker", "compose", "-f", str(COMPOSE_FILE), "--project-directory", str(ROOT)]

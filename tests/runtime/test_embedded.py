@@ -220,3 +220,48 @@ def test_restart_after_owner_was_killed(data_root: Path) -> None:
         process.kill()
     _wait_gone(orphans)
     _assert_values(pg_dir, redis_dir, "v2")
+
+
+def test_a_killed_postgres_restarts_on_its_folder_with_its_data(data_root: Path) -> None:
+    server = start_postgres(data_root / "pg")
+    try:
+        server.create_database("store")
+        with psycopg.connect(server.url("store")) as conn:
+            conn.execute("CREATE TABLE kv (key text PRIMARY KEY, value text NOT NULL)")
+            conn.execute("INSERT INTO kv VALUES ('k', 'v1')")
+        idle = psycopg.connect(server.url("store"))  # a backend that outlives its postmaster
+        old_tree = _process_tree(server.pid)
+        with pytest.raises(EmbeddedServerError, match="still running"):
+            server.restart()
+        os.kill(server.pid, signal.SIGKILL)
+        server.process.wait(30)
+        assert server.exited()
+        restarted = server.restart()  # crash recovery; the old backends are killed first
+        with _stopping(restarted):
+            assert all(_gone(p) for p in old_tree)
+            assert restarted.pid != server.pid
+            assert restarted.url("store") == server.url("store")  # clients keep their settings
+            assert _read_row(restarted.url("store")) == "v1"
+            new_tree = _process_tree(restarted.pid)
+        idle.close()
+        assert all(_gone(p) for p in new_tree)
+    finally:
+        server.stop()  # idempotent; a no-op once restarted
+
+
+def test_a_killed_redis_restarts_on_its_port_with_its_data(data_root: Path) -> None:
+    server = start_redis(data_root / "redis")
+    try:
+        client = redis.Redis.from_url(server.url())
+        assert client.set("k", "v1")  # in the AOF (written, fsynced within 1 s) once answered
+        os.kill(server.pid, signal.SIGKILL)
+        server.process.wait(30)
+        assert server.exited()
+        restarted = server.restart()
+        with _stopping(restarted):
+            assert (restarted.port, restarted.url(2)) == (server.port, server.url(2))
+            assert client.get("k") == b"v1"  # the same client reconnects to the same URL
+            client.close()
+        assert restarted.process.returncode is not None  # stopped and reaped
+    finally:
+        server.stop()

@@ -2,20 +2,37 @@
 
 Starts a real cluster on this machine (consensus.localcluster): each node with its own
 PostgreSQL database, Celery worker, broker queue and web server; creates an admin user on
-every node; prints the URLs and credentials; Ctrl-C stops every process it started.
-Servers: CONFIGSTORE_CLUSTER_DATABASE_URL / CONFIGSTORE_CLUSTER_BROKER_URL (templates with
-{node} / {index}) when set, else an embedded PostgreSQL and Redis kept in the data folder.
+every node; prints the URLs and credentials. Servers: CONFIGSTORE_CLUSTER_DATABASE_URL /
+CONFIGSTORE_CLUSTER_BROKER_URL (templates with {node} / {index}) when set, else an embedded
+PostgreSQL and Redis kept in the data folder.
+
+Supervised: a worker, web server or embedded server that exits is restarted with backoff, and
+each exit and restart is printed and written to DATA/logs/supervisor.log.
+
+Ctrl-C, SIGTERM or SIGHUP stop every process it started (whole process groups), also during
+the start and also when its output is gone (a closed pipe, e.g. `| tee` interrupted with it):
+printing never stands in the way of stopping.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
+import psutil
 from django.core.management.base import BaseCommand
 
 from consensus.localcluster import LocalCluster
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopRequested(Exception):
+    """A stop signal arrived while the cluster was starting."""
 
 
 class Command(BaseCommand):
@@ -27,48 +44,85 @@ class Command(BaseCommand):
         parser.add_argument("--base-port", type=int, default=8001)
 
     def handle(self, *args, nodes: int, data: str, base_port: int, **options) -> None:
-        cluster = LocalCluster.from_environment(Path(data), nodes=nodes, base_port=base_port)
+        self._output_gone = False
+        self._starting = True
         stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        self.stdout.write(f"starting a {nodes}-node cluster in {cluster.data_dir} ...")
+
+        def on_signal(signum: int, _frame) -> None:
+            stop.set()
+            if self._starting:
+                self._starting = False  # a second signal must not interrupt the cleanup
+                raise StopRequested(signal.Signals(signum).name)
+
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, on_signal)
+        cluster = LocalCluster.from_environment(
+            Path(data), nodes=nodes, base_port=base_port, supervise=True, on_event=self._say
+        )
+        self._say(f"starting a {nodes}-node cluster in {cluster.data_dir} ...")
         try:
             cluster.start()
             password = cluster.ensure_admin()
-            self._banner(cluster, password)
-            reported: set[int] = set()
-            while not stop.wait(1.0):
-                self._report_exits(cluster, reported)
+            self._starting = False
+            if not stop.is_set():
+                self._banner(cluster, password)
+            stop.wait()
+        except StopRequested as requested:
+            self._say(f"{requested} during the start")
         finally:
-            self.stdout.write("stopping every process of the cluster ...")
-            cluster.stop()
-            self.stdout.write("stopped.")
+            self._starting = False
+            self._say("stopping every process of the cluster ...")
+            try:
+                cluster.stop()
+            finally:
+                stop_leftover_children()
+            self._say("stopped.")
 
-    def _report_exits(self, cluster: LocalCluster, reported: set[int]) -> None:
-        """A node process that died is reported once; the rest of the cluster goes on (a
-        minority can be lost), and `cluster.start_worker(id)` is how tests restart one."""
-        for node_id, procs in cluster.processes.items():
-            for name, process in (("worker", procs.worker), ("web server", procs.web)):
-                if (
-                    process is not None
-                    and process.poll() is not None
-                    and process.pid not in reported
-                ):
-                    reported.add(process.pid)
-                    self.stdout.write(
-                        self.style.WARNING(
-                            f"{name} of {node_id} exited ({process.returncode}); the other "
-                            f"nodes go on. Logs: {cluster.data_dir / 'logs'}"
-                        )
-                    )
+    def _say(self, line: str, style=None) -> None:
+        """Print one line at once. Once the output is gone (EPIPE, closed), stop printing and
+        point stdout at /dev/null, so that nothing later (the interpreter's final flush) fails
+        on it either; the supervisor's lines are in its log file regardless."""
+        if self._output_gone:
+            return
+        try:
+            self.stdout.write(style(line) if style else line)
+            self.stdout.flush()
+        except (OSError, ValueError):  # BrokenPipeError, EIO, or write to a closed file
+            self._output_gone = True
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
 
     def _banner(self, cluster: LocalCluster, password: str) -> None:
-        w = self.stdout.write
-        w(self.style.SUCCESS(f"cluster up: leader {cluster.leader()}"))
+        w = self._say
+        w(f"cluster up: leader {cluster.leader()}", self.style.SUCCESS)
         for node_id in cluster.ids:
             url = cluster.web_url(node_id)
             w(f"  {node_id}: admin {url}/admin/   API {url}/api/v1/   health {url}/healthz")
         w(f"  admin user: admin   password: {password}")
         w(f"  API token:  {cluster.api_token}   (header  Authorization: Token {cluster.api_token})")
         w(f"  cluster state: CONFIGSTORE_PEERS='{cluster.peers()}' ./dev manage clusterstatus")
-        w(f"  data and logs: {cluster.data_dir}   (Ctrl-C stops everything)")
+        w(f"  data and logs: {cluster.data_dir}   (supervision: logs/supervisor.log)")
+        w("  a process that exits is restarted; Ctrl-C stops everything")
+
+
+def stop_leftover_children(timeout: float = 10.0) -> None:
+    """Stop whatever is still a child of this process after the cluster stopped: a process a
+    stop signal caught between its start and its bookkeeping, a migration in progress. A child
+    leading a group of its own (a node process) is stopped with its group."""
+    children = psutil.Process().children()
+    for child in children:
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(child.pid) == child.pid:
+                os.killpg(child.pid, signal.SIGTERM)
+            else:
+                child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(child.pid) == child.pid:
+                os.killpg(child.pid, signal.SIGKILL)
+            else:
+                child.kill()
+    psutil.wait_procs(alive, timeout=timeout)
