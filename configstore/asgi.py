@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
+import threading
 import time
 from urllib.parse import parse_qsl, urlencode
 
@@ -205,6 +207,22 @@ def _pinned(query_string: bytes, pin: dict[str, str]) -> bytes:
     return urlencode(pairs).encode("latin1")
 
 
+def exit_with_server() -> None:
+    """A server's worker process ends with the server: granian's worker would otherwise
+    outlive a SIGKILLed master and keep serving the port, so that a restarted node's new
+    web server could not take it. No-op where no multiprocessing parent started us."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent is gone
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-server", daemon=True).start()
+
+
+exit_with_server()
 application = FrontEnd(
     _django,
     threads=settings.CONFIGSTORE_WEB_THREADS,
