@@ -137,7 +137,7 @@ class Hostiles:
 
     async def _slow_body(self) -> None:
         first = (
-            f"PUT /api/v1/keys/hostile/slow HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"PUT /api/v1/keys/hostile/slow-body HTTP/1.1\r\nHost: {self.host}\r\n"
             f"Authorization: Token {self.token}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {SLOW_BODY_BYTES}\r\n\r\n["
         ).encode()
