@@ -145,8 +145,7 @@ class Hostiles:
 
     async def _long_poll(self, path: str) -> None:
         request = (
-            f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-            f"Authorization: Token {self.token}\r\n\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Token {self.token}\r\n\r\n"
         ).encode()
         while not self._stopping:
             connected = await self._connect("poll")
@@ -281,7 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     data = Path(tempfile.mkdtemp(prefix="configstore-hostile-"))
     data.chmod(0o755)
     cluster = LocalCluster(
-        data, base_port=free_ports(3, consecutive=True)[0], database_url_template=args.database_url, fresh=True
+        data,
+        base_port=free_ports(3, consecutive=True)[0],
+        database_url_template=args.database_url,
+        fresh=True,
     )
     hostiles = None
     try:

@@ -25,6 +25,7 @@ the loop after each notification, then reads the touched keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -99,16 +100,11 @@ class AppliedWatcher:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.wakeups = 0  # waiters woken, spurious or not (the benchmark prints it)
 
     @property
     def index(self) -> int:
         """The highest applied index this process has heard of."""
         return self._index
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
 
     def wait(self, wait: Wait, timeout: float) -> bool:
         """Block this thread until `wait` may hold (True) or `timeout` passes (False)."""
@@ -128,7 +124,8 @@ class AppliedWatcher:
         woken = loop.create_future()
 
         def wake() -> None:
-            loop.call_soon_threadsafe(lambda: woken.done() or woken.set_result(True))
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(lambda: woken.done() or woken.set_result(True))
 
         waiter = self._register(wait, wake)
         try:
@@ -190,7 +187,6 @@ class AppliedWatcher:
             self._index = index
         for waiter in due:
             if waiter.wait.matches(touched):
-                self.wakeups += 1
                 waiter.wake()
 
     def _listen(self) -> None:
