@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import threading
 import time
-from urllib.parse import parse_qsl, urlencode
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "configstore.settings")
 
@@ -163,8 +162,7 @@ class FrontEnd:
                 wait, timeout = parked[0]
                 if deadline is None:
                     deadline = time.monotonic() + timeout
-                    if wait.pin:
-                        scope["query_string"] = _pinned(scope["query_string"], wait.pin)
+                    scope["query_string"] = wait.pinned(scope["query_string"])
                 left = max(deadline - time.monotonic(), 0.0)
                 waiting = asyncio.ensure_future(watch.wait_parked(wait, left))
                 await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -197,14 +195,6 @@ def _with_length(headers, length: int) -> list:
     if length:
         kept.append((b"content-length", str(length).encode()))
     return kept
-
-
-def _pinned(query_string: bytes, pin: dict[str, str]) -> bytes:
-    """The query string with the pinned parameters set where the client left them out."""
-    pairs = parse_qsl(query_string.decode("latin1"), keep_blank_values=True)
-    present = {name for name, _ in pairs}
-    pairs += [(name, value) for name, value in pin.items() if name not in present]
-    return urlencode(pairs).encode("latin1")
 
 
 def exit_with_server() -> None:

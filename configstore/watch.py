@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode
 
 import psycopg
 from django.db import connection
@@ -70,6 +71,15 @@ class Wait:
         if self.key is not None:
             return self.key in touched
         return not self.prefix or any(k.startswith(self.prefix) for k in touched)
+
+    def pinned(self, query_string: bytes) -> bytes:
+        """The query string with the pinned parameters set where the client left them out."""
+        if not self.pin:
+            return query_string
+        pairs = parse_qsl(query_string.decode("latin1"), keep_blank_values=True)
+        present = {name for name, _ in pairs}
+        pairs += [(name, value) for name, value in self.pin.items() if name not in present]
+        return urlencode(pairs).encode("latin1")
 
     def to_json(self) -> str:
         return json.dumps(

@@ -9,12 +9,14 @@ The bounds are generous (a shared, loaded machine): the tests assert the behavio
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
 import requests
 
 from benchmarks.hostile_web import Hostiles, pg_connections
+from configstore.watch import Wait
 from tests.conftest import start_cluster, stop_cluster
 
 pytestmark = pytest.mark.cluster
@@ -121,3 +123,47 @@ def test_a_long_poll_flood_leaves_the_node_answering_and_within_its_connection_b
     while hostiles.counts["poll"].answered < 150 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert hostiles.counts["poll"].answered >= 150, hostiles.counts["poll"]
+
+
+def test_a_chunked_body_is_read_whole_and_an_oversized_one_refused_before_it_is_sent(cluster):
+    base = cluster.web_url(NODE)
+    api = session(cluster)
+
+    def chunks():
+        yield b'{"value": {"chunked": '
+        yield b'true}, "reason": "chunked"}'
+
+    written = api.put(
+        f"{base}/api/v1/keys/hostile/chunked",
+        data=chunks(),
+        headers={"Content-Type": "application/json"},
+        timeout=PROMPT,
+    )
+    assert written.status_code == 201, written.text
+    assert api.get(f"{base}/api/v1/keys/hostile/chunked").json()["value"] == {"chunked": True}
+
+    # A Content-Length over the limit is answered at once, without reading the body.
+    with socket.create_connection(("127.0.0.1", cluster.web_port(NODE)), timeout=PROMPT) as s:
+        s.sendall(
+            b"PUT /api/v1/keys/hostile/huge HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 999999999999\r\n\r\n"
+        )
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert b'"error": "too_large"' in answer, answer
+    assert api.get(f"{base}/api/v1/keys/hostile/huge").status_code == 404
+
+
+def test_a_parked_wait_names_its_key_or_prefix_and_pins_the_watch_index():
+    key_wait = Wait(seen=5, key="a/b")
+    assert key_wait.matches({"a/b", "c"}) and not key_wait.matches({"a/bc"})
+    assert key_wait.matches(None)  # a catch-up wakes everyone
+    prefix_wait = Wait(seen=5, prefix="a/", pin={"since_index": "5"})
+    assert prefix_wait.matches({"a/x"}) and not prefix_wait.matches({"b/a/x"})
+    assert Wait(seen=1).matches({"anything"})
+    assert Wait.from_json(prefix_wait.to_json()) == prefix_wait
+    # An implicit since_index is pinned; one the client gave is kept.
+    pinned = Wait(seen=7, prefix="a/", pin={"since_index": "7"})
+    assert pinned.pinned(b"prefix=a%2F") == b"prefix=a%2F&since_index=7"
+    assert pinned.pinned(b"since_index=3") == b"since_index=3"
+    assert key_wait.pinned(b"wait_index=1") == b"wait_index=1"
