@@ -512,7 +512,7 @@ def stop_process(process: subprocess.Popen | None) -> None:
         process.wait(10)
 
 
-#: Seconds a client has to send a request's headers before granian closes the connection.
+#: Milliseconds a client has to send its request headers before granian closes the connection.
 HEADER_TIMEOUT_MS = 10_000
 
 
