@@ -100,7 +100,7 @@ class FrontEnd:
         except ClientGone:
             return
         scope = dict(scope, headers=_with_length(scope["headers"], len(body)))
-        if scope["method"] != "GET":
+        if scope["method"] not in ("GET", "HEAD"):  # only reads wait
             await self._run(scope, body, send)
             return
         await self._long_poll(scope, body, receive, send)
@@ -137,7 +137,7 @@ class FrontEnd:
         await self.pool(scope, replay, send)
 
     async def _long_poll(self, scope, body: bytes, receive, send) -> None:
-        """Run a GET; while it answers parked, await its wait and run it again."""
+        """Run a GET (or HEAD); while it answers parked, await its wait and run it again."""
         scope = dict(scope, **{watch.PARK_SCOPE_KEY: None})
         deadline: float | None = None
         gone = asyncio.ensure_future(_disconnected(receive))
