@@ -8,9 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The project and its dependencies, plus the WSGI server the web container runs.
+# The project and its dependencies (granian, the web server, is one of them).
 COPY . /app
-RUN pip install . gunicorn
+RUN pip install .
 
 # Never run the node as root.
 RUN groupadd --system --gid 10001 configstore \
@@ -21,4 +21,4 @@ RUN groupadd --system --gid 10001 configstore \
 USER configstore
 
 EXPOSE 8000
-CMD ["gunicorn", "configstore.wsgi:application", "--bind", "0.0.0.0:8000"]
+CMD ["granian", "--interface", "asgi", "--host", "0.0.0.0", "--port", "8000", "configstore.asgi:application"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.http import Client, Endpoint, Request
-from consensus.localcluster import free_ports, stop_process
+from consensus.localcluster import free_ports, stop_groups
 
 SYSTEM_PORTS = (2379, 2380)
 INSTALL_HINT = "install it with: apt-get install -y etcd-server   (as root; Debian's etcd 3.4)"
@@ -244,6 +244,6 @@ class EtcdCluster:
 
     def stop(self) -> None:
         for member in self.members:
-            stop_process(member.process)
+            stop_groups([member.process])
             member.process = None
         shutil.rmtree(self.root, ignore_errors=True)

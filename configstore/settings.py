@@ -26,9 +26,21 @@ def database_from_url(url: str) -> dict:
         "PASSWORD": unquote(parts.password or ""),
         "HOST": query.pop("host", None) or parts.hostname or "",
         "PORT": str(parts.port or ""),
-        "OPTIONS": query,
+        # A bounded pool per process (psycopg_pool): a request takes a connection at its
+        # first query and gives it back when it ends, or before it waits (configstore.watch,
+        # consensus.client). A request that finds the pool empty for `timeout` seconds gets
+        # django.db.OperationalError (psycopg_pool.PoolTimeout): the API answers 503.
+        "OPTIONS": {
+            "pool": {
+                "min_size": 1,
+                "max_size": int(env("CONFIGSTORE_DB_POOL_SIZE", "8")),
+                "timeout": float(env("CONFIGSTORE_DB_POOL_TIMEOUT_MS", "5000")) / 1000,
+            },
+            **query,
+        },
         # Durability is the point of the store: never turn synchronous_commit off.
-        "CONN_MAX_AGE": 60,
+        # (A pooled connection is not persistent: CONN_MAX_AGE stays 0.)
+        "CONN_MAX_AGE": 0,
     }
 
 
@@ -65,6 +77,10 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "configstore.urls"
 WSGI_APPLICATION = "configstore.wsgi.application"
+# The web server (configstore.asgi under granian): Django runs in this many threads per
+# process; a request body must arrive whole within the body timeout (else 408).
+CONFIGSTORE_WEB_THREADS = int(env("CONFIGSTORE_WEB_THREADS", "16"))
+CONFIGSTORE_BODY_TIMEOUT = float(env("CONFIGSTORE_BODY_TIMEOUT_MS", "10000")) / 1000
 
 TEMPLATES = [
     {

@@ -1,25 +1,42 @@
-"""Long-poll waits without polling: one listener thread per process (per database) holds a
-connection that LISTENs on the applier's channel and tracks the applied index; a waiter
-blocks on a condition until the index passes the one it has seen, then re-reads.
+"""Long-poll waits without polling and without a thundering herd.
 
-    seen = <applied index read in the same snapshot as the state the caller checked>
-    applied_watcher().wait_past(seen, timeout)      True as soon as applied index > seen
+One listener thread per process (per database) holds a connection that LISTENs on the
+applier's channel and tracks the applied index. A waiter names what it waits for (`Wait`:
+the index it has seen, and the key or the prefix it watches); when the index advances, the
+listener reads once which keys the new slots touched and wakes only the waiters whose key
+or prefix is among them. 1,000 idle long-polls cost nothing per commit but that one query.
 
-A waiter that read index N and found nothing new calls wait_past(N): any commit after its
+A waiter that read index N and found nothing new waits with seen=N: any commit after its
 read raises the index above N, so no change is missed, whatever the order of its read and
-the notification. The listener never queries inside its notifies() loop (psycopg 3.3
-would hang): it leaves the loop to re-read the index after each reconnect.
+the notification (a waiter registered after the listener passed N is woken at once, and
+re-checks). A wake-up may be spurious (a rejected command, a change outside the caller's
+permissions): the caller re-checks and waits again.
+
+Two ways to wait, one condition:
+- in a thread (a WSGI server): `wait_for_key` / `wait_for_changes` block the thread;
+- parked (configstore.asgi): under the ASGI front end, these return a `parked` response
+  instead; the front end awaits `wait_parked` on the event loop, holding no thread and no
+  database connection, then runs the request again with the time left.
+
+The listener never queries inside its notifies() loop (psycopg 3.3 would hang): it leaves
+the loop after each notification, then reads the touched keys.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode
 
 import psycopg
 from django.db import connection
+from django.http import HttpResponse
 
 from configstore.selectors import changes_since, key_changed_since, snapshot
 from consensus.client import dsn_from_django
@@ -27,12 +44,68 @@ from consensus.storage import APPLIED_CHANNEL
 
 log = logging.getLogger(__name__)
 
+#: The ASGI scope key the front end sets when it can park a long-poll (a client cannot set
+#: a scope key); its value is the seconds left to wait (None: the request's own timeout).
+PARK_SCOPE_KEY = "configstore.park"
+#: The header of a parked response: the `Wait` as JSON. The front end strips it; it never
+#: reaches a client.
+PARK_HEADER = "X-Configstore-Park"
+#: Past this many distinct keys in one advance, every waiter is woken (a catch-up).
+MAX_TOUCHED_KEYS = 1000
+
+
+@dataclass(frozen=True)
+class Wait:
+    """What a long-poll waits for: a committed change after index `seen` to `key`, or to any
+    key under `prefix` when key is None ("" = any key). `pin` are query parameters the
+    request must keep when it runs again (a watch's implicit since_index)."""
+
+    seen: int
+    key: str | None = None
+    prefix: str = ""
+    pin: dict[str, str] | None = None
+
+    def matches(self, touched: set[str] | None) -> bool:
+        if touched is None:
+            return True
+        if self.key is not None:
+            return self.key in touched
+        return not self.prefix or any(k.startswith(self.prefix) for k in touched)
+
+    def pinned(self, query_string: bytes) -> bytes:
+        """The query string with the pinned parameters set where the client left them out."""
+        if not self.pin:
+            return query_string
+        pairs = parse_qsl(query_string.decode("latin1"), keep_blank_values=True)
+        present = {name for name, _ in pairs}
+        pairs += [(name, value) for name, value in self.pin.items() if name not in present]
+        return urlencode(pairs).encode("latin1")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"seen": self.seen, "key": self.key, "prefix": self.prefix, "pin": self.pin or {}}
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> Wait:
+        data = json.loads(raw)
+        return cls(int(data["seen"]), data["key"], data["prefix"], data["pin"] or None)
+
+
+class _Waiter:
+    __slots__ = ("wait", "wake")
+
+    def __init__(self, wait: Wait, wake: Callable[[], None]) -> None:
+        self.wait = wait
+        self.wake = wake
+
 
 class AppliedWatcher:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self._index = 0
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._waiters: set[_Waiter] = set()
         self._connected = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -43,22 +116,53 @@ class AppliedWatcher:
         """The highest applied index this process has heard of."""
         return self._index
 
-    def wait_past(self, seen: int, timeout: float) -> bool:
-        """Block until the applied index is above `seen` (True) or `timeout` passes (False)."""
+    def wait(self, wait: Wait, timeout: float) -> bool:
+        """Block this thread until `wait` may hold (True) or `timeout` passes (False)."""
         self._ensure_started(min(timeout, 2.0))
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self._index <= seen:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
+        event = threading.Event()
+        waiter = self._register(wait, event.set)
+        try:
+            return event.wait(timeout)
+        finally:
+            self._unregister(waiter)
+
+    async def wait_async(self, wait: Wait, timeout: float) -> bool:
+        """Await until `wait` may hold (True) or `timeout` passes (False); holds no thread."""
+        if not self._connected.is_set():
+            await asyncio.to_thread(self._ensure_started, min(timeout, 2.0))
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(lambda: woken.done() or woken.set_result(True))
+
+        waiter = self._register(wait, wake)
+        try:
+            await asyncio.wait_for(woken, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._unregister(waiter)
 
     def stop(self) -> None:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(timeout=3)
+
+    def _register(self, wait: Wait, wake: Callable[[], None]) -> _Waiter:
+        waiter = _Waiter(wait, wake)
+        with self._lock:
+            self._waiters.add(waiter)
+            passed = self._index > wait.seen
+        if passed:  # the listener is past what the waiter saw: let it re-check
+            wake()
+        return waiter
+
+    def _unregister(self, waiter: _Waiter) -> None:
+        with self._lock:
+            self._waiters.discard(waiter)
 
     def _ensure_started(self, timeout: float) -> None:
         with self._start_lock:
@@ -70,26 +174,48 @@ class AppliedWatcher:
                 self._thread.start()
         self._connected.wait(timeout)
 
-    def _advance(self, index: int) -> None:
-        with self._changed:
-            if index > self._index:
-                self._index = index
-                self._changed.notify_all()
+    def _advance(self, conn: psycopg.Connection, index: int) -> None:
+        """Move to `index` and wake the waiters whose key or prefix slots (old, index] touched."""
+        old = self._index
+        if index <= old:
+            return
+        with self._lock:
+            due = [w for w in self._waiters if w.wait.seen < index]
+        touched: set[str] | None = set()
+        if due and old > 0:
+            rows = conn.execute(
+                "SELECT DISTINCT key FROM configstore_history WHERE index > %s AND index <= %s "
+                "LIMIT %s",
+                [old, index, MAX_TOUCHED_KEYS + 1],
+            ).fetchall()
+            touched = {row[0] for row in rows}
+            if len(touched) > MAX_TOUCHED_KEYS:
+                touched = None
+        elif due:
+            touched = None  # first read after (re)connecting: what was missed is unknown
+        with self._lock:
+            self._index = index
+        for waiter in due:
+            if waiter.wait.matches(touched):
+                waiter.wake()
 
     def _listen(self) -> None:
         while not self._stopped.is_set():
             try:
                 with psycopg.connect(self.dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {APPLIED_CHANNEL}")
-                    # Notifications sent while we were not listening are lost: re-read.
+                    self._index = 0  # notifications sent while we were not listening are lost
                     row = conn.execute(
                         "SELECT applied_index FROM consensus_applied_state"
                     ).fetchone()
-                    self._advance(row[0] if row else 0)
+                    self._advance(conn, row[0] if row else 0)
                     self._connected.set()
                     while not self._stopped.is_set():
-                        for notice in conn.notifies(timeout=1.0):
-                            self._advance(int(json.loads(notice.payload).get("index", 0)))
+                        latest = 0
+                        for notice in conn.notifies(timeout=1.0, stop_after=1):
+                            latest = int(json.loads(notice.payload).get("index", 0))
+                        if latest:
+                            self._advance(conn, latest)
             except (psycopg.Error, ValueError, TypeError) as error:
                 self._connected.clear()
                 log.warning("applied-index watcher: %s; reconnecting", error)
@@ -109,19 +235,50 @@ def applied_watcher() -> AppliedWatcher:
         return _watchers[dsn]
 
 
-def wait_for_key(key: str, index: int, timeout: float) -> None:
-    """Return as soon as a committed command changed `key` after `index` (put or delete),
-    or when `timeout` seconds have passed."""
+def _parking(request) -> tuple[bool, float | None]:
+    """(can park, seconds left) from the ASGI front end's scope key, if any."""
+    scope = request.META.get("asgi.scope") or {}
+    if PARK_SCOPE_KEY not in scope:
+        return False, None
+    return True, scope[PARK_SCOPE_KEY]
+
+
+def _parked(wait: Wait, timeout: float) -> HttpResponse:
+    response = HttpResponse(status=204)
+    response[PARK_HEADER] = wait.to_json()
+    response["X-Configstore-Park-Timeout"] = f"{timeout:.3f}"
+    return response
+
+
+def _release_connection() -> None:
+    """Give the request's database connection back (to the pool) before waiting."""
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+def wait_for_key(request, key: str, index: int, timeout: float) -> HttpResponse | None:
+    """Wait until a committed command changed `key` after `index` (put or delete) or
+    `timeout` passes; then None (the caller reads and answers). Under the ASGI front end it
+    does not wait: it answers None at once if the key changed, else a parked response that
+    the view returns as it is."""
+    can_park, left = _parking(request)
+    if left is not None:
+        timeout = left
     deadline = time.monotonic() + timeout
     while True:
         changed, applied = key_changed_since(key, index)
         remaining = deadline - time.monotonic()
         if changed or remaining <= 0:
-            return
-        applied_watcher().wait_past(max(applied, index), remaining)
+            return None
+        wait = Wait(seen=max(applied, index), key=key)
+        if can_park:
+            return _parked(wait, remaining)
+        _release_connection()
+        applied_watcher().wait(wait, remaining)
 
 
 def wait_for_changes(
+    request,
     *,
     index: int,
     prefix: str,
@@ -131,7 +288,11 @@ def wait_for_changes(
     limit: int = 1000,
 ):
     """The history rows after `index` under `prefix` as soon as there is one, or none at the
-    timeout; and the index to continue from (see selectors.changes_since)."""
+    timeout; and the index to continue from (see selectors.changes_since). Under the ASGI
+    front end: a parked response instead of waiting (see wait_for_key)."""
+    can_park, left = _parking(request)
+    if left is not None:
+        timeout = left
     deadline = time.monotonic() + timeout
     while True:
         with snapshot():
@@ -145,4 +306,13 @@ def wait_for_changes(
         remaining = deadline - time.monotonic()
         if rows or remaining <= 0:
             return rows, next_index
-        applied_watcher().wait_past(next_index, remaining)
+        wait = Wait(seen=next_index, prefix=prefix, pin={"since_index": str(index)})
+        if can_park:
+            return _parked(wait, remaining)
+        _release_connection()
+        applied_watcher().wait(wait, remaining)
+
+
+async def wait_parked(wait: Wait, timeout: float) -> bool:
+    """The front end's wait for a parked long-poll (see AppliedWatcher.wait_async)."""
+    return await applied_watcher().wait_async(wait, timeout)

@@ -26,9 +26,11 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from consensus.envelope import seal_submit
 from consensus.paxos import Command
@@ -76,8 +78,19 @@ class _Barrier:
 class Submitter:
     """Submits to one node. Thread-safe; one per process per node is enough."""
 
-    def __init__(self, *, node_id: str, dsn: str, broker_url: str, secret: bytes) -> None:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        dsn: str,
+        broker_url: str,
+        secret: bytes,
+        before_wait: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`before_wait` runs before the caller's thread starts waiting (the web tier gives
+        its database connection back there: no connection is held while waiting)."""
         self.node_id = node_id
+        self.before_wait = before_wait
         self.dsn = dsn
         self.secret = secret
         self.transport = CeleryTransport({node_id: broker_url})
@@ -90,7 +103,10 @@ class Submitter:
         # Outcomes of waiters' request ids, as the applier's NOTIFY carried them.
         self._notified: dict[str, Committed | Rejected] = {}
         self._waiters_lock = threading.Lock()
-        self._local = threading.local()
+        # Lookups (a retry's outcome, a large outcome) share two connections per process.
+        self._lookups = ConnectionPool(
+            dsn, min_size=0, max_size=2, kwargs={"autocommit": True}, open=False
+        )
         self._listening = threading.Event()
         self._stopped = threading.Event()
         self._listener: threading.Thread | None = None
@@ -128,6 +144,7 @@ class Submitter:
             if known is not None:
                 return known
             self._enqueue(Command(request_id, payload))
+            self.before_wait()
             while (remaining := deadline - time.monotonic()) > 0:
                 if not event.wait(remaining):
                     break
@@ -159,6 +176,7 @@ class Submitter:
         reader waits for the pending one instead. The thread of the pending barrier's
         first reader submits it once the barrier in flight completes."""
         deadline = time.monotonic() + timeout
+        self.before_wait()
         with self._barriers:
             self.barrier_reads += 1
             joined = self._barrier_pending
@@ -214,6 +232,7 @@ class Submitter:
         for thread in (self._listener, self._sender):
             if thread is not None:
                 thread.join(timeout=3)
+        self._lookups.close()
 
     def _enqueue(self, command: Command) -> None:
         with self._outbox_ready:
@@ -238,14 +257,12 @@ class Submitter:
     # ------------------------------------------------------------------ plumbing
 
     def _query(self, sql: str, params: list):
+        self._lookups.open()  # idempotent
         for attempt in (1, 2):
-            conn = getattr(self._local, "conn", None)
             try:
-                if conn is None or conn.closed:
-                    conn = self._local.conn = psycopg.connect(self.dsn, autocommit=True)
-                return conn.execute(sql, params).fetchone()
-            except psycopg.OperationalError:
-                self._local.conn = None
+                with self._lookups.connection() as conn:
+                    return conn.execute(sql, params).fetchone()
+            except psycopg.OperationalError:  # a broken connection is replaced: retry once
                 if attempt == 2:
                     raise
         return None
@@ -301,6 +318,14 @@ def dsn_from_django(database: dict) -> str:
     )
 
 
+def _release_django_connection() -> None:
+    """Give this thread's Django connection back (to the pool) unless a transaction needs it."""
+    from django.db import connection
+
+    if not connection.in_atomic_block:
+        connection.close()
+
+
 _default: Submitter | None = None
 _default_lock = threading.Lock()
 
@@ -320,6 +345,7 @@ def default_submitter() -> Submitter:
                 dsn=dsn_from_django(settings.DATABASES["default"]),
                 broker_url=peers[settings.CONFIGSTORE_NODE_ID],
                 secret=settings.CONFIGSTORE_SECRET.encode(),
+                before_wait=_release_django_connection,
             )
         return _default
 

@@ -478,32 +478,16 @@ class LocalCluster:
         )
 
     def start_web(self, node_id: str) -> None:
+        """The node's web server: the production arrangement (docker-compose.yml runs the
+        same command, see web_server_args)."""
         with self._lock:
             stop_groups([self.processes[node_id].web])  # frees the port
             self._start_web(node_id)
 
     def _start_web(self, node_id: str) -> None:
-        port = self.web_port(node_id)
         self.processes[node_id].web = self._spawn(
             node_id,
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "configstore.wsgi:application",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--worker-class",
-                "gthread",
-                "--workers",
-                "1",
-                "--threads",
-                "32",
-                "--timeout",
-                "600",
-                "--access-logfile",
-                "-",
-            ],
+            [sys.executable, "-m", *web_server_args("127.0.0.1", self.web_port(node_id))],
             f"web-{node_id}.log",
         )
 
@@ -926,3 +910,37 @@ def exit_status(returncode: int | None) -> str:
             return signal.Signals(-returncode).name
         return f"signal {-returncode}"
     return f"status {returncode}"
+
+
+#: Milliseconds a client has to send its request headers before granian closes the connection.
+HEADER_TIMEOUT_MS = 10_000
+
+
+def web_server_args(host: str, port: int) -> list[str]:
+    """granian serving configstore.asgi: headers read in Rust with a timeout, bodies read on
+    the event loop with a timeout, Django in a bounded thread pool, long-polls parked on the
+    loop (configstore/asgi.py). One worker process: the GIL, not the server, bounds a
+    Django process, and one process keeps one database pool per node."""
+    return [
+        "granian",
+        "--interface",
+        "asgi",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--http",
+        "1",
+        "--no-ws",
+        "--http1-header-read-timeout",
+        str(HEADER_TIMEOUT_MS),
+        "--backlog",
+        "2048",
+        # A worker that does not stop within 5 s of SIGTERM (one still starting) is killed.
+        "--workers-kill-timeout",
+        "5",
+        "--access-log",
+        "configstore.asgi:application",
+    ]

@@ -14,7 +14,7 @@ import re
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions as drf
@@ -290,7 +290,9 @@ class KeyDetailView(ApiView):
         _require(request, VIEW, key)
         wait_index = _int_param(request, "wait_index")
         if wait_index is not None:
-            watch.wait_for_key(key, wait_index, _timeout(request))
+            parked = watch.wait_for_key(request, key, wait_index, _timeout(request))
+            if parked is not None:
+                return parked  # the front end waits without a thread (configstore.asgi)
         else:
             _consistent_read(request)
         index, entry = selectors.entry_with_index(key)
@@ -536,13 +538,17 @@ class WatchView(ApiView):
         include_rejected = _flag(request, "include_rejected")
         if since is None:
             since = selectors.applied_index()
-        rows, next_index = watch.wait_for_changes(
+        changes = watch.wait_for_changes(
+            request,
             index=since,
             prefix=prefix,
             restrict=restrict,
             include_rejected=include_rejected,
             timeout=timeout,
         )
+        if isinstance(changes, HttpResponse):
+            return changes  # parked: the front end waits without a thread (configstore.asgi)
+        rows, next_index = changes
         return Response(
             {"index": next_index, "events": s.HistorySerializer(rows, many=True).data},
             headers={INDEX_HEADER: str(next_index)},

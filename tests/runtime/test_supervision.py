@@ -204,7 +204,9 @@ def is_worker(node: str) -> Callable[[list[str]], bool]:
 
 
 def is_web_master(port: int) -> Callable[[list[str]], bool]:
-    return lambda argv: any("gunicorn" in a for a in argv) and f"127.0.0.1:{port}" in argv
+    return lambda argv: (
+        any("granian" in a for a in argv) and "--port" in argv and str(port) in argv
+    )
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +221,8 @@ def running() -> Iterator[RunCluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _gunicorn_master(cluster: RunCluster, port: int) -> psutil.Process:
-    # gunicorn's master is runcluster's child; its workers (same command line) its children.
+def _web_master(cluster: RunCluster, port: int) -> psutil.Process:
+    # granian's master is runcluster's child; its worker (same command line) its child.
     masters = [p for p in cluster.find(is_web_master(port)) if p.ppid() == cluster.process.pid]
     assert len(masters) == 1, masters
     return masters[0]
@@ -237,11 +239,11 @@ def test_a_killed_worker_is_restarted_and_its_node_commits_again(running):
 
 def test_a_killed_web_server_is_restarted_and_serves_again(running):
     port = running.ports[2]
-    old = _gunicorn_master(running, port)
+    old = _web_master(running, port)
     old_workers = old.children()
     old.kill()  # the master only, as `kill -9 <pid>` does; its workers are orphaned
     took = running.wait_for_writes([port], "web server of n3 restarted")
-    new = _gunicorn_master(running, port)
+    new = _web_master(running, port)
     assert new.pid != old.pid
     _, alive = psutil.wait_procs(old_workers, timeout=10)
     assert not [p for p in alive if _running(p)], "the killed master's workers still run"
