@@ -5,3 +5,17 @@ class ConfigstoreConfig(AppConfig):
     name = "configstore"
     verbose_name = "Configuration"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from celery import signals
+
+        from configstore import checks  # noqa: F401 - registers the system checks
+
+        # A worker with DEBUG off does not start with a development secret.
+        signals.worker_init.connect(_refuse_insecure_worker, weak=False)
+
+
+def _refuse_insecure_worker(**kwargs) -> None:
+    from configstore.checks import refuse_insecure_start
+
+    refuse_insecure_start()

@@ -148,3 +148,17 @@ class NotConfirmed(Unavailable):
     looked up by request id (services.request_outcome, GET /api/v1/requests/<id>)."""
 
     code = "not_confirmed"
+
+
+class DependencyUnavailable(ConfigstoreError):
+    """A server this node depends on cannot be reached or refuses it (PostgreSQL down or out
+    of connections, the broker down): nothing was submitted. Retry after Retry-After, on this
+    node or another."""
+
+
+class DatabaseUnavailable(DependencyUnavailable):
+    code = "database_unavailable"
+
+
+class BrokerUnavailable(DependencyUnavailable):
+    code = "broker_unavailable"

@@ -13,6 +13,9 @@ from configstore.commands import MAX_DESCRIPTION_LENGTH, MAX_REASON_LENGTH
 from configstore.models import Entry, History, Schema
 from configstore.selectors import ENTRY_FIELDS
 
+#: The largest index or version PostgreSQL stores (bigint).
+MAX_BIGINT = 2**63 - 1
+
 
 class StrictSerializer(serializers.Serializer):
     """Refuses fields it does not know: a typo ("valeu") is an error, not a silent no-op."""
@@ -163,7 +166,9 @@ class DeleteEntrySerializer(StrictSerializer):
 
 class TxnCheckSerializer(StrictSerializer):
     key = _key()
-    version = serializers.IntegerField(min_value=0, help_text="0: the key must not exist")
+    version = serializers.IntegerField(
+        min_value=0, max_value=MAX_BIGINT, help_text="0: the key must not exist"
+    )
 
 
 class TxnOpSerializer(StrictSerializer):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -26,18 +27,23 @@ from rest_framework.views import APIView
 
 from configstore import exceptions, permissions, selectors, services, watch
 from configstore.api import serializers as s
+from configstore.api.parsers import JSONParser
 from configstore.commands import Check, Write
 from configstore.permissions import CHANGE, DELETE, VIEW
 from configstore.validation import InvalidValue, validate_key, validate_prefix
 from consensus.client import Committed
-from consensus.cluster import cluster_status, node_has_quorum
+from consensus.cluster import cluster_status, leader_contact_age, node_has_quorum
 
 INDEX_HEADER = "X-Configstore-Index"
+COMMIT_INDEX_HEADER = "X-Configstore-Commit-Index"
+LEADER_CONTACT_AGE_HEADER = "X-Configstore-Leader-Contact-Age-Ms"
 REQUEST_ID_HEADER = "X-Configstore-Request-Id"
 DEFAULT_WAIT_SECONDS = 30.0
 MAX_WAIT_SECONDS = 300.0
 _IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:~+/=-]{1,100}")
-_ETAG = re.compile(r'(?:W/)?"?(\d{1,19})"?')
+_ETAG = re.compile(r'(?:W/)?"?([0-9]{1,19})"?')
+_INDEX = re.compile(r"[0-9]{1,19}")
+MAX_INDEX = s.MAX_BIGINT
 
 
 # ------------------------------------------------------------------------------ plumbing
@@ -100,11 +106,15 @@ def _prefix(request) -> str:
 
 
 def _int_param(request, name: str) -> int | None:
+    """A log index from the query: ASCII digits only (str.isdigit() also takes '²'), at most
+    MAX_INDEX (PostgreSQL's bigint)."""
     raw = request.query_params.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 19:
-        raise exceptions.InvalidInput(f"{name} must be a non-negative integer", field=name)
+    if not _INDEX.fullmatch(raw) or int(raw) > MAX_INDEX:
+        raise exceptions.InvalidInput(
+            f"{name} must be an integer from 0 to {MAX_INDEX}", field=name
+        )
     return int(raw)
 
 
@@ -130,9 +140,10 @@ def _flag(request, name: str) -> bool:
     return raw in ("1", "true")
 
 
-def _consistent_read(request) -> None:
+def _consistent_read(request) -> dict[str, str]:
     """?consistency=linearizable (default): a barrier through the log first, shared with the
-    concurrent readers of this process (services.read_barrier); stale: none."""
+    concurrent readers of this process (services.read_barrier); stale: none, and the headers
+    that say how far behind this node may be (_staleness_headers) are returned to be sent."""
     consistency = request.query_params.get("consistency", "linearizable")
     if consistency not in ("linearizable", "stale"):
         raise exceptions.InvalidInput(
@@ -140,6 +151,23 @@ def _consistent_read(request) -> None:
         )
     if consistency == "linearizable":
         services.read_barrier()
+        return {}
+    return _staleness_headers()
+
+
+def _staleness_headers() -> dict[str, str]:
+    """How stale a stale read may be, from the status this node's worker publishes: the age
+    of its last contact with the leader and the highest index it knows committed (compare
+    with X-Configstore-Index, the index the answer reflects). Absent when unknown (no worker
+    status, no leader known)."""
+    _, status = node_has_quorum()
+    if status is None:
+        return {}
+    headers = {COMMIT_INDEX_HEADER: str(status["commit_index"])}
+    age = leader_contact_age(status, time.time())
+    if age is not None:
+        headers[LEADER_CONTACT_AGE_HEADER] = str(round(age * 1000))
+    return headers
 
 
 def _conditions(request) -> dict:
@@ -161,6 +189,10 @@ def _conditions(request) -> dict:
         if match is None:
             raise exceptions.InvalidInput(
                 'If-Match must be one version as an entity tag, e.g. "3", or *', field="If-Match"
+            )
+        if int(match.group(1)) > MAX_INDEX:
+            raise exceptions.InvalidInput(
+                f"If-Match names a version over {MAX_INDEX}", field="If-Match"
             )
         return {"expected_version": int(match.group(1))}
     return {}
@@ -223,8 +255,22 @@ _IF_MATCH = OpenApiParameter(
 )
 
 
+class LengthRequired(drf.APIException):
+    status_code = 411
+    default_code = "length_required"
+    default_detail = "send the body with a Content-Length (chunked bodies are refused)"
+
+
 class ApiView(APIView):
     permission_classes = [ReadOrAuthenticated]
+    parser_classes = [JSONParser]
+
+    def initial(self, request, *args, **kwargs):
+        # A WSGI server hands Django a chunked body as an empty one: a DELETE would lose its
+        # reason, a PUT its value. Refuse it rather than act on what was not sent.
+        if "transfer-encoding" in request.headers:
+            raise LengthRequired()
+        super().initial(request, *args, **kwargs)
 
 
 # -------------------------------------------------------------------------------- keys
@@ -235,7 +281,7 @@ def _list_page(view, request, select, serializer) -> Response:
     snapshot with the applied index it reflects (X-Configstore-Index)."""
     prefix = _prefix(request)
     restrict = _readable(request)
-    _consistent_read(request)
+    staleness = _consistent_read(request)
     paginator = view.pagination_class()
     with selectors.snapshot():
         index = selectors.applied_index()
@@ -244,6 +290,8 @@ def _list_page(view, request, select, serializer) -> Response:
         )
     response = paginator.get_paginated_response(serializer(page, many=True).data)
     response[INDEX_HEADER] = str(index)
+    for name, value in staleness.items():
+        response[name] = value
     return response
 
 
@@ -287,21 +335,24 @@ class KeyDetailView(ApiView):
         key = _key(key)
         _require(request, VIEW, key)
         wait_index = _int_param(request, "wait_index")
+        staleness = {}
         if wait_index is not None:
             watch.wait_for_key(key, wait_index, _timeout(request))
         else:
-            _consistent_read(request)
+            staleness = _consistent_read(request)
         index, entry = selectors.entry_with_index(key)
         if entry is None:
             return Response(
                 {"error": "not_found", "detail": f"{key} does not exist", "key": key},
                 status=404,
-                headers={INDEX_HEADER: str(index)},
+                headers={INDEX_HEADER: str(index), **staleness},
             )
         etag = f'"{entry.version}"'
         if request.headers.get("If-None-Match") in (etag, f"W/{etag}"):
-            return Response(status=304, headers={"ETag": etag, INDEX_HEADER: str(index)})
-        return _entry_response(entry, index)
+            return Response(
+                status=304, headers={"ETag": etag, INDEX_HEADER: str(index), **staleness}
+            )
+        return _entry_response(entry, index, extra_headers=staleness)
 
     @extend_schema(
         summary="Create or replace an entry",
@@ -468,9 +519,12 @@ class HistoryView(ApiView):
             "request_id": params.get("request_id"),
             "restrict": _readable(request),
         }
-        _consistent_read(request)
+        staleness = _consistent_read(request)
         if request.accepted_renderer.format == "csv":
-            return self._csv(filters)
+            response = self._csv(filters)
+            for name, value in staleness.items():
+                response[name] = value
+            return response
         paginator = self.pagination_class()
         with selectors.snapshot():
             index = selectors.applied_index()
@@ -479,6 +533,8 @@ class HistoryView(ApiView):
             )
         response = paginator.get_paginated_response(s.HistorySerializer(page, many=True).data)
         response[INDEX_HEADER] = str(index)
+        for name, value in staleness.items():
+            response[name] = value
         return response
 
     def _csv(self, filters: dict) -> StreamingHttpResponse:
@@ -507,10 +563,23 @@ class HistoryView(ApiView):
         return response
 
 
+#: A cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection
+#: list, with the full-width forms some spreadsheets also read as = + - @).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
 def _csv_cell(value, is_json: bool) -> str:
-    if is_json:
-        return "" if value is None else json.dumps(value, ensure_ascii=False)
-    return "" if value is None else str(value)
+    """The cell of one history field. Any cell a spreadsheet would run as a formula is
+    neutralised per OWASP's CSV-injection guidance: prefixed with a single quote (the csv
+    writer then quotes it as needed). A plain number (e.g. a negative value) is left alone:
+    it is not a formula."""
+    if value is None:
+        return ""
+    cell = json.dumps(value, ensure_ascii=False) if is_json else str(value)
+    if cell.startswith(_FORMULA_START) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
 
 
 class WatchView(ApiView):
@@ -584,7 +653,7 @@ class SchemaDetailView(ApiView):
     def get(self, request, key: str):
         key = _schema_key(key)
         _require_schema(request, VIEW, key)
-        _consistent_read(request)
+        staleness = _consistent_read(request)
         with selectors.snapshot():
             index = selectors.applied_index()
             found = selectors.schema_get(key)
@@ -592,7 +661,7 @@ class SchemaDetailView(ApiView):
             raise exceptions.NotFound(f"no schema for {key}", key=key)
         return Response(
             s.SchemaSerializer(found).data,
-            headers={"ETag": f'"{found.version}"', INDEX_HEADER: str(index)},
+            headers={"ETag": f'"{found.version}"', INDEX_HEADER: str(index), **staleness},
         )
 
     @extend_schema(
