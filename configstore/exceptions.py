@@ -100,6 +100,13 @@ class VersionConflict(ConfigstoreError):
         }
 
 
+class PreconditionFailed(ConfigstoreError):
+    """The request's conditions can never hold together (If-Match with If-None-Match: *):
+    nothing was submitted."""
+
+    code = "precondition_failed"
+
+
 class NotFound(ConfigstoreError):
     code = "not_found"
 

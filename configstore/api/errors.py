@@ -29,6 +29,9 @@ from configstore import exceptions
 
 STATUS = [
     (exceptions.TooLarge, 413),
+    (exceptions.SchemaViolation, 422),
+    (exceptions.IdempotencyKeyReused, 409),
+    (exceptions.PreconditionFailed, 412),
     (exceptions.InvalidInput, 400),
     (exceptions.VersionConflict, 412),
     (exceptions.NotFound, 404),

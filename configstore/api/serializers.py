@@ -9,16 +9,15 @@ from functools import cache
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
+from configstore.api.openapi import MAX_BIGINT
 from configstore.commands import MAX_DESCRIPTION_LENGTH, MAX_REASON_LENGTH
 from configstore.models import Entry, History, Schema
 from configstore.selectors import ENTRY_FIELDS
 
-#: The largest index or version PostgreSQL stores (bigint).
-MAX_BIGINT = 2**63 - 1
-
 
 class StrictSerializer(serializers.Serializer):
-    """Refuses fields it does not know: a typo ("valeu") is an error, not a silent no-op."""
+    """Refuses fields it does not know: a typo ("valeu") is an error, not a silent no-op.
+    The OpenAPI schema of every input is written out in configstore.api.openapi."""
 
     def to_internal_value(self, data):
         if isinstance(data, Mapping):
@@ -30,14 +29,32 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class StrictCharField(serializers.CharField):
+    """A JSON string, not a number or a boolean turned into one (DRF's CharField would)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer, not a string, float or boolean turned into one."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, int) or isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 def _reason():
-    return serializers.CharField(
+    return StrictCharField(
         required=False, allow_blank=True, max_length=MAX_REASON_LENGTH, trim_whitespace=False
     )
 
 
 def _description():
-    return serializers.CharField(
+    return StrictCharField(
         required=False,
         allow_blank=True,
         allow_null=True,
@@ -47,7 +64,7 @@ def _description():
 
 
 def _key():
-    return serializers.CharField(trim_whitespace=False, max_length=1024)
+    return StrictCharField(trim_whitespace=False, max_length=1024)
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -166,7 +183,7 @@ class DeleteEntrySerializer(StrictSerializer):
 
 class TxnCheckSerializer(StrictSerializer):
     key = _key()
-    version = serializers.IntegerField(
+    version = StrictIntegerField(
         min_value=0, max_value=MAX_BIGINT, help_text="0: the key must not exist"
     )
 

@@ -26,7 +26,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from configstore import exceptions, permissions, selectors, services, watch
+from configstore.api import openapi as spec
 from configstore.api import serializers as s
+from configstore.api.openapi import MAX_BIGINT
 from configstore.api.parsers import JSONParser
 from configstore.commands import Check, Write
 from configstore.permissions import CHANGE, DELETE, VIEW
@@ -41,9 +43,10 @@ REQUEST_ID_HEADER = "X-Configstore-Request-Id"
 DEFAULT_WAIT_SECONDS = 30.0
 MAX_WAIT_SECONDS = 300.0
 _IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:~+/=-]{1,100}")
-_ETAG = re.compile(r'(?:W/)?"?([0-9]{1,19})"?')
+_ETAG = re.compile(r'(?:W/)?"?([0-9]{1,18})"?')
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _INDEX = re.compile(r"[0-9]{1,19}")
-MAX_INDEX = s.MAX_BIGINT
+MAX_INDEX = MAX_BIGINT
 
 
 # ------------------------------------------------------------------------------ plumbing
@@ -70,9 +73,32 @@ class CSVRenderer(BaseRenderer):
 
 
 class Pagination(PageNumberPagination):
+    """?page= (1-based, past the last page: 404) and ?page_size= (1-1000), both strict:
+    anything else is a 400, never silently the default."""
+
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 1000
+    last_page_strings = ()
+    invalid_page_message = "page {page_number} is past the last page"
+
+    def get_page_size(self, request) -> int:
+        size = _int_param(request, self.page_size_query_param)
+        if size is None:
+            return self.page_size
+        if not 1 <= size <= self.max_page_size:
+            raise exceptions.InvalidInput(
+                f"page_size must be from 1 to {self.max_page_size}", field="page_size"
+            )
+        return size
+
+    def get_page_number(self, request, paginator) -> int:
+        number = _int_param(request, self.page_query_param)
+        if number is None:
+            return 1
+        if number < 1:
+            raise exceptions.InvalidInput("page must be 1 or more", field="page")
+        return number
 
 
 def _require(request, action: str, key: str) -> None:
@@ -119,13 +145,11 @@ def _int_param(request, name: str) -> int | None:
 
 
 def _timeout(request) -> float:
+    """?timeout=: a JSON number of seconds (e.g. 1.5 or 1e-3), from 0 to MAX_WAIT_SECONDS."""
     raw = request.query_params.get("timeout")
     if raw is None:
         return DEFAULT_WAIT_SECONDS
-    try:
-        seconds = float(raw.removesuffix("s"))
-    except ValueError:
-        seconds = -1.0
+    seconds = float(raw) if _NUMBER.fullmatch(raw) else -1.0
     if not 0 <= seconds <= MAX_WAIT_SECONDS:
         raise exceptions.InvalidInput(
             f"timeout must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}", field="timeout"
@@ -134,7 +158,7 @@ def _timeout(request) -> float:
 
 
 def _flag(request, name: str) -> bool:
-    raw = request.query_params.get(name, "0").lower()
+    raw = request.query_params.get(name, "0")
     if raw not in ("0", "1", "true", "false"):
         raise exceptions.InvalidInput(f"{name} must be true or false", field=name)
     return raw in ("1", "true")
@@ -170,32 +194,41 @@ def _staleness_headers() -> dict[str, str]:
     return headers
 
 
+def _text_param(request, name: str) -> str | None:
+    """A free-text filter (actor, request id): anything PostgreSQL can compare (no NUL)."""
+    raw = request.query_params.get(name)
+    if raw is not None and "\x00" in raw:
+        raise exceptions.InvalidInput(f"{name} must not contain NUL characters", field=name)
+    return raw
+
+
 def _conditions(request) -> dict:
-    """If-Match: "<version>" (compare-and-set) or * (must exist); If-None-Match: * (create)."""
+    """If-Match: "<version>" (compare-and-set) or * (must exist); If-None-Match: * (create).
+    Both at once can never hold (RFC 9110: a 412), whatever the entry."""
     if_match = request.headers.get("If-Match")
     if_none_match = request.headers.get("If-None-Match")
-    if if_match is not None and if_none_match is not None:
-        raise exceptions.InvalidInput("give If-Match or If-None-Match, not both", field="If-Match")
+    conditions = {}
     if if_none_match is not None:
         if if_none_match.strip() != "*":
             raise exceptions.InvalidInput(
                 'a write takes only "If-None-Match: *" (create only)', field="If-None-Match"
             )
-        return {"create_only": True}
+        conditions["create_only"] = True
     if if_match is not None:
-        if if_match.strip() == "*":
-            return {"must_exist": True}
         match = _ETAG.fullmatch(if_match.strip())
-        if match is None:
+        if if_match.strip() == "*":
+            conditions["must_exist"] = True
+        elif match is None:
             raise exceptions.InvalidInput(
                 'If-Match must be one version as an entity tag, e.g. "3", or *', field="If-Match"
             )
-        if int(match.group(1)) > MAX_INDEX:
-            raise exceptions.InvalidInput(
-                f"If-Match names a version over {MAX_INDEX}", field="If-Match"
-            )
-        return {"expected_version": int(match.group(1))}
-    return {}
+        else:
+            conditions["expected_version"] = int(match.group(1))
+    if len(conditions) > 1:
+        raise exceptions.PreconditionFailed(
+            "If-Match and If-None-Match: * cannot both hold: nothing written"
+        )
+    return conditions
 
 
 def _request_id(request) -> str | None:
@@ -229,30 +262,36 @@ def _entry_response(entry, index: int, *, status: int = 200, extra_headers=None)
     return Response(s.entry_data(entry), status=status, headers=headers)
 
 
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(s.ErrorSerializer, description=description)
+
+
 _ERRORS = {
-    400: OpenApiResponse(s.ErrorSerializer, description="invalid key, body, header or value"),
-    401: OpenApiResponse(s.ErrorSerializer, description="no credentials"),
-    403: OpenApiResponse(s.ErrorSerializer, description="no permission"),
-    503: OpenApiResponse(
-        s.ErrorSerializer,
-        description="the cluster cannot commit or confirm (Retry-After, request_id)",
+    400: _error("invalid key, body, header or parameter"),
+    401: _error("no credentials, or unknown ones"),
+    403: _error("no permission"),
+    406: _error("the Accept header asks for nothing this answers"),
+    503: _error(
+        "unavailable: no_quorum / not_confirmed (with request_id: look it up at "
+        "/api/v1/requests/{request_id}), database_unavailable, broker_unavailable; Retry-After"
     ),
 }
-_CONSISTENCY = OpenApiParameter(
-    "consistency",
-    str,
-    enum=["linearizable", "stale"],
-    description="linearizable (default): confirmed through the log; stale: this node's state",
-)
-_IDEMPOTENCY = OpenApiParameter(
-    "Idempotency-Key",
-    str,
-    OpenApiParameter.HEADER,
-    description="a retried request with the same key is applied once",
-)
-_IF_MATCH = OpenApiParameter(
-    "If-Match", str, OpenApiParameter.HEADER, description='"<version>": compare-and-set'
-)
+_BODY_ERRORS = {
+    **_ERRORS,
+    411: _error("a chunked body: send a Content-Length"),
+    413: _error("body or value over the size limit"),
+    415: _error("a body that is not application/json"),
+}
+_WRITE_ERRORS = {
+    **_BODY_ERRORS,
+    409: _error("idempotency_key_reused: the key was used for another request"),
+    412: _error("If-Match / If-None-Match do not hold (version_conflict, with current_version)"),
+    422: _error("schema_violation: the value fails a JSON Schema attached to the key"),
+}
+_LIST_ERRORS = {**_ERRORS, 404: _error("page past the last page")}
+_CONSISTENCY = spec.CONSISTENCY
+_IDEMPOTENCY = spec.IDEMPOTENCY
+_IF_MATCH = spec.IF_MATCH
 
 
 class LengthRequired(drf.APIException):
@@ -300,13 +339,8 @@ class KeyListView(ApiView):
 
     @extend_schema(
         summary="List entries",
-        parameters=[
-            OpenApiParameter("prefix", str, description="only keys starting with this"),
-            _CONSISTENCY,
-            OpenApiParameter("page", int),
-            OpenApiParameter("page_size", int, description="at most 1000"),
-        ],
-        responses={200: s.EntrySerializer(many=True), **_ERRORS},
+        parameters=[spec.PREFIX_PARAM, _CONSISTENCY, spec.PAGE, spec.PAGE_SIZE],
+        responses={200: s.EntrySerializer(many=True), **_LIST_ERRORS},
     )
     def get(self, request):
         return _list_page(self, request, selectors.entry_list, s.EntrySerializer)
@@ -316,13 +350,14 @@ class KeyDetailView(ApiView):
     @extend_schema(
         summary="Read an entry, or wait for it to change",
         parameters=[
+            spec.key_path(),
             _CONSISTENCY,
             OpenApiParameter(
                 "wait_index",
-                int,
+                spec.INDEX,
                 description="long-poll: answer as soon as the entry changes after this index",
             ),
-            OpenApiParameter("timeout", float, description="long-poll seconds (30; max 300)"),
+            spec.TIMEOUT,
         ],
         responses={
             200: s.EntrySerializer,
@@ -335,9 +370,10 @@ class KeyDetailView(ApiView):
         key = _key(key)
         _require(request, VIEW, key)
         wait_index = _int_param(request, "wait_index")
+        timeout = _timeout(request)  # checked even where unused: a bad value is a 400
         staleness = {}
         if wait_index is not None:
-            watch.wait_for_key(key, wait_index, _timeout(request))
+            watch.wait_for_key(key, wait_index, timeout)
         else:
             staleness = _consistent_read(request)
         index, entry = selectors.entry_with_index(key)
@@ -357,27 +393,15 @@ class KeyDetailView(ApiView):
     @extend_schema(
         summary="Create or replace an entry",
         request=s.PutEntrySerializer,
-        parameters=[
-            _IF_MATCH,
-            OpenApiParameter(
-                "If-None-Match", str, OpenApiParameter.HEADER, description="*: create only"
-            ),
-            _IDEMPOTENCY,
-        ],
-        responses={
-            200: s.EntrySerializer,
-            201: s.EntrySerializer,
-            412: OpenApiResponse(s.ErrorSerializer, description="version mismatch"),
-            413: OpenApiResponse(s.ErrorSerializer, description="value over the size limit"),
-            **_ERRORS,
-        },
+        parameters=[spec.key_path(), _IF_MATCH, spec.IF_NONE_MATCH, _IDEMPOTENCY],
+        responses={200: s.EntrySerializer, 201: s.EntrySerializer, **_WRITE_ERRORS},
     )
     def put(self, request, key: str):
         key = _key(key)
         _require(request, CHANGE, key)
+        body = _data(request, s.PutEntrySerializer)  # the body's shape first, then conditions
         conditions = _conditions(request)
         request_id = _request_id(request)
-        body = _data(request, s.PutEntrySerializer)
         written = services.entry_put(
             key=key,
             value=body["value"],
@@ -400,12 +424,11 @@ class KeyDetailView(ApiView):
     @extend_schema(
         summary="Delete an entry",
         request=s.DeleteEntrySerializer,
-        parameters=[_IF_MATCH, _IDEMPOTENCY, OpenApiParameter("reason", str)],
+        parameters=[spec.key_path(), _IF_MATCH, _IDEMPOTENCY, spec.REASON_QUERY],
         responses={
             204: OpenApiResponse(description="deleted"),
-            404: OpenApiResponse(s.ErrorSerializer),
-            412: OpenApiResponse(s.ErrorSerializer),
-            **_ERRORS,
+            404: _error("no such entry (nothing written)"),
+            **_WRITE_ERRORS,
         },
     )
     def delete(self, request, key: str):
@@ -442,9 +465,8 @@ class TxnView(ApiView):
         parameters=[_IDEMPOTENCY],
         responses={
             200: s.TxnResponseSerializer,
-            409: OpenApiResponse(s.ErrorSerializer, description="failed checks, nothing applied"),
-            413: OpenApiResponse(s.ErrorSerializer),
-            **_ERRORS,
+            **_WRITE_ERRORS,
+            409: _error("txn_failed: failed checks, nothing applied; idempotency_key_reused"),
         },
     )
     def post(self, request):
@@ -488,18 +510,22 @@ class HistoryView(ApiView):
     @extend_schema(
         summary="The audit history, oldest first",
         parameters=[
-            OpenApiParameter("key", str),
-            OpenApiParameter("prefix", str),
-            OpenApiParameter("since_index", int, description="rows after this log index"),
-            OpenApiParameter("actor", str),
-            OpenApiParameter("outcome", str, enum=["committed", "rejected"]),
-            OpenApiParameter("request_id", str),
+            OpenApiParameter("key", spec.KEY),
+            spec.PREFIX_PARAM,
+            OpenApiParameter("since_index", spec.INDEX, description="rows after this log index"),
+            OpenApiParameter("actor", spec.TEXT),
+            OpenApiParameter("outcome", {"type": "string", "enum": ["committed", "rejected"]}),
+            OpenApiParameter("request_id", spec.TEXT),
             _CONSISTENCY,
-            OpenApiParameter("format", str, enum=["json", "csv"]),
-            OpenApiParameter("page", int),
-            OpenApiParameter("page_size", int),
+            OpenApiParameter(
+                "format",
+                {"type": "string", "enum": ["json", "csv"]},
+                description="csv: the rows as CSV (formula cells neutralised), not paginated",
+            ),
+            spec.PAGE,
+            spec.PAGE_SIZE,
         ],
-        responses={200: s.HistorySerializer(many=True), **_ERRORS},
+        responses={200: s.HistorySerializer(many=True), **_LIST_ERRORS},
     )
     def get(self, request):
         params = request.query_params
@@ -514,9 +540,9 @@ class HistoryView(ApiView):
             "key": key,
             "prefix": _prefix(request),
             "since_index": _int_param(request, "since_index"),
-            "actor": params.get("actor"),
+            "actor": _text_param(request, "actor"),
             "outcome": outcome,
-            "request_id": params.get("request_id"),
+            "request_id": _text_param(request, "request_id"),
             "restrict": _readable(request),
         }
         staleness = _consistent_read(request)
@@ -566,7 +592,6 @@ class HistoryView(ApiView):
 #: A cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection
 #: list, with the full-width forms some spreadsheets also read as = + - @).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
-_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
 def _csv_cell(value, is_json: bool) -> str:
@@ -586,12 +611,14 @@ class WatchView(ApiView):
     @extend_schema(
         summary="Long-poll: the changes after an index",
         parameters=[
-            OpenApiParameter("prefix", str),
+            spec.PREFIX_PARAM,
             OpenApiParameter(
-                "since_index", int, description="changes after this index (default: now)"
+                "since_index", spec.INDEX, description="changes after this index (default: now)"
             ),
-            OpenApiParameter("timeout", float, description="seconds (30; max 300)"),
-            OpenApiParameter("include_rejected", bool),
+            spec.TIMEOUT,
+            OpenApiParameter(
+                "include_rejected", {"type": "string", "enum": ["true", "false", "1", "0"]}
+            ),
         ],
         responses={200: s.WatchResponseSerializer, **_ERRORS},
     )
@@ -619,13 +646,18 @@ class WatchView(ApiView):
 # ------------------------------------------------------------------------------ schemas
 
 
+_SCHEMA_KEY = spec.key_path(
+    schema=spec.SCHEMA_KEY, description="a key, or a namespace: a key followed by '/'"
+)
+
+
 class SchemaListView(ApiView):
     pagination_class = Pagination
 
     @extend_schema(
         summary="List JSON Schemas",
-        parameters=[OpenApiParameter("prefix", str), _CONSISTENCY],
-        responses={200: s.SchemaSerializer(many=True), **_ERRORS},
+        parameters=[spec.PREFIX_PARAM, _CONSISTENCY, spec.PAGE, spec.PAGE_SIZE],
+        responses={200: s.SchemaSerializer(many=True), **_LIST_ERRORS},
     )
     def get(self, request):
         return _list_page(self, request, selectors.schema_list, s.SchemaSerializer)
@@ -647,8 +679,8 @@ def _require_schema(request, action: str, key: str) -> None:
 class SchemaDetailView(ApiView):
     @extend_schema(
         summary="Read the JSON Schema of a key or namespace ('a/b/')",
-        parameters=[_CONSISTENCY],
-        responses={200: s.SchemaSerializer, 404: OpenApiResponse(s.ErrorSerializer), **_ERRORS},
+        parameters=[_SCHEMA_KEY, _CONSISTENCY],
+        responses={200: s.SchemaSerializer, 404: _error("no schema there"), **_ERRORS},
     )
     def get(self, request, key: str):
         key = _schema_key(key)
@@ -667,17 +699,17 @@ class SchemaDetailView(ApiView):
     @extend_schema(
         summary="Attach a JSON Schema to a key or namespace",
         request=s.PutSchemaSerializer,
-        parameters=[_IF_MATCH, _IDEMPOTENCY],
-        responses={200: s.SchemaSerializer, 201: s.SchemaSerializer, **_ERRORS},
+        parameters=[_SCHEMA_KEY, spec.IF_MATCH_VERSION, _IDEMPOTENCY],
+        responses={200: s.SchemaSerializer, 201: s.SchemaSerializer, **_WRITE_ERRORS},
     )
     def put(self, request, key: str):
         key = _schema_key(key)
         _require_schema(request, CHANGE, key)
+        body = _data(request, s.PutSchemaSerializer)
         conditions = _conditions(request)
         if conditions and "expected_version" not in conditions:
             raise exceptions.InvalidInput('a schema write takes only If-Match: "<version>"')
         request_id = _request_id(request)
-        body = _data(request, s.PutSchemaSerializer)
         written = services.schema_put(
             key=key,
             schema=body["schema"],
@@ -699,8 +731,12 @@ class SchemaDetailView(ApiView):
 
     @extend_schema(
         summary="Detach a JSON Schema",
-        parameters=[_IF_MATCH, _IDEMPOTENCY, OpenApiParameter("reason", str)],
-        responses={204: OpenApiResponse(description="deleted"), **_ERRORS},
+        parameters=[_SCHEMA_KEY, spec.IF_MATCH_VERSION, _IDEMPOTENCY, spec.REASON_QUERY],
+        responses={
+            204: OpenApiResponse(description="deleted"),
+            404: _error("no schema there (nothing written)"),
+            **_WRITE_ERRORS,
+        },
     )
     def delete(self, request, key: str):
         key = _schema_key(key)
@@ -732,12 +768,17 @@ class ClusterView(ApiView):
 class RequestOutcomeView(ApiView):
     @extend_schema(
         summary="The outcome of a request id (e.g. one answered 503 not_confirmed)",
-        responses={200: s.RequestOutcomeSerializer, 404: OpenApiResponse(s.ErrorSerializer)},
+        parameters=[OpenApiParameter("request_id", str, OpenApiParameter.PATH)],
+        responses={
+            200: s.RequestOutcomeSerializer,
+            404: _error("not applied on this node (yet)"),
+            **_ERRORS,
+        },
     )
     def get(self, request, request_id: str):
         if not request.user.is_authenticated:
             raise drf.NotAuthenticated()
-        outcome = services.request_outcome(request_id)
+        outcome = None if "\x00" in request_id else services.request_outcome(request_id)
         if outcome is None:
             raise exceptions.NotFound(
                 f"request {request_id} has not been applied on this node (yet)"
