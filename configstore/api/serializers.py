@@ -13,6 +13,7 @@ from configstore.api.openapi import MAX_BIGINT
 from configstore.commands import MAX_DESCRIPTION_LENGTH, MAX_REASON_LENGTH
 from configstore.models import Entry, History, Schema
 from configstore.selectors import ENTRY_FIELDS
+from configstore.validation import InvalidValue, check_json
 
 
 class StrictSerializer(serializers.Serializer):
@@ -45,6 +46,20 @@ class StrictIntegerField(serializers.IntegerField):
         if not isinstance(data, int) or isinstance(data, bool):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class StoredJSONField(serializers.JSONField):
+    """Any JSON value the store can keep (configstore.validation.check_json: no NUL, finite
+    numbers, nesting at most 100): refused with the body's other shape errors, before any
+    header is looked at."""
+
+    def to_internal_value(self, data):
+        data = super().to_internal_value(data)
+        try:
+            check_json(data, self.field_name or "value")
+        except InvalidValue as error:
+            raise serializers.ValidationError(str(error)) from None
+        return data
 
 
 def _reason():
@@ -172,7 +187,7 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class PutEntrySerializer(StrictSerializer):
-    value = serializers.JSONField(allow_null=True, help_text="any JSON (null included)")
+    value = StoredJSONField(allow_null=True, help_text="any JSON (null included)")
     reason = _reason()
     description = _description()
 
@@ -191,7 +206,7 @@ class TxnCheckSerializer(StrictSerializer):
 class TxnOpSerializer(StrictSerializer):
     op = serializers.ChoiceField(choices=["put", "delete"])
     key = _key()
-    value = serializers.JSONField(required=False, allow_null=True)
+    value = StoredJSONField(required=False, allow_null=True)
     description = _description()
 
     def validate(self, attrs):
@@ -209,6 +224,6 @@ class TxnSerializer(StrictSerializer):
 
 
 class PutSchemaSerializer(StrictSerializer):
-    schema = serializers.JSONField(help_text="a JSON Schema")
+    schema = StoredJSONField(help_text="a JSON Schema")
     reason = _reason()
     description = _description()

@@ -92,6 +92,11 @@ class Pagination(PageNumberPagination):
             )
         return size
 
+    def check(self, request) -> None:
+        """Refuse bad ?page= / ?page_size= before any work (a read barrier) is done."""
+        self.get_page_size(request)
+        self.get_page_number(request, None)
+
     def get_page_number(self, request, paginator) -> int:
         number = _int_param(request, self.page_query_param)
         if number is None:
@@ -320,8 +325,9 @@ def _list_page(view, request, select, serializer) -> Response:
     snapshot with the applied index it reflects (X-Configstore-Index)."""
     prefix = _prefix(request)
     restrict = _readable(request)
-    staleness = _consistent_read(request)
     paginator = view.pagination_class()
+    paginator.check(request)
+    staleness = _consistent_read(request)
     with selectors.snapshot():
         index = selectors.applied_index()
         page = paginator.paginate_queryset(
@@ -545,6 +551,7 @@ class HistoryView(ApiView):
             "request_id": _text_param(request, "request_id"),
             "restrict": _readable(request),
         }
+        self.pagination_class().check(request)
         staleness = _consistent_read(request)
         if request.accepted_renderer.format == "csv":
             response = self._csv(filters)
