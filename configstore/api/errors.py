@@ -15,9 +15,9 @@ import sys
 import kombu.exceptions
 import psycopg
 import redis
-from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import InterfaceError, OperationalError
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
@@ -100,6 +100,10 @@ def exception_handler(exc, context):
         request.accepted_renderer = JSONRenderer()
         request.accepted_media_type = JSONRenderer.media_type
     exc = outage(exc) or exc
+    if isinstance(exc, Http404):  # e.g. ?format= naming no renderer
+        exc = drf.NotFound(str(exc) or "not found")
+    elif isinstance(exc, PermissionDenied):
+        exc = drf.PermissionDenied(str(exc) or "permission denied")
     if isinstance(exc, exceptions.ConfigstoreError):
         return error_response(exc)
     if isinstance(exc, RequestDataTooBig):
