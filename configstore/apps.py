@@ -16,6 +16,12 @@ class ConfigstoreConfig(AppConfig):
 
 
 def _refuse_insecure_worker(**kwargs) -> None:
+    """Celery logs and ignores exceptions of signal handlers: exit instead."""
+    from django.core.exceptions import ImproperlyConfigured
+
     from configstore.checks import refuse_insecure_start
 
-    refuse_insecure_start()
+    try:
+        refuse_insecure_start()
+    except ImproperlyConfigured as error:
+        raise SystemExit(f"configstore: {error}") from None

@@ -243,3 +243,14 @@ def test_manage_py_check_deploy_fails_and_a_web_server_refuses_to_start_with_def
         ["-c", "import configstore.wsgi"], CONFIGSTORE_SECRET=STRONG, DJANGO_SECRET_KEY=STRONG[::-1]
     )
     assert strong.returncode == 0, strong.stderr
+
+
+def test_a_worker_refuses_to_start_with_default_secrets():
+    dead = "redis://127.0.0.1:1/0"  # it exits before it would connect
+    worker = _run(
+        ["-m", "celery", "-A", "configstore", "worker", "-P", "solo", "-Q", "consensus.zz",
+         "-n", "zz@check", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        CELERY_BROKER_URL=dead, CONFIGSTORE_PEERS=f"n1={dead}",
+    )  # fmt: skip
+    assert worker.returncode != 0
+    assert "refusing to start: configstore.E001" in worker.stderr
