@@ -3,6 +3,8 @@ contract everywhere"): every endpoint, method, header and query parameter with r
 hostile values (Unicode digits, huge and negative numbers, NUL bytes, deep nesting, wrong
 content types, chunked bodies, bad credentials, ...).
 
+Requests stay within the HTTP server's own limits (request line 4094 bytes, header field
+8190 bytes in gunicorn), past which the server itself refuses them (414/431) before Django.
 Every answer under /api/ must be the documented JSON error shape (or a success), never a
 5xx other than 503 (which carries Retry-After); no process may die; and nothing may change
 on any node: every write the fuzz sends carries at least one defect that makes it refused
@@ -25,13 +27,13 @@ from tests.configstore.test_api_outages import settled_state as settled
 pytestmark = pytest.mark.cluster
 
 SEED = int(os.environ.get("FUZZ_SEED", "90210"))
-CASES = int(os.environ.get("FUZZ_CASES", "2000"))
+CASES = int(os.environ.get("FUZZ_CASES", "3000"))
 MAX_SECONDS = 240
 
 NUMBERS = ["0", "1", "-1", "\u00b2", "\u0663", "\uff11", "1.5", "1e999", "NaN", "inf", "",
            " 1", "0x10", "99999999999999999999", "9223372036854775807", "9223372036854775808",
            "1_0", "+1", "-0", "\x00", "1\x00", "true", "[]"]  # fmt: skip
-TEXTS = ["", "x", "\x00", "a\x00b", "\u202e", "\U0001f600", "' OR 1=1 --", "%", "%00", "a" * 3000,
+TEXTS = ["", "x", "\x00", "a\x00b", "\u202e", "\U0001f600", "' OR 1=1 --", "%", "%00", "a" * 900,
          "=cmd|'/C calc'!A0", "\ufffe", "../..", "a//b", "fz/", "fz/a", "\r\nX-Injected: 1"]  # fmt: skip
 GOOD_KEYS = ["fz/a", "fz/s/x", "fz/new", "fz/s/"]
 BAD_KEYS = ["a//b", "/lead", "trail/", "a/../b", ".", "..", "x" * 300, "a%00b", "%C0%AE%C0%AE",
@@ -126,7 +128,7 @@ class Fuzzer:
         makes it refused when it is a write with working credentials."""
         rng = self.rng
         method = self.pick(["GET", "GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"])
-        who = self.pick(list(self.tokens))
+        who = "admin" if rng.random() < 0.6 else self.pick(list(self.tokens))
         endpoint = self.pick(["keys", "key", "txn", "history", "watch", "schemas", "schema",
                               "requests", "cluster", "unknown", "openapi"])  # fmt: skip
         bad_key = rng.random() < 0.3
@@ -270,12 +272,14 @@ def test_a_seeded_fuzz_of_every_endpoint_answers_the_contract_and_changes_nothin
         check(case, answer)
         statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
         sent += 1
+        if sent % 250 == 0:
+            print(f"fuzz: {sent} requests, {time.monotonic() - started:.0f} s", flush=True)
         if time.monotonic() - started > MAX_SECONDS:
             break
     print(
         f"fuzz: {sent} requests in {time.monotonic() - started:.0f} s, statuses {dict(sorted(statuses.items()))}"
     )
-    assert sent >= min(CASES, 1000)
+    assert sent >= min(CASES, 1500)
     for node in cluster.ids:
         processes = cluster.processes[node]
         assert processes.worker.poll() is None and processes.web.poll() is None, node
