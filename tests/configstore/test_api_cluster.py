@@ -168,7 +168,7 @@ def test_a_retried_request_with_the_same_idempotency_key_is_applied_once(api):
     history = api.get("n2", f"/api/v1/history/?key={key}").json()
     assert [row["new_version"] for row in history["results"]] == [1]
     reused = api.put("n1", key, {"n": 2}, **idem)
-    assert (reused.status_code, reused.json()["error"]) == (400, "idempotency_key_reused")
+    assert (reused.status_code, reused.json()["error"]) == (409, "idempotency_key_reused")
 
 
 def test_a_long_poll_on_node_3_returns_within_100_ms_of_a_commit_on_node_1(api):
