@@ -30,10 +30,11 @@ import time
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "configstore.settings")
 
-from django.core.wsgi import get_wsgi_application  # noqa: E402
+# Sets Django up (the imports below need its apps) and, with DEBUG off, refuses to start
+# with a development secret.
+from configstore.wsgi import application as _django  # noqa: E402
 
-_django = get_wsgi_application()  # sets Django up: the imports below need its apps
-
+# isort: split
 from a2wsgi import WSGIMiddleware  # noqa: E402
 from django.conf import settings  # noqa: E402
 

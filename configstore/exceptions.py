@@ -103,6 +103,13 @@ class VersionConflict(ConfigstoreError):
         }
 
 
+class PreconditionFailed(ConfigstoreError):
+    """The request's conditions can never hold together (If-Match with If-None-Match: *):
+    nothing was submitted."""
+
+    code = "precondition_failed"
+
+
 class NotFound(ConfigstoreError):
     code = "not_found"
 
@@ -151,3 +158,17 @@ class NotConfirmed(Unavailable):
     looked up by request id (services.request_outcome, GET /api/v1/requests/<id>)."""
 
     code = "not_confirmed"
+
+
+class DependencyUnavailable(ConfigstoreError):
+    """A server this node depends on cannot be reached or refuses it (PostgreSQL down or out
+    of connections, the broker down): nothing was submitted. Retry after Retry-After, on this
+    node or another."""
+
+
+class DatabaseUnavailable(DependencyUnavailable):
+    code = "database_unavailable"
+
+
+class BrokerUnavailable(DependencyUnavailable):
+    code = "broker_unavailable"

@@ -185,6 +185,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The schema is the API's contract (configstore/api/openapi.py): OpenAPI 3.1, so that a
+    # body's JSON can be described exactly (JSON Schema 2020-12).
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "configstore.api.openapi.postprocess",
+    ],
 }
 CONFIGSTORE_MAX_VALUE_BYTES = int(env("CONFIGSTORE_MAX_VALUE_BYTES", str(1024 * 1024)))
 CONFIGSTORE_MAX_TXN_BYTES = int(env("CONFIGSTORE_MAX_TXN_BYTES", str(4 * 1024 * 1024)))

@@ -22,4 +22,7 @@ urlpatterns = [
     re_path(rf"^{settings.STATIC_URL.strip('/')}/(?P<path>.*)$", serve_static, {"insecure": True}),
 ]
 
+handler400 = "configstore.api.errors.bad_request"
+handler403 = "configstore.api.errors.forbidden"
+handler404 = "configstore.api.errors.not_found"
 handler500 = "configstore.api.errors.server_error"

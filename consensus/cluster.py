@@ -8,6 +8,8 @@ Used by `manage.py clusterstatus`, the admin's cluster page, `/api/v1/cluster/` 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 
 import redis
@@ -17,6 +19,17 @@ from consensus.runtime import status_key
 from consensus.transport import parse_peers
 
 STALE = 3.0
+log = logging.getLogger(__name__)
+
+#: The fields every reader of a status relies on, and their types.
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "time": (int, float),
+    "role": str,
+    "leader": (str, type(None)),
+    "quorum": bool,
+    "commit_index": int,
+    "applied_index": int,
+}
 
 
 _clients: dict[str, redis.Redis] = {}
@@ -31,15 +44,45 @@ def _client(broker_url: str) -> redis.Redis:
     return _clients[broker_url]
 
 
+WARN_EVERY = 60.0
+_warned: dict[str, float] = {}
+
+
+def parse_status(raw: bytes | str) -> dict | None:
+    """A published status, or None when it is not one: not JSON, not an object, or missing a
+    field of _FIELDS or holding it with another type (a bool is not an index). Anyone who can
+    write to the broker can write this key; a malformed status means "status unknown"."""
+    try:
+        status = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(status, dict):
+        return None
+    for name, kind in _FIELDS.items():
+        value = status.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return None
+    if not math.isfinite(status["time"]):
+        return None
+    return status
+
+
 def read_status(node_id: str, broker_url: str) -> dict | None:
+    """The node's status as it published it, or None when it is missing, older than STALE
+    seconds, malformed or unreadable (the broker down)."""
     try:
         raw = _client(broker_url).get(status_key(node_id))
     except redis.RedisError:
         return None
     if raw is None:
         return None
-    status = json.loads(raw)
-    return status if time.time() - status.get("time", 0) <= STALE else None
+    status = parse_status(raw)
+    if status is None:
+        if time.monotonic() - _warned.get(node_id, -1e9) > WARN_EVERY:  # not once per request
+            _warned[node_id] = time.monotonic()
+            log.warning("the status of %s on its broker is malformed: treated as unknown", node_id)
+        return None
+    return status if time.time() - status["time"] <= STALE else None
 
 
 def cluster_status(peers: dict[str, str] | None = None) -> dict:
@@ -83,3 +126,19 @@ def node_has_quorum(node_id: str | None = None) -> tuple[bool, dict | None]:
     if status is None:
         return False, None
     return bool(status.get("quorum")), status
+
+
+def leader_contact_age(status: dict, now: float) -> float | None:
+    """Seconds since the node of `status` last heard from the leader it follows, as of `now`
+    (wall clock): 0 at the status's time when it is the leader itself; None when it knows no
+    leader or has never heard from it."""
+    if status.get("role") == "leader":
+        return max(0.0, now - status["time"])
+    peers = status.get("peers")
+    leader = status.get("leader")
+    if not isinstance(peers, dict) or leader is None:
+        return None
+    heard = peers.get(leader)
+    if not isinstance(heard, int | float) or isinstance(heard, bool) or not math.isfinite(heard):
+        return None
+    return max(0.0, now - status["time"] + heard)

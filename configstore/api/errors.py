@@ -1,12 +1,25 @@
 """Every API error in one form: {"error": "<code>", "detail": "<text>", ...}, JSON whatever
 the request asked to be rendered in. The service exceptions are mapped to HTTP here, once.
+
+Contract: no request under /api/ (or /healthz) answers anything but this JSON shape, and no
+input or outage of a server this node depends on answers 500: PostgreSQL or the broker
+unreachable (or PostgreSQL out of connections) is 503 with Retry-After. Inside the API views
+DRF calls `exception_handler`; anything raised outside them (middleware, Django's own
+handlers) reaches `bad_request`, `forbidden`, `not_found` or `server_error`.
 """
 
 from __future__ import annotations
 
-from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
-from django.http import JsonResponse
+import sys
+
+import kombu.exceptions
+import psycopg
+import redis
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, JsonResponse
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -16,13 +29,21 @@ from configstore import exceptions
 
 STATUS = [
     (exceptions.TooLarge, 413),
+    (exceptions.SchemaViolation, 422),
+    (exceptions.IdempotencyKeyReused, 409),
+    (exceptions.PreconditionFailed, 412),
     (exceptions.InvalidInput, 400),
     (exceptions.VersionConflict, 412),
     (exceptions.NotFound, 404),
     (exceptions.TxnFailed, 409),
     (exceptions.IdempotencyKeyReused, 409),
     (exceptions.Unavailable, 503),
+    (exceptions.DependencyUnavailable, 503),
 ]
+#: Exceptions that mean "a server this node depends on is down or refuses us", not a bug.
+DATABASE_DOWN = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+BROKER_DOWN = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)
+API_PATHS = ("/api/", "/healthz")
 RETRY_AFTER_SECONDS = 1
 
 
@@ -32,7 +53,9 @@ def status_for(error: exceptions.ConfigstoreError) -> int:
 
 def error_response(error: exceptions.ConfigstoreError) -> Response:
     headers = {}
-    if isinstance(error, exceptions.Unavailable):
+    if isinstance(error, exceptions.DependencyUnavailable):
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    elif isinstance(error, exceptions.Unavailable):
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         headers["X-Configstore-Request-Id"] = error.request_id
     elif error.request_id is not None:  # rejected by the applier, at a log index
@@ -55,11 +78,33 @@ def _flatten(detail, prefix: str = "") -> list[str]:
     return [f"{field}: {detail}"]
 
 
+def outage(exc: BaseException) -> exceptions.DependencyUnavailable | None:
+    """The service error for an exception that means a dependency is down, else None."""
+    if isinstance(exc, DATABASE_DOWN):
+        return exceptions.DatabaseUnavailable(
+            f"this node cannot use its database: {_first_line(exc)}"
+        )
+    if isinstance(exc, BROKER_DOWN):
+        return exceptions.BrokerUnavailable(
+            f"this node cannot reach its broker: {_first_line(exc)}"
+        )
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 def exception_handler(exc, context):
     request = context.get("request")
     if request is not None:  # errors are JSON even where ?format=csv was asked for
         request.accepted_renderer = JSONRenderer()
         request.accepted_media_type = JSONRenderer.media_type
+    exc = outage(exc) or exc
+    if isinstance(exc, Http404):  # e.g. ?format= naming no renderer
+        exc = drf.NotFound(str(exc) or "not found")
+    elif isinstance(exc, PermissionDenied):
+        exc = drf.PermissionDenied(str(exc) or "permission denied")
     if isinstance(exc, exceptions.ConfigstoreError):
         return error_response(exc)
     if isinstance(exc, RequestDataTooBig):
@@ -80,20 +125,46 @@ def exception_handler(exc, context):
     return response
 
 
+def _json_error(code: str, detail: str, status: int, headers=None) -> JsonResponse:
+    return JsonResponse({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+@csrf_exempt  # no CSRF page for an unsafe method on an unknown path: the JSON 404
 def api_not_found(request, *args, **kwargs) -> JsonResponse:
-    return JsonResponse(
-        {
-            "error": "not_found",
-            "detail": f"no API endpoint at {request.path} (see /api/schema/ and /api/docs/)",
-        },
-        status=404,
+    return _json_error(
+        "not_found", f"no API endpoint at {request.path} (see /api/schema/ and /api/docs/)", 404
     )
 
 
+def bad_request(request, exception=None, *args, **kwargs):
+    """handler400 (e.g. a Host header not in ALLOWED_HOSTS): JSON under the API paths."""
+    if request.path.startswith(API_PATHS):
+        return _json_error("bad_request", str(exception or "bad request"), 400)
+    return defaults.bad_request(request, exception, *args, **kwargs)
+
+
+def forbidden(request, exception=None, *args, **kwargs):
+    """handler403: JSON under the API paths."""
+    if request.path.startswith(API_PATHS):
+        return _json_error("permission_denied", str(exception or "forbidden"), 403)
+    return defaults.permission_denied(request, exception, *args, **kwargs)
+
+
+def not_found(request, exception=None, *args, **kwargs):
+    """handler404: JSON under the API paths."""
+    if request.path.startswith(API_PATHS):
+        return api_not_found(request)
+    return defaults.page_not_found(request, exception, *args, **kwargs)
+
+
 def server_error(request, *args, **kwargs):
-    """handler500: JSON under /api/ and /healthz, Django's page elsewhere (the admin)."""
-    if request.path.startswith(("/api/", "/healthz")):
-        return JsonResponse(
-            {"error": "server_error", "detail": "internal server error"}, status=500
-        )
+    """handler500: JSON under /api/ and /healthz, Django's page elsewhere (the admin). An
+    outage of PostgreSQL or the broker raised outside the API views is a 503 here too."""
+    down = outage(sys.exc_info()[1] or Exception())
+    if request.path.startswith(API_PATHS):
+        if down is not None:
+            return _json_error(
+                down.code, down.detail, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+            )
+        return _json_error("server_error", "internal server error", 500)
     return defaults.server_error(request, *args, **kwargs)

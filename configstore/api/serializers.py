@@ -9,13 +9,16 @@ from functools import cache
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
+from configstore.api.openapi import MAX_BIGINT
 from configstore.commands import MAX_DESCRIPTION_LENGTH, MAX_REASON_LENGTH
 from configstore.models import Entry, History, Schema
 from configstore.selectors import ENTRY_FIELDS
+from configstore.validation import InvalidValue, check_json
 
 
 class StrictSerializer(serializers.Serializer):
-    """Refuses fields it does not know: a typo ("valeu") is an error, not a silent no-op."""
+    """Refuses fields it does not know: a typo ("valeu") is an error, not a silent no-op.
+    The OpenAPI schema of every input is written out in configstore.api.openapi."""
 
     def to_internal_value(self, data):
         if isinstance(data, Mapping):
@@ -27,14 +30,46 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class StrictCharField(serializers.CharField):
+    """A JSON string, not a number or a boolean turned into one (DRF's CharField would)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer, not a string, float or boolean turned into one."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, int) or isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StoredJSONField(serializers.JSONField):
+    """Any JSON value the store can keep (configstore.validation.check_json: no NUL, finite
+    numbers, nesting at most 100): refused with the body's other shape errors, before any
+    header is looked at."""
+
+    def to_internal_value(self, data):
+        data = super().to_internal_value(data)
+        try:
+            check_json(data, self.field_name or "value")
+        except InvalidValue as error:
+            raise serializers.ValidationError(str(error)) from None
+        return data
+
+
 def _reason():
-    return serializers.CharField(
+    return StrictCharField(
         required=False, allow_blank=True, max_length=MAX_REASON_LENGTH, trim_whitespace=False
     )
 
 
 def _description():
-    return serializers.CharField(
+    return StrictCharField(
         required=False,
         allow_blank=True,
         allow_null=True,
@@ -44,7 +79,7 @@ def _description():
 
 
 def _key():
-    return serializers.CharField(trim_whitespace=False, max_length=1024)
+    return StrictCharField(trim_whitespace=False, max_length=1024)
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -152,7 +187,7 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class PutEntrySerializer(StrictSerializer):
-    value = serializers.JSONField(allow_null=True, help_text="any JSON (null included)")
+    value = StoredJSONField(allow_null=True, help_text="any JSON (null included)")
     reason = _reason()
     description = _description()
 
@@ -163,13 +198,15 @@ class DeleteEntrySerializer(StrictSerializer):
 
 class TxnCheckSerializer(StrictSerializer):
     key = _key()
-    version = serializers.IntegerField(min_value=0, help_text="0: the key must not exist")
+    version = StrictIntegerField(
+        min_value=0, max_value=MAX_BIGINT, help_text="0: the key must not exist"
+    )
 
 
 class TxnOpSerializer(StrictSerializer):
     op = serializers.ChoiceField(choices=["put", "delete"])
     key = _key()
-    value = serializers.JSONField(required=False, allow_null=True)
+    value = StoredJSONField(required=False, allow_null=True)
     description = _description()
 
     def validate(self, attrs):
@@ -187,6 +224,6 @@ class TxnSerializer(StrictSerializer):
 
 
 class PutSchemaSerializer(StrictSerializer):
-    schema = serializers.JSONField(help_text="a JSON Schema")
+    schema = StoredJSONField(help_text="a JSON Schema")
     reason = _reason()
     description = _description()

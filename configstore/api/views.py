@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -25,19 +26,27 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from configstore import exceptions, permissions, selectors, services, watch
+from configstore.api import openapi as spec
 from configstore.api import serializers as s
+from configstore.api.openapi import MAX_BIGINT
+from configstore.api.parsers import JSONParser
 from configstore.commands import Check, Write
 from configstore.permissions import CHANGE, DELETE, VIEW
 from configstore.validation import InvalidValue, validate_key, validate_prefix
 from consensus.client import Committed
-from consensus.cluster import cluster_status, node_has_quorum
+from consensus.cluster import cluster_status, leader_contact_age, node_has_quorum
 
 INDEX_HEADER = "X-Configstore-Index"
+COMMIT_INDEX_HEADER = "X-Configstore-Commit-Index"
+LEADER_CONTACT_AGE_HEADER = "X-Configstore-Leader-Contact-Age-Ms"
 REQUEST_ID_HEADER = "X-Configstore-Request-Id"
 DEFAULT_WAIT_SECONDS = 30.0
 MAX_WAIT_SECONDS = 300.0
 _IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:~+/=-]{1,100}")
-_ETAG = re.compile(r'(?:W/)?"?(\d{1,19})"?')
+_ETAG = re.compile(r'(?:W/)?"?([0-9]{1,18})"?')
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_INDEX = re.compile(r"[0-9]{1,19}")
+MAX_INDEX = MAX_BIGINT
 
 
 # ------------------------------------------------------------------------------ plumbing
@@ -64,9 +73,37 @@ class CSVRenderer(BaseRenderer):
 
 
 class Pagination(PageNumberPagination):
+    """?page= (1-based, past the last page: 404) and ?page_size= (1-1000), both strict:
+    anything else is a 400, never silently the default."""
+
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 1000
+    last_page_strings = ()
+    invalid_page_message = "page {page_number} is past the last page"
+
+    def get_page_size(self, request) -> int:
+        size = _int_param(request, self.page_size_query_param)
+        if size is None:
+            return self.page_size
+        if not 1 <= size <= self.max_page_size:
+            raise exceptions.InvalidInput(
+                f"page_size must be from 1 to {self.max_page_size}", field="page_size"
+            )
+        return size
+
+    def check(self, request) -> None:
+        """Refuse bad ?page= / ?page_size= before any work (a read barrier) is done."""
+        self.get_page_size(request)
+        self.get_page_number(request, None)
+
+    def get_page_number(self, request, paginator) -> int:
+        number = _int_param(request, self.page_query_param)
+        if number is None:
+            return 1
+        if number < 1:
+            raise exceptions.InvalidInput("page must be 1 or more", field="page")
+        return number
 
 
 def _require(request, action: str, key: str) -> None:
@@ -100,22 +137,24 @@ def _prefix(request) -> str:
 
 
 def _int_param(request, name: str) -> int | None:
+    """A log index from the query: ASCII digits only (str.isdigit() also takes '²'), at most
+    MAX_INDEX (PostgreSQL's bigint)."""
     raw = request.query_params.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 19:
-        raise exceptions.InvalidInput(f"{name} must be a non-negative integer", field=name)
+    if not _INDEX.fullmatch(raw) or int(raw) > MAX_INDEX:
+        raise exceptions.InvalidInput(
+            f"{name} must be an integer from 0 to {MAX_INDEX}", field=name
+        )
     return int(raw)
 
 
 def _timeout(request) -> float:
+    """?timeout=: a JSON number of seconds (e.g. 1.5 or 1e-3), from 0 to MAX_WAIT_SECONDS."""
     raw = request.query_params.get("timeout")
     if raw is None:
         return DEFAULT_WAIT_SECONDS
-    try:
-        seconds = float(raw.removesuffix("s"))
-    except ValueError:
-        seconds = -1.0
+    seconds = float(raw) if _NUMBER.fullmatch(raw) else -1.0
     if not 0 <= seconds <= MAX_WAIT_SECONDS:
         raise exceptions.InvalidInput(
             f"timeout must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}", field="timeout"
@@ -124,15 +163,16 @@ def _timeout(request) -> float:
 
 
 def _flag(request, name: str) -> bool:
-    raw = request.query_params.get(name, "0").lower()
+    raw = request.query_params.get(name, "0")
     if raw not in ("0", "1", "true", "false"):
         raise exceptions.InvalidInput(f"{name} must be true or false", field=name)
     return raw in ("1", "true")
 
 
-def _consistent_read(request) -> None:
+def _consistent_read(request) -> dict[str, str]:
     """?consistency=linearizable (default): a barrier through the log first, shared with the
-    concurrent readers of this process (services.read_barrier); stale: none."""
+    concurrent readers of this process (services.read_barrier); stale: none, and the headers
+    that say how far behind this node may be (_staleness_headers) are returned to be sent."""
     consistency = request.query_params.get("consistency", "linearizable")
     if consistency not in ("linearizable", "stale"):
         raise exceptions.InvalidInput(
@@ -140,30 +180,60 @@ def _consistent_read(request) -> None:
         )
     if consistency == "linearizable":
         services.read_barrier()
+        return {}
+    return _staleness_headers()
+
+
+def _staleness_headers() -> dict[str, str]:
+    """How stale a stale read may be, from the status this node's worker publishes: the age
+    of its last contact with the leader and the highest index it knows committed (compare
+    with X-Configstore-Index, the index the answer reflects). Absent when unknown (no worker
+    status, no leader known)."""
+    _, status = node_has_quorum()
+    if status is None:
+        return {}
+    headers = {COMMIT_INDEX_HEADER: str(status["commit_index"])}
+    age = leader_contact_age(status, time.time())
+    if age is not None:
+        headers[LEADER_CONTACT_AGE_HEADER] = str(round(age * 1000))
+    return headers
+
+
+def _text_param(request, name: str) -> str | None:
+    """A free-text filter (actor, request id): anything PostgreSQL can compare (no NUL)."""
+    raw = request.query_params.get(name)
+    if raw is not None and "\x00" in raw:
+        raise exceptions.InvalidInput(f"{name} must not contain NUL characters", field=name)
+    return raw
 
 
 def _conditions(request) -> dict:
-    """If-Match: "<version>" (compare-and-set) or * (must exist); If-None-Match: * (create)."""
+    """If-Match: "<version>" (compare-and-set) or * (must exist); If-None-Match: * (create).
+    Both at once can never hold (RFC 9110: a 412), whatever the entry."""
     if_match = request.headers.get("If-Match")
     if_none_match = request.headers.get("If-None-Match")
-    if if_match is not None and if_none_match is not None:
-        raise exceptions.InvalidInput("give If-Match or If-None-Match, not both", field="If-Match")
+    conditions = {}
     if if_none_match is not None:
         if if_none_match.strip() != "*":
             raise exceptions.InvalidInput(
                 'a write takes only "If-None-Match: *" (create only)', field="If-None-Match"
             )
-        return {"create_only": True}
+        conditions["create_only"] = True
     if if_match is not None:
-        if if_match.strip() == "*":
-            return {"must_exist": True}
         match = _ETAG.fullmatch(if_match.strip())
-        if match is None:
+        if if_match.strip() == "*":
+            conditions["must_exist"] = True
+        elif match is None:
             raise exceptions.InvalidInput(
                 'If-Match must be one version as an entity tag, e.g. "3", or *', field="If-Match"
             )
-        return {"expected_version": int(match.group(1))}
-    return {}
+        else:
+            conditions["expected_version"] = int(match.group(1))
+    if len(conditions) > 1:
+        raise exceptions.PreconditionFailed(
+            "If-Match and If-None-Match: * cannot both hold: nothing written"
+        )
+    return conditions
 
 
 def _idempotency_key(request) -> str | None:
@@ -198,35 +268,54 @@ def _entry_response(entry, index: int, *, status: int = 200, extra_headers=None)
     return Response(s.entry_data(entry), status=status, headers=headers)
 
 
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(s.ErrorSerializer, description=description)
+
+
 _ERRORS = {
-    400: OpenApiResponse(s.ErrorSerializer, description="invalid key, body, header or value"),
-    401: OpenApiResponse(s.ErrorSerializer, description="no credentials"),
-    403: OpenApiResponse(s.ErrorSerializer, description="no permission"),
-    503: OpenApiResponse(
-        s.ErrorSerializer,
-        description="the cluster cannot commit or confirm (Retry-After, request_id)",
+    400: _error("invalid key, body, header or parameter"),
+    401: _error("no credentials, or unknown ones"),
+    403: _error("no permission"),
+    406: _error("the Accept header asks for nothing this answers"),
+    503: _error(
+        "unavailable: no_quorum / not_confirmed (with request_id: look it up at "
+        "/api/v1/requests/{request_id}), database_unavailable, broker_unavailable; Retry-After"
     ),
 }
-_CONSISTENCY = OpenApiParameter(
-    "consistency",
-    str,
-    enum=["linearizable", "stale"],
-    description="linearizable (default): confirmed through the log; stale: this node's state",
-)
-_IDEMPOTENCY = OpenApiParameter(
-    "Idempotency-Key",
-    str,
-    OpenApiParameter.HEADER,
-    description="a retried request with the same key (and the same body), through any node, "
-    "is applied once and answered as the first was; the same key with another body: 409",
-)
-_IF_MATCH = OpenApiParameter(
-    "If-Match", str, OpenApiParameter.HEADER, description='"<version>": compare-and-set'
-)
+_BODY_ERRORS = {
+    **_ERRORS,
+    411: _error("a chunked body: send a Content-Length"),
+    413: _error("body or value over the size limit"),
+    415: _error("a body that is not application/json"),
+}
+_WRITE_ERRORS = {
+    **_BODY_ERRORS,
+    409: _error("idempotency_key_reused: the key was used for another request"),
+    412: _error("If-Match / If-None-Match do not hold (version_conflict, with current_version)"),
+    422: _error("schema_violation: the value fails a JSON Schema attached to the key"),
+}
+_LIST_ERRORS = {**_ERRORS, 404: _error("page past the last page")}
+_CONSISTENCY = spec.CONSISTENCY
+_IDEMPOTENCY = spec.IDEMPOTENCY
+_IF_MATCH = spec.IF_MATCH
+
+
+class LengthRequired(drf.APIException):
+    status_code = 411
+    default_code = "length_required"
+    default_detail = "send the body with a Content-Length (chunked bodies are refused)"
 
 
 class ApiView(APIView):
     permission_classes = [ReadOrAuthenticated]
+    parser_classes = [JSONParser]
+
+    def initial(self, request, *args, **kwargs):
+        # A WSGI server hands Django a chunked body as an empty one: a DELETE would lose its
+        # reason, a PUT its value. Refuse it rather than act on what was not sent.
+        if "transfer-encoding" in request.headers:
+            raise LengthRequired()
+        super().initial(request, *args, **kwargs)
 
 
 # -------------------------------------------------------------------------------- keys
@@ -237,8 +326,9 @@ def _list_page(view, request, select, serializer) -> Response:
     snapshot with the applied index it reflects (X-Configstore-Index)."""
     prefix = _prefix(request)
     restrict = _readable(request)
-    _consistent_read(request)
     paginator = view.pagination_class()
+    paginator.check(request)
+    staleness = _consistent_read(request)
     with selectors.snapshot():
         index = selectors.applied_index()
         page = paginator.paginate_queryset(
@@ -246,6 +336,8 @@ def _list_page(view, request, select, serializer) -> Response:
         )
     response = paginator.get_paginated_response(serializer(page, many=True).data)
     response[INDEX_HEADER] = str(index)
+    for name, value in staleness.items():
+        response[name] = value
     return response
 
 
@@ -254,13 +346,8 @@ class KeyListView(ApiView):
 
     @extend_schema(
         summary="List entries",
-        parameters=[
-            OpenApiParameter("prefix", str, description="only keys starting with this"),
-            _CONSISTENCY,
-            OpenApiParameter("page", int),
-            OpenApiParameter("page_size", int, description="at most 1000"),
-        ],
-        responses={200: s.EntrySerializer(many=True), **_ERRORS},
+        parameters=[spec.PREFIX_PARAM, _CONSISTENCY, spec.PAGE, spec.PAGE_SIZE],
+        responses={200: s.EntrySerializer(many=True), **_LIST_ERRORS},
     )
     def get(self, request):
         return _list_page(self, request, selectors.entry_list, s.EntrySerializer)
@@ -270,13 +357,14 @@ class KeyDetailView(ApiView):
     @extend_schema(
         summary="Read an entry, or wait for it to change",
         parameters=[
+            spec.key_path(),
             _CONSISTENCY,
             OpenApiParameter(
                 "wait_index",
-                int,
+                spec.INDEX,
                 description="long-poll: answer as soon as the entry changes after this index",
             ),
-            OpenApiParameter("timeout", float, description="long-poll seconds (30; max 300)"),
+            spec.TIMEOUT,
         ],
         responses={
             200: s.EntrySerializer,
@@ -289,48 +377,40 @@ class KeyDetailView(ApiView):
         key = _key(key)
         _require(request, VIEW, key)
         wait_index = _int_param(request, "wait_index")
+        timeout = _timeout(request)  # checked even where unused: a bad value is a 400
+        staleness = {}
         if wait_index is not None:
-            parked = watch.wait_for_key(request, key, wait_index, _timeout(request))
+            parked = watch.wait_for_key(request, key, wait_index, timeout)
             if parked is not None:
                 return parked  # the front end waits without a thread (configstore.asgi)
         else:
-            _consistent_read(request)
+            staleness = _consistent_read(request)
         index, entry = selectors.entry_with_index(key)
         if entry is None:
             return Response(
                 {"error": "not_found", "detail": f"{key} does not exist", "key": key},
                 status=404,
-                headers={INDEX_HEADER: str(index)},
+                headers={INDEX_HEADER: str(index), **staleness},
             )
         etag = f'"{entry.version}"'
         if request.headers.get("If-None-Match") in (etag, f"W/{etag}"):
-            return Response(status=304, headers={"ETag": etag, INDEX_HEADER: str(index)})
-        return _entry_response(entry, index)
+            return Response(
+                status=304, headers={"ETag": etag, INDEX_HEADER: str(index), **staleness}
+            )
+        return _entry_response(entry, index, extra_headers=staleness)
 
     @extend_schema(
         summary="Create or replace an entry",
         request=s.PutEntrySerializer,
-        parameters=[
-            _IF_MATCH,
-            OpenApiParameter(
-                "If-None-Match", str, OpenApiParameter.HEADER, description="*: create only"
-            ),
-            _IDEMPOTENCY,
-        ],
-        responses={
-            200: s.EntrySerializer,
-            201: s.EntrySerializer,
-            412: OpenApiResponse(s.ErrorSerializer, description="version mismatch"),
-            413: OpenApiResponse(s.ErrorSerializer, description="value over the size limit"),
-            **_ERRORS,
-        },
+        parameters=[spec.key_path(), _IF_MATCH, spec.IF_NONE_MATCH, _IDEMPOTENCY],
+        responses={200: s.EntrySerializer, 201: s.EntrySerializer, **_WRITE_ERRORS},
     )
     def put(self, request, key: str):
         key = _key(key)
         _require(request, CHANGE, key)
+        body = _data(request, s.PutEntrySerializer)  # the body's shape first, then conditions
         conditions = _conditions(request)
         idempotency_key = _idempotency_key(request)
-        body = _data(request, s.PutEntrySerializer)
         written = services.entry_put(
             key=key,
             value=body["value"],
@@ -353,12 +433,11 @@ class KeyDetailView(ApiView):
     @extend_schema(
         summary="Delete an entry",
         request=s.DeleteEntrySerializer,
-        parameters=[_IF_MATCH, _IDEMPOTENCY, OpenApiParameter("reason", str)],
+        parameters=[spec.key_path(), _IF_MATCH, _IDEMPOTENCY, spec.REASON_QUERY],
         responses={
             204: OpenApiResponse(description="deleted"),
-            404: OpenApiResponse(s.ErrorSerializer),
-            412: OpenApiResponse(s.ErrorSerializer),
-            **_ERRORS,
+            404: _error("no such entry (nothing written)"),
+            **_WRITE_ERRORS,
         },
     )
     def delete(self, request, key: str):
@@ -395,9 +474,8 @@ class TxnView(ApiView):
         parameters=[_IDEMPOTENCY],
         responses={
             200: s.TxnResponseSerializer,
-            409: OpenApiResponse(s.ErrorSerializer, description="failed checks, nothing applied"),
-            413: OpenApiResponse(s.ErrorSerializer),
-            **_ERRORS,
+            **_WRITE_ERRORS,
+            409: _error("txn_failed: failed checks, nothing applied; idempotency_key_reused"),
         },
     )
     def post(self, request):
@@ -441,18 +519,22 @@ class HistoryView(ApiView):
     @extend_schema(
         summary="The audit history, oldest first",
         parameters=[
-            OpenApiParameter("key", str),
-            OpenApiParameter("prefix", str),
-            OpenApiParameter("since_index", int, description="rows after this log index"),
-            OpenApiParameter("actor", str),
-            OpenApiParameter("outcome", str, enum=["committed", "rejected"]),
-            OpenApiParameter("request_id", str),
+            OpenApiParameter("key", spec.KEY),
+            spec.PREFIX_PARAM,
+            OpenApiParameter("since_index", spec.INDEX, description="rows after this log index"),
+            OpenApiParameter("actor", spec.TEXT),
+            OpenApiParameter("outcome", {"type": "string", "enum": ["committed", "rejected"]}),
+            OpenApiParameter("request_id", spec.TEXT),
             _CONSISTENCY,
-            OpenApiParameter("format", str, enum=["json", "csv"]),
-            OpenApiParameter("page", int),
-            OpenApiParameter("page_size", int),
+            OpenApiParameter(
+                "format",
+                {"type": "string", "enum": ["json", "csv"]},
+                description="csv: the rows as CSV (formula cells neutralised), not paginated",
+            ),
+            spec.PAGE,
+            spec.PAGE_SIZE,
         ],
-        responses={200: s.HistorySerializer(many=True), **_ERRORS},
+        responses={200: s.HistorySerializer(many=True), **_LIST_ERRORS},
     )
     def get(self, request):
         params = request.query_params
@@ -467,14 +549,18 @@ class HistoryView(ApiView):
             "key": key,
             "prefix": _prefix(request),
             "since_index": _int_param(request, "since_index"),
-            "actor": params.get("actor"),
+            "actor": _text_param(request, "actor"),
             "outcome": outcome,
-            "request_id": params.get("request_id"),
+            "request_id": _text_param(request, "request_id"),
             "restrict": _readable(request),
         }
-        _consistent_read(request)
+        self.pagination_class().check(request)
+        staleness = _consistent_read(request)
         if request.accepted_renderer.format == "csv":
-            return self._csv(filters)
+            response = self._csv(filters)
+            for name, value in staleness.items():
+                response[name] = value
+            return response
         paginator = self.pagination_class()
         with selectors.snapshot():
             index = selectors.applied_index()
@@ -483,6 +569,8 @@ class HistoryView(ApiView):
             )
         response = paginator.get_paginated_response(s.HistorySerializer(page, many=True).data)
         response[INDEX_HEADER] = str(index)
+        for name, value in staleness.items():
+            response[name] = value
         return response
 
     def _csv(self, filters: dict) -> StreamingHttpResponse:
@@ -511,22 +599,36 @@ class HistoryView(ApiView):
         return response
 
 
+#: A cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection
+#: list, with the full-width forms some spreadsheets also read as = + - @).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
 def _csv_cell(value, is_json: bool) -> str:
-    if is_json:
-        return "" if value is None else json.dumps(value, ensure_ascii=False)
-    return "" if value is None else str(value)
+    """The cell of one history field. Any cell a spreadsheet would run as a formula is
+    neutralised per OWASP's CSV-injection guidance: prefixed with a single quote (the csv
+    writer then quotes it as needed). A plain number (e.g. a negative value) is left alone:
+    it is not a formula."""
+    if value is None:
+        return ""
+    cell = json.dumps(value, ensure_ascii=False) if is_json else str(value)
+    if cell.startswith(_FORMULA_START) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
 
 
 class WatchView(ApiView):
     @extend_schema(
         summary="Long-poll: the changes after an index",
         parameters=[
-            OpenApiParameter("prefix", str),
+            spec.PREFIX_PARAM,
             OpenApiParameter(
-                "since_index", int, description="changes after this index (default: now)"
+                "since_index", spec.INDEX, description="changes after this index (default: now)"
             ),
-            OpenApiParameter("timeout", float, description="seconds (30; max 300)"),
-            OpenApiParameter("include_rejected", bool),
+            spec.TIMEOUT,
+            OpenApiParameter(
+                "include_rejected", {"type": "string", "enum": ["true", "false", "1", "0"]}
+            ),
         ],
         responses={200: s.WatchResponseSerializer, **_ERRORS},
     )
@@ -558,13 +660,18 @@ class WatchView(ApiView):
 # ------------------------------------------------------------------------------ schemas
 
 
+_SCHEMA_KEY = spec.key_path(
+    schema=spec.SCHEMA_KEY, description="a key, or a namespace: a key followed by '/'"
+)
+
+
 class SchemaListView(ApiView):
     pagination_class = Pagination
 
     @extend_schema(
         summary="List JSON Schemas",
-        parameters=[OpenApiParameter("prefix", str), _CONSISTENCY],
-        responses={200: s.SchemaSerializer(many=True), **_ERRORS},
+        parameters=[spec.PREFIX_PARAM, _CONSISTENCY, spec.PAGE, spec.PAGE_SIZE],
+        responses={200: s.SchemaSerializer(many=True), **_LIST_ERRORS},
     )
     def get(self, request):
         return _list_page(self, request, selectors.schema_list, s.SchemaSerializer)
@@ -586,13 +693,13 @@ def _require_schema(request, action: str, key: str) -> None:
 class SchemaDetailView(ApiView):
     @extend_schema(
         summary="Read the JSON Schema of a key or namespace ('a/b/')",
-        parameters=[_CONSISTENCY],
-        responses={200: s.SchemaSerializer, 404: OpenApiResponse(s.ErrorSerializer), **_ERRORS},
+        parameters=[_SCHEMA_KEY, _CONSISTENCY],
+        responses={200: s.SchemaSerializer, 404: _error("no schema there"), **_ERRORS},
     )
     def get(self, request, key: str):
         key = _schema_key(key)
         _require_schema(request, VIEW, key)
-        _consistent_read(request)
+        staleness = _consistent_read(request)
         with selectors.snapshot():
             index = selectors.applied_index()
             found = selectors.schema_get(key)
@@ -600,23 +707,23 @@ class SchemaDetailView(ApiView):
             raise exceptions.NotFound(f"no schema for {key}", key=key)
         return Response(
             s.SchemaSerializer(found).data,
-            headers={"ETag": f'"{found.version}"', INDEX_HEADER: str(index)},
+            headers={"ETag": f'"{found.version}"', INDEX_HEADER: str(index), **staleness},
         )
 
     @extend_schema(
         summary="Attach a JSON Schema to a key or namespace",
         request=s.PutSchemaSerializer,
-        parameters=[_IF_MATCH, _IDEMPOTENCY],
-        responses={200: s.SchemaSerializer, 201: s.SchemaSerializer, **_ERRORS},
+        parameters=[_SCHEMA_KEY, spec.IF_MATCH_VERSION, _IDEMPOTENCY],
+        responses={200: s.SchemaSerializer, 201: s.SchemaSerializer, **_WRITE_ERRORS},
     )
     def put(self, request, key: str):
         key = _schema_key(key)
         _require_schema(request, CHANGE, key)
+        body = _data(request, s.PutSchemaSerializer)
         conditions = _conditions(request)
         if conditions and "expected_version" not in conditions:
             raise exceptions.InvalidInput('a schema write takes only If-Match: "<version>"')
         idempotency_key = _idempotency_key(request)
-        body = _data(request, s.PutSchemaSerializer)
         written = services.schema_put(
             key=key,
             schema=body["schema"],
@@ -638,8 +745,12 @@ class SchemaDetailView(ApiView):
 
     @extend_schema(
         summary="Detach a JSON Schema",
-        parameters=[_IF_MATCH, _IDEMPOTENCY, OpenApiParameter("reason", str)],
-        responses={204: OpenApiResponse(description="deleted"), **_ERRORS},
+        parameters=[_SCHEMA_KEY, spec.IF_MATCH_VERSION, _IDEMPOTENCY, spec.REASON_QUERY],
+        responses={
+            204: OpenApiResponse(description="deleted"),
+            404: _error("no schema there (nothing written)"),
+            **_WRITE_ERRORS,
+        },
     )
     def delete(self, request, key: str):
         key = _schema_key(key)
@@ -671,12 +782,17 @@ class ClusterView(ApiView):
 class RequestOutcomeView(ApiView):
     @extend_schema(
         summary="The outcome of a request id (e.g. one answered 503 not_confirmed)",
-        responses={200: s.RequestOutcomeSerializer, 404: OpenApiResponse(s.ErrorSerializer)},
+        parameters=[OpenApiParameter("request_id", str, OpenApiParameter.PATH)],
+        responses={
+            200: s.RequestOutcomeSerializer,
+            404: _error("not applied on this node (yet)"),
+            **_ERRORS,
+        },
     )
     def get(self, request, request_id: str):
         if not request.user.is_authenticated:
             raise drf.NotAuthenticated()
-        outcome = services.request_outcome(request_id)
+        outcome = None if "\x00" in request_id else services.request_outcome(request_id)
         if outcome is None:
             raise exceptions.NotFound(
                 f"request {request_id} has not been applied on this node (yet)"

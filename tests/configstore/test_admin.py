@@ -1,5 +1,5 @@
 """The admin over HTTP against a real 3-node cluster (PostgreSQL, broker, Celery workers,
-gunicorn), signed in as a browser would be (session cookie, CSRF token): every save, delete
+granian), signed in as a browser would be (session cookie, CSRF token): every save, delete
 and revert commits through consensus and names its log index; a stale form, a lost race, a
 missing quorum and a timeout each come back with the user's input and a clear error, and
 every refusal leaves the state and the history unchanged on every node.

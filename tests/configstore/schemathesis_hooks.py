@@ -1,0 +1,52 @@
+"""Schemathesis hooks of the OpenAPI contract test (loaded through SCHEMATHESIS_HOOKS).
+
+Long-polls (GET /api/v1/watch/, GET /api/v1/keys/{key}?wait_index=) wait up to `timeout`
+seconds (30 by default) on purpose: the fuzzer's valid ones are shortened to 0.2 s, so the
+run stays bounded. A timeout the case made invalid is kept (it is what the case tests)."""
+
+from __future__ import annotations
+
+import schemathesis
+
+SHORT_WAIT = 0.2
+
+
+def _valid_timeout(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 300
+
+
+@schemathesis.hook
+def before_call(ctx, case, **kwargs) -> None:
+    _one_op_per_key(case)
+    query = case.query if isinstance(case.query, dict) else None
+    if query is None or case.method.upper() != "GET":
+        return
+    long_poll = case.path == "/api/v1/watch/" or (
+        case.path == "/api/v1/keys/{key}" and "wait_index" in query
+    )
+    if long_poll and ("timeout" not in query or _valid_timeout(query["timeout"])):
+        query["timeout"] = SHORT_WAIT
+
+
+def _first_per_key(items: list) -> list:
+    seen, kept = set(), []
+    for item in items:
+        key = repr(item.get("key")) if isinstance(item, dict) else None
+        if key is None or key not in seen:
+            kept.append(item)
+            seen.add(key)
+    return kept
+
+
+def _one_op_per_key(case) -> None:
+    """A txn names each key once in its ops and once in its checks (the schema's
+    `x-unique-by: key`, which JSON Schema cannot say): a valid body generated with a key
+    twice keeps the first of them."""
+    body = case.body
+    if case.path != "/api/v1/txn" or not isinstance(body, dict):
+        return
+    if case.meta is None or not case.meta.generation.mode.is_positive:
+        return
+    for name in ("ops", "checks"):
+        if isinstance(body.get(name), list):
+            body[name] = _first_per_key(body[name])
