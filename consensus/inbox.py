@@ -6,13 +6,15 @@ Celery consumes the queue through kombu's Redis transport, which decodes every p
 itself and lets any error escape to the worker (kombu's Redis channel runs
 `loads(item)` right after BRPOP; a non-JSON item is an "Unrecoverable error" and the
 worker exits; a JSON item of the wrong shape fails further on). kombu offers no hook
-before that decoding, so the worker's broker transport (`Transport` below, Celery's
-`broker_transport` setting) is kombu's own Redis transport whose Redis client answers
-BRPOP and RPOP through redis-py's response callbacks (`Redis.set_response_callback`, a
-public redis-py API): every popped item is read by `consensus.transport.read_task_message`
-(its length first, before any decoding) and either rebuilt field by field as this
+before that decoding (celery/kombu#2421), so the worker's broker transport (`Transport`
+below, Celery's `broker_transport` setting) is kombu's own Redis transport whose Redis
+client answers BRPOP and RPOP through redis-py's response callbacks
+(`Redis.set_response_callback`, a public redis-py API): every popped item is read by
+`consensus.transport.read_task_message` and either rebuilt field by field as this
 transport writes task messages (`Drained.canonical`) or dropped, in which case kombu sees
-an empty pop. Celery thus only ever decodes messages this module built.
+an empty pop. Celery thus only ever decodes messages this module built. An item longer
+than the cap does not even reach the callback: the connection's parser (`parser_class`,
+a redis-py connection option) reads it off the socket in chunks and throws it away.
 
 The runtime's own drain of the inbox (consensus.transport.Inbox) reads items the same way
 and counts into the same `drops`.
@@ -26,6 +28,9 @@ import time
 from collections import Counter
 
 from kombu.transport import redis as kombu_redis
+from redis import exceptions as redis_errors
+from redis.connection import _RESP2Parser, _RESP3Parser
+from redis.utils import DEFAULT_RESP_VERSION, SENTINEL
 
 from consensus.transport import Undeliverable, read_task_message
 
@@ -81,9 +86,53 @@ def max_bytes() -> int:
     return settings.CONFIGSTORE_MAX_ENVELOPE_BYTES
 
 
+class Oversized(int):
+    """What the capped parser answers in place of a bulk string longer than the cap: its
+    length."""
+
+
+class _Capped:
+    """Over redis-py's RESP parser: a bulk string longer than `max_bulk` is read off the
+    socket in chunks and thrown away (answered as `Oversized(length)`), so an oversized
+    queue item popped by the worker costs neither its memory nor the time to buffer it."""
+
+    max_bulk = 16 * 1024 * 1024
+    CHUNK = 1 << 20
+
+    def _read_response(self, *args, **kwargs):
+        start = self._buffer.get_pos()
+        line = self._buffer.readline(timeout=kwargs.get("timeout", SENTINEL))
+        if line[:1] == b"$" and line[1:].isdigit() and int(line[1:]) > self.max_bulk:
+            length = int(line[1:])
+            self._discard(length + 2)  # the bulk and its CRLF
+            return Oversized(length)
+        self._buffer.rewind(start)
+        return super()._read_response(*args, **kwargs)
+
+    def _discard(self, count: int) -> None:
+        held = min(count, self._buffer.unread_bytes())
+        self._buffer.read(held - 2)  # takes exactly `held` buffered bytes (read adds the CRLF)
+        count -= held
+        scratch = bytearray(self.CHUNK)
+        while count > 0:
+            received = self._sock.recv_into(scratch, min(count, self.CHUNK))
+            if not received:
+                raise redis_errors.ConnectionError("the broker closed the connection")
+            count -= received
+
+
+def capped_parser(max_bulk: int, protocol: int) -> type:
+    """The parser class for connections speaking RESP `protocol` (2 or 3)."""
+    base = _RESP3Parser if protocol == 3 else _RESP2Parser
+    return type("CappedParser", (_Capped, base), {"max_bulk": max_bulk})
+
+
 def _guard_item(queue: bytes | str, item: bytes) -> bytes | None:
     """The item rebuilt as a task message of this transport, or None (dropped, counted)."""
     name = queue.decode(errors="replace") if isinstance(queue, bytes) else queue
+    if isinstance(item, Oversized):
+        drops.drop("oversized", f"on {name[:80]!r}: {int(item)} bytes, more than {max_bytes()}")
+        return None
     try:
         return read_task_message(item, max_bytes()).canonical(name).encode()
     except Undeliverable as undeliverable:
@@ -109,6 +158,12 @@ def _guarded_rpop(response, **options):
 
 def _guarded(client_factory):
     def make(**kwargs):
+        pool = kwargs.get("connection_pool")
+        if pool is not None:
+            protocol = int(pool.connection_kwargs.get("protocol") or DEFAULT_RESP_VERSION)
+            pool.connection_kwargs["parser_class"] = capped_parser(max_bytes(), protocol)
+            # redis-py's maintenance notifications need its RESP3 or hiredis parser.
+            pool.connection_kwargs.pop("maint_notifications_config", None)
         client = client_factory(**kwargs)
         client.set_response_callback("BRPOP", _guarded_brpop)
         client.set_response_callback("RPOP", _guarded_rpop)

@@ -147,14 +147,14 @@ def test_an_oversized_item_is_dropped_before_it_is_decoded(make_cluster):
         lambda: _counters(cluster, leader).get("dropped_oversized", 0) >= 1,
         "the oversized item to be counted as dropped_oversized",
     )
-    # Popped by the worker's blocking read, the item passes through redis-py's reader (a
-    # transient peak, printed); it is never decoded, and the memory is given back.
+    # Popped by the worker's blocking read or its drain, the item is thrown away as it is
+    # read off the socket (or inside Redis): it never sits in the worker's memory.
     rss_after = worker.memory_info().rss
     print(
         f"worker RSS {rss_before / 1e6:.0f} MB, peak {peak[0] / 1e6:.0f} MB, "
         f"after {rss_after / 1e6:.0f} MB"
     )
-    assert rss_after - rss_before < 50e6, "the worker kept the dropped item's memory"
+    assert peak[0] - rss_before < 20e6, "the dropped item went through the worker's memory"
     assert snapshot(cluster, leader) == before
     assert isinstance(put(cluster, leader, "after/oversized", 2), Committed)
     assert_identical(cluster)
