@@ -172,3 +172,25 @@ def test_what_celery_is_given_is_rebuilt_from_the_fields_read():
     assert rebuilt["headers"]["id"] == message["headers"]["id"]
     assert rebuilt["headers"]["expires"] == message["headers"]["expires"]
     assert read_task_message(read.canonical("q").encode(), MAX_BYTES) == read
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_the_capped_parser_throws_an_oversized_item_away_and_keeps_the_connection(broker, protocol):
+    from consensus.inbox import Oversized, capped_parser
+
+    url, node = broker
+    queue = queue_name(node)
+    client = redis.Redis.from_url(url)
+    for item in (b"first", b"x" * 3_000_000, b"second", b"y" * 1001):
+        client.lpush(queue, item)
+    pool = redis.ConnectionPool.from_url(url, protocol=protocol)
+    pool.connection_kwargs["parser_class"] = capped_parser(1000, protocol)
+    pool.connection_kwargs.pop("maint_notifications_config", None)
+    capped = redis.Redis(connection_pool=pool)
+    popped = [capped.brpop([queue], 1)[1] for _ in range(4)]
+    assert popped[0] == b"first" and popped[2] == b"second"
+    assert popped[1] == Oversized(3_000_000) and isinstance(popped[1], Oversized)
+    assert popped[3] == Oversized(1001)
+    assert capped.ping() and capped.llen(queue) == 0
+    capped.close()
+    pool.disconnect()
