@@ -7,7 +7,8 @@ CONFIGSTORE_CLUSTER_DATABASE_URL / _BROKER_URL, else embedded ones) and measures
 
 - one worker restarted: from the spawn of a follower's worker to (a) its first published
   status and (b) the commit of a write submitted through it before it started (the worker
-  must take the submission off its inbox, forward it, learn and apply the slot);
+  must take the submission off its inbox, forward it, learn and apply the slot), and the
+  CPU time the worker process used until (b) (less sensitive to a busy machine);
 - a whole-cluster crash: every worker SIGKILLed at once, then restarted one after the
   other; from the last spawn to the first write committed through n1 (submitted again
   every second until one commits).
@@ -29,6 +30,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import redis
 
 from consensus.client import Committed
@@ -65,7 +67,7 @@ def _commit_through(cluster: LocalCluster, node: str, timeout: float) -> None:
     raise TimeoutError(f"no write committed through {node} within {timeout}s")
 
 
-def one_worker(cluster: LocalCluster) -> tuple[float, float]:
+def one_worker(cluster: LocalCluster) -> tuple[float, float, float]:
     leader = cluster.wait_for_leader(30)
     node = next(n for n in cluster.ids if n != leader)
     cluster.kill_worker(node, signal.SIGKILL)
@@ -75,10 +77,11 @@ def one_worker(cluster: LocalCluster) -> tuple[float, float]:
     # Submitted at once: it waits in the inbox until the worker consumes it.
     outcome = cluster.submitter(node).submit(_payload("bench/restart"), timeout=30.0)
     committed = time.monotonic() - started
+    cpu = psutil.Process(cluster.processes[node].worker.pid).cpu_times()
     if not isinstance(outcome, Committed):
         raise RuntimeError(f"write through the restarted {node}: {outcome}")
     status = _first_status(cluster, node, started_wall, 30.0)
-    return status, committed
+    return status, committed, cpu.user + cpu.system
 
 
 def whole_cluster(cluster: LocalCluster) -> float:
@@ -117,8 +120,9 @@ def main() -> None:
         )
 
     print(f"load average at start {load:.1f} ({os.cpu_count()} cores, shared)")
-    print(f"one worker restarted, to its first status:        {show([s for s, _ in singles])}")
-    print(f"one worker restarted, to a write committed via it: {show([c for _, c in singles])}")
+    print(f"one worker restarted, to its first status:        {show([s[0] for s in singles])}")
+    print(f"one worker restarted, to a write committed via it: {show([s[1] for s in singles])}")
+    print(f"  CPU time the worker used until then:             {show([s[2] for s in singles])}")
     print(f"every worker killed, last restart to a commit:     {show(wholes)}")
 
 
