@@ -88,12 +88,17 @@ GARBAGE = {
 }
 
 
-def test_garbage_on_a_queue_neither_stops_the_worker_nor_changes_anything(make_cluster):
+def _attacked(make_cluster):
+    """A fresh cluster with one write committed: (cluster, its leader, the leader's state)."""
     cluster = make_cluster()
     leader = cluster.wait_for_leader()
-    assert isinstance(put(cluster, leader, "before/garbage", 1), Committed)
+    assert isinstance(put(cluster, leader, "before/attack", 1), Committed)
     wait_converged(cluster)
-    before = snapshot(cluster, leader)
+    return cluster, leader, snapshot(cluster, leader)
+
+
+def test_garbage_on_a_queue_neither_stops_the_worker_nor_changes_anything(make_cluster):
+    cluster, leader, before = _attacked(make_cluster)
     client = _queue(cluster, leader)
     items = [item for reason in GARBAGE.values() for item in reason]
     for item in items:
@@ -113,11 +118,7 @@ def test_garbage_on_a_queue_neither_stops_the_worker_nor_changes_anything(make_c
 
 
 def test_an_oversized_item_is_dropped_before_it_is_decoded(make_cluster):
-    cluster = make_cluster()
-    leader = cluster.wait_for_leader()
-    assert isinstance(put(cluster, leader, "before/oversized", 1), Committed)
-    wait_converged(cluster)
-    before = snapshot(cluster, leader)
+    cluster, leader, before = _attacked(make_cluster)
     worker = psutil.Process(cluster.processes[leader].worker.pid)
     rss_before = worker.memory_info().rss
     # 50 MB: a real task message whose envelope has a bad MAC (what was reported).
