@@ -134,7 +134,11 @@ def _guard_item(queue: bytes | str, item: bytes) -> bytes | None:
         drops.drop("oversized", f"on {name[:80]!r}: {int(item)} bytes, more than {max_bytes()}")
         return None
     try:
-        return read_task_message(item, max_bytes()).canonical(name).encode()
+        message = read_task_message(item, max_bytes())
+        if message.expired():  # Celery would discard it too, uncounted
+            drops.drop("expired", f"on {name[:80]!r}: {message.task} past its expiry")
+            return None
+        return message.canonical(name).encode()
     except Undeliverable as undeliverable:
         drops.drop(undeliverable.reason, f"on {name[:80]!r}: {undeliverable}")
         return None

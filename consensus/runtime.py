@@ -156,7 +156,7 @@ class NodeRuntime:
             for message in drained:
                 eta = message.eta_timestamp()
                 if message.expired():
-                    self.counters["expired_in"] += 1
+                    inbox.drops.drop("expired", f"{message.task} past its expiry")
                 elif eta is not None and eta > now:
                     self.counters["drained_delayed"] += 1
                     self._delayed.append((eta, message.task, message.envelope))
