@@ -159,6 +159,17 @@ CELERY_TASK_QUEUES = [
     Queue(_INBOX, Exchange(_INBOX, type="direct"), routing_key=_INBOX, no_ack=True)
 ]
 CELERY_DB_REUSE_MAX = 1_000_000  # keep the worker's database connection across tasks
+# The worker pops its inbox through a Redis transport that reads every item strictly
+# before Celery decodes it (consensus/inbox.py): nothing pushed onto the queue stops it.
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT = "consensus.inbox:Transport"
+# No remote control: anyone who can publish on the broker could otherwise shut the worker
+# down with a broadcast, and its mailbox costs start-up time.
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
+# A queue item longer than this is dropped before it is decoded; the protocol's own
+# envelopes stay far below it (the largest write, CONFIGSTORE_MAX_TXN_BYTES, fits with its
+# encoding).
+CONFIGSTORE_MAX_ENVELOPE_BYTES = int(env("CONFIGSTORE_MAX_ENVELOPE_BYTES", str(16 * 1024 * 1024)))
 
 # --- config store API ---
 # The REST API (configstore.api) and the config store's own settings (configstore/conf.py

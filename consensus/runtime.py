@@ -36,9 +36,9 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from consensus import storage
+from consensus import inbox, storage
 from consensus.applier import Applier
-from consensus.envelope import BadEnvelope, Opened, open_envelope, seal
+from consensus.envelope import BadEnvelope, Freshness, Opened, Sealer, open_envelope
 from consensus.faults import Faults
 from consensus.paxos import Config, Node, Ready
 from consensus.transport import (
@@ -77,6 +77,7 @@ class NodeRuntime:
         transport: CeleryTransport,
         faults: Faults,
         core_options: dict | None = None,
+        max_envelope_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.node_id = node_id
         self.peers = peers
@@ -97,7 +98,15 @@ class NodeRuntime:
         self.trace_steps = os.environ.get("CONFIGSTORE_TRACE_STEPS") == "1"
         self._tick_failure_logged = float("-inf")
         self._redis = None
-        self.inbox = Inbox(node_id, peers[node_id])
+        #: Envelopes this worker seals (its incarnation) and the freshness of those it
+        #: receives; queue items dropped before decoding count in consensus.inbox.drops.
+        self.sealer = Sealer(secret, node_id)
+        self.freshness = Freshness()
+        self.refusals = inbox.Drops(prefix="refused_", what="an envelope")
+        self.max_envelope_bytes = max_envelope_bytes
+        self.inbox = Inbox(
+            node_id, peers[node_id], max_bytes=max_envelope_bytes, refused=inbox.drops.drop
+        )
         #: Drained messages that carry a delay (the test-only fault switch): (eta, task,
         #: envelope), handled by the tick once due.
         self._delayed: list[tuple[float, str, object]] = []
@@ -114,9 +123,10 @@ class NodeRuntime:
             peers=peers,
             secret=settings.CONFIGSTORE_SECRET.encode(),
             state_machine=load_state_machine(settings.CONFIGSTORE_STATE_MACHINE),
-            transport=CeleryTransport(peers),
+            transport=CeleryTransport(peers, max_bytes=settings.CONFIGSTORE_MAX_ENVELOPE_BYTES),
             faults=Faults(settings.CONFIGSTORE_FAULTS_FILE or None),
             core_options=settings.CONFIGSTORE_PAXOS,
+            max_envelope_bytes=settings.CONFIGSTORE_MAX_ENVELOPE_BYTES,
         )
 
     # ------------------------------------------------------------------ inputs
@@ -144,11 +154,12 @@ class NodeRuntime:
             now = time.time()
             due = []
             for message in drained:
-                if message.expired:
-                    self.counters["expired_in"] += 1
-                elif message.eta is not None and message.eta > now:
+                eta = message.eta_timestamp()
+                if message.expired():
+                    inbox.drops.drop("expired", f"{message.task} past its expiry")
+                elif eta is not None and eta > now:
                     self.counters["drained_delayed"] += 1
-                    self._delayed.append((message.eta, message.task, message.envelope))
+                    self._delayed.append((eta, message.task, message.envelope))
                 else:
                     due.append((message.task, message.envelope))
             self._step(due)
@@ -179,21 +190,15 @@ class NodeRuntime:
     def _open(self, task: str, envelope) -> Opened | None:
         """The checked envelope of one input, or None (refused, dropped, counted)."""
         kind = "paxos" if task == DELIVER_TASK else "submit" if task == SUBMIT_TASK else None
-        if kind is None:
-            self.counters["refused_malformed"] += 1
-            log.warning("dropped a message for an unknown task %r", task)
-            return None
         try:
+            if kind is None:
+                raise BadEnvelope("malformed", f"a message for an unknown task {task!r}")
             opened = open_envelope(self.secret, self.node_id, self.nodes, envelope)
+            if opened.kind != kind:
+                raise BadEnvelope("malformed", f"a {opened.kind} envelope sent as a {task}")
+            self.freshness.admit(opened, time.time())
         except BadEnvelope as refused:
-            self.counters[f"refused_{refused.reason}"] += 1
-            log.warning(
-                "dropped %s: %s", "an envelope" if kind == "paxos" else "a submission", refused
-            )
-            return None
-        if opened.kind != kind:
-            self.counters["refused_malformed"] += 1
-            log.warning("dropped a %s envelope sent as a %s", opened.kind, task)
+            self.refusals.drop(refused.reason, str(refused))
             return None
         if kind == "submit":
             self.counters["submissions_in"] += 1
@@ -286,10 +291,23 @@ class NodeRuntime:
             if self.faults.dropped(self.node_id, peer):
                 self.counters["fault_dropped_out"] += 1
                 continue
-            envelope = seal(self.secret, self.node_id, peer, batch)
-            self.counters["envelopes_out"] += 1
-            self.counters["messages_out"] += len(batch)
-            self.transport.send(peer, envelope, delay=self.faults.delay(self.node_id, peer))
+            for envelope, sealed in self._envelopes(peer, batch):
+                self.counters["envelopes_out"] += 1
+                self.counters["messages_out"] += sealed
+                self.transport.send(peer, envelope, delay=self.faults.delay(self.node_id, peer))
+
+    def _envelopes(self, peer: str, batch: list):
+        """(envelope, number of messages) for `batch`: one envelope, or several when its
+        body would pass a third of the queue's size cap (a task message carries the body
+        escaped and in base64); one message alone goes as it is (the transport refuses it
+        if its task message passes the cap)."""
+        envelope = self.sealer.seal(peer, batch)
+        if len(batch) == 1 or len(envelope["body"]) <= self.max_envelope_bytes // 3:
+            yield envelope, len(batch)
+            return
+        half = len(batch) // 2
+        yield from self._envelopes(peer, batch[:half])
+        yield from self._envelopes(peer, batch[half:])
 
     def status(self) -> dict:
         with self._lock:
@@ -308,8 +326,10 @@ class NodeRuntime:
             },
             "counters": {
                 **self.counters,
+                **self.refusals.snapshot(),
+                **inbox.drops.snapshot(),
                 "send_errors": self.transport.send_errors,
-                "undecodable_in": self.inbox.undecodable,
+                "oversized_out": self.transport.oversized,
                 "slots_applied": self.applier.applied_slots,
                 "apply_failures": self.applier.failures,
             },

@@ -76,9 +76,14 @@ def task_message(task: str, args: list, queue: str, *, expires: float = EXPIRES)
     """The Celery task message (protocol 2, JSON) for `task(*args)` on `queue`, as kombu's
     Redis transport stores it in the queue's list: what `send_task(task, args=args,
     queue=queue, expires=expires, ignore_result=True, argsrepr='', kwargsrepr='')` sends."""
-    task_id = str(uuid.uuid4())
-    body = json.dumps([args, {}, _EMBED])
     expiry = datetime.now(UTC) + timedelta(seconds=expires)
+    return _message(task, args, queue, str(uuid.uuid4()), expiry.isoformat(), None, expires)
+
+
+def _message(
+    task: str, args: list, queue: str, task_id: str, expires: str, eta: str | None, ttl: float
+) -> str:
+    body = json.dumps([args, {}, _EMBED])
     return json.dumps(
         {
             "body": base64.b64encode(body.encode()).decode(),
@@ -89,8 +94,8 @@ def task_message(task: str, args: list, queue: str, *, expires: float = EXPIRES)
                 "task": task,
                 "id": task_id,
                 "shadow": None,
-                "eta": None,
-                "expires": expiry.isoformat(),
+                "eta": eta,
+                "expires": expires,
                 "group": None,
                 "group_index": None,
                 "retries": 0,
@@ -111,7 +116,7 @@ def task_message(task: str, args: list, queue: str, *, expires: float = EXPIRES)
                 "argsrepr": "",
                 "kwargsrepr": "",
                 "delivery_mode": 2,
-                "expiration": str(int(expires * 1000)),
+                "expiration": str(int(ttl * 1000)),
                 "delivery_info": {"exchange": "", "routing_key": queue},
                 "priority": 0,
                 "body_encoding": "base64",
@@ -122,8 +127,13 @@ def task_message(task: str, args: list, queue: str, *, expires: float = EXPIRES)
 
 
 class CeleryTransport:
-    def __init__(self, peers: dict[str, str], *, direct: bool = True) -> None:
+    def __init__(
+        self, peers: dict[str, str], *, direct: bool = True, max_bytes: int | None = None
+    ) -> None:
         self.peers = peers
+        #: Task messages longer than this are not sent (the receiver would drop them).
+        self.max_bytes = max_bytes
+        self.oversized = 0
         #: Publish to Redis brokers by LPUSH of the task message (see the module doc).
         self.direct = direct
         self._app = sender_app()
@@ -159,9 +169,17 @@ class CeleryTransport:
             return False
         try:
             if self.direct and not delay and self.peers[node_id].startswith(_DIRECT_SCHEMES):
-                self._client(node_id).lpush(
-                    queue_name(node_id), task_message(task, [envelope], queue_name(node_id))
-                )
+                message = task_message(task, [envelope], queue_name(node_id))
+                if self.max_bytes is not None and len(message) > self.max_bytes:
+                    self.oversized += 1
+                    log.error(
+                        "not sent to %s: a task message of %d bytes, more than %d",
+                        node_id,
+                        len(message),
+                        self.max_bytes,
+                    )
+                    return False
+                self._client(node_id).lpush(queue_name(node_id), message)
                 self.sent += 1
                 return True
             self._app.send_task(
@@ -191,19 +209,148 @@ class CeleryTransport:
         return True
 
 
+class Undeliverable(Exception):
+    """An item of a node's queue that is not a task message this transport sends; `reason`
+    (oversized, undecodable, not_a_task, unknown_task) is what the worker counts it as."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Drained:
+    """A task message read off a queue: its task, its one argument (the envelope, checked
+    later by consensus.envelope), when it may run and whether it has expired."""
+
+    task: str
+    envelope: object
+    task_id: str
+    eta: str | None  # ISO time before which it must not run (a delayed message), or None
+    expires: str | None  # ISO time after which it is stale, or None
+
+    def eta_timestamp(self) -> float | None:
+        return datetime.fromisoformat(self.eta).timestamp() if self.eta else None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return bool(self.expires) and datetime.fromisoformat(self.expires) < (
+            now or datetime.now(UTC)
+        )
+
+    def canonical(self, queue: str) -> str:
+        """The message rebuilt from what was read, field by field as `task_message` builds
+        it: whatever else the item carried never reaches Celery."""
+        ttl = EXPIRES
+        if self.expires:
+            ttl = max(
+                0.0, (datetime.fromisoformat(self.expires) - datetime.now(UTC)).total_seconds()
+            )
+        expires = self.expires or (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat()
+        return _message(self.task, [self.envelope], queue, self.task_id, expires, self.eta, ttl)
+
+
+_TASKS = (DELIVER_TASK, SUBMIT_TASK)
+
+
+def _iso_time(value, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise Undeliverable("not_a_task", f"{what} is not a time")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise Undeliverable("not_a_task", f"{what} is not a time") from None
+    if parsed.tzinfo is None:
+        raise Undeliverable("not_a_task", f"{what} has no time zone")
+    return value
+
+
+def read_task_message(raw: bytes, max_bytes: int) -> Drained:
+    """The task message of one queue item, read strictly; `Undeliverable` for anything else.
+
+    The length is checked before anything is decoded. Accepted: a JSON object with a
+    base64 JSON body `[[envelope], {}, embed]` (no callbacks, errbacks, chain or chord),
+    content type application/json in utf-8, and headers naming `consensus.deliver` or
+    `consensus.submit` with a string id and ISO times (or null) as eta and expires."""
+    if len(raw) > max_bytes:
+        raise Undeliverable("oversized", f"{len(raw)} bytes, more than {max_bytes}")
+    try:
+        message = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise Undeliverable("undecodable", "not JSON") from None
+    if not isinstance(message, dict):
+        raise Undeliverable("not_a_task", f"a JSON {type(message).__name__}")
+    headers, properties = message.get("headers"), message.get("properties")
+    if not isinstance(headers, dict) or not isinstance(properties, dict):
+        raise Undeliverable("not_a_task", "no headers or properties")
+    task = headers.get("task")
+    if task not in _TASKS:
+        raise Undeliverable("unknown_task", f"task {str(task)[:80]!r}")
+    task_id = headers.get("id")
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= 64:
+        raise Undeliverable("not_a_task", "no task id")
+    if (
+        message.get("content-type") != "application/json"
+        or message.get("content-encoding") != "utf-8"
+        or properties.get("body_encoding") != "base64"
+        or not isinstance(message.get("body"), str)
+    ):
+        raise Undeliverable("not_a_task", "not a base64 JSON body")
+    try:
+        body = json.loads(base64.b64decode(message["body"], validate=True))
+    except (ValueError, RecursionError):
+        raise Undeliverable("undecodable", "body is not base64 JSON") from None
+    if not (
+        isinstance(body, list)
+        and len(body) == 3
+        and isinstance(body[0], list)
+        and len(body[0]) == 1
+        and body[1] == {}
+        and isinstance(body[2], dict)
+        and all(body[2].get(name) is None for name in _EMBED)
+    ):
+        raise Undeliverable("not_a_task", "body is not [[envelope], {}, embed]")
+    return Drained(
+        task=task,
+        envelope=body[0][0],
+        task_id=task_id,
+        eta=_iso_time(headers.get("eta"), "eta"),
+        expires=_iso_time(headers.get("expires"), "expires"),
+    )
+
+
+#: RPOP of up to ARGV[1] items, each longer than ARGV[2] bytes replaced by its length: an
+#: oversized item is dropped inside Redis, never sent to the worker.
+_DRAIN_SCRIPT = """
+local out = {}
+local cap = tonumber(ARGV[2])
+for i = 1, tonumber(ARGV[1]) do
+  local item = redis.call('RPOP', KEYS[1])
+  if not item then break end
+  if string.len(item) > cap then out[#out + 1] = string.len(item) else out[#out + 1] = item end
+end
+return out
+"""
+
+
 class Inbox:
     """This node's own queue, read directly: while the worker runs one `consensus.deliver`
     task, more may be waiting, and handling them in the same step (one persist, one
     envelope per peer) costs far less than one Celery task execution each. `drain` takes
     task messages off the queue's list (oldest first), as the worker would have received
-    them, and decodes them; the runtime checks their envelopes as it checks any other."""
+    them, and reads them strictly (`read_task_message`); items over `max_bytes` are dropped
+    inside Redis. Whatever is not a task message goes to `refused(reason, detail)`; the
+    runtime checks the envelopes of the rest as it checks any other."""
 
-    def __init__(self, node_id: str, broker_url: str) -> None:
+    def __init__(self, node_id: str, broker_url: str, *, max_bytes: int, refused) -> None:
         self.queue = queue_name(node_id)
         self.broker_url = broker_url
+        self.max_bytes = max_bytes
+        self.refused = refused
         self.enabled = broker_url.startswith(_DIRECT_SCHEMES)
         self._client: redis.Redis | None = None
-        self.undecodable = 0
+        self._script = None
 
     def drain(self, limit: int) -> list[Drained]:
         if not self.enabled:
@@ -213,49 +360,19 @@ class Inbox:
                 self._client = redis.Redis.from_url(
                     self.broker_url, socket_timeout=2.0, socket_connect_timeout=1.0
                 )
-            raw = self._client.rpop(self.queue, limit)
+                self._script = self._client.register_script(_DRAIN_SCRIPT)
+            raw = self._script(keys=[self.queue], args=[limit, self.max_bytes])
         except redis.RedisError as error:
             log.warning("cannot drain %s: %s", self.queue, error)
             self._client = None
             return []
         drained = []
         for item in raw or ():
-            message = decode_task_message(item)
-            if message is None:
-                self.undecodable += 1
-            else:
-                drained.append(message)
+            if isinstance(item, int):
+                self.refused("oversized", f"{item} bytes, more than {self.max_bytes}")
+                continue
+            try:
+                drained.append(read_task_message(item, self.max_bytes))
+            except Undeliverable as undeliverable:
+                self.refused(undeliverable.reason, str(undeliverable))
         return drained
-
-
-@dataclass(frozen=True)
-class Drained:
-    task: str
-    envelope: object
-    eta: float | None  # time.time() before which it must not run (a delayed message)
-    expired: bool
-
-
-def decode_task_message(raw: bytes) -> Drained | None:
-    """A Celery task message as stored by kombu's Redis transport -> (task, its first
-    argument, eta, whether it has expired); None if it is not one."""
-    try:
-        message = json.loads(raw)
-        headers = message["headers"]
-        body = message["body"]
-        if message.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        if message.get("content-type") != "application/json":
-            return None
-        args = json.loads(body)[0]
-        now = datetime.now(UTC)
-        expires = headers.get("expires")
-        eta = headers.get("eta")
-        return Drained(
-            task=headers["task"],
-            envelope=args[0],
-            eta=datetime.fromisoformat(eta).timestamp() if eta else None,
-            expired=bool(expires) and datetime.fromisoformat(expires) < now,
-        )
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None

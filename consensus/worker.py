@@ -5,7 +5,9 @@ as the tasks under `-P solo`, so steps never interleave)."""
 from __future__ import annotations
 
 import logging
+import time
 
+import psutil
 from celery import bootsteps
 from django.conf import settings
 
@@ -33,7 +35,12 @@ class PaxosNode(bootsteps.StartStopStep):
         runtime.set_current(node)
         interval = settings.CONFIGSTORE_TICK_SECONDS
         self.tref = worker.timer.call_repeatedly(interval, node.tick, priority=10)
-        log.info("Paxos node %s ticking every %.0f ms", node.node_id, interval * 1000)
+        log.warning(
+            "Paxos node %s ticking every %.0f ms, %.2f s after its process started",
+            node.node_id,
+            interval * 1000,
+            time.time() - psutil.Process().create_time(),
+        )
 
     def stop(self, worker) -> None:
         if self.tref is not None:

@@ -16,10 +16,13 @@ from consensus.transport import (
     SUBMIT_TASK,
     CeleryTransport,
     Inbox,
-    decode_task_message,
+    Undeliverable,
     queue_name,
+    read_task_message,
     task_message,
 )
+
+MAX_BYTES = 1 << 20
 
 #: Fields that differ from one message to the next (ids, times, the sending process).
 VARYING_HEADERS = {"id", "root_id", "expires", "origin"}
@@ -75,23 +78,119 @@ def test_the_inbox_drains_messages_oldest_first_with_their_task_and_delay(broker
     transport.send(node, {"n": 1})
     transport.send(node, {"n": 2}, task=SUBMIT_TASK)
     transport.send(node, {"n": 3}, delay=30.0)  # the fault switch's delay: through send_task
-    inbox = Inbox(node, url)
+    refused = []
+    inbox = Inbox(node, url, max_bytes=MAX_BYTES, refused=lambda *r: refused.append(r))
 
     drained = inbox.drain(2)
-    assert [(d.task, d.envelope, d.eta, d.expired) for d in drained] == [
+    assert [(d.task, d.envelope, d.eta, d.expired()) for d in drained] == [
         (DELIVER_TASK, {"n": 1}, None, False),
         (SUBMIT_TASK, {"n": 2}, None, False),
     ]
     (delayed,) = inbox.drain(10)
     assert delayed.envelope == {"n": 3}
-    assert delayed.eta == pytest.approx(time.time() + 30.0, abs=5.0)
+    assert delayed.eta_timestamp() == pytest.approx(time.time() + 30.0, abs=5.0)
     assert inbox.drain(10) == []
+    assert refused == []
+
+
+def test_the_inbox_drops_oversized_items_inside_redis_and_garbage_by_reason(broker):
+    url, node = broker
+    client = redis.Redis.from_url(url)
+    client.lpush(queue_name(node), b"x" * 5000)
+    client.lpush(queue_name(node), b"\x00\xffgarbage")
+    client.lpush(queue_name(node), b'"just a string"')
+    CeleryTransport({node: url}).send(node, {"n": 1})
+    refused = []
+    inbox = Inbox(node, url, max_bytes=4000, refused=lambda *r: refused.append(r[0]))
+
+    assert [d.envelope for d in inbox.drain(10)] == [{"n": 1}]
+    assert refused == ["oversized", "undecodable", "not_a_task"]
+    assert client.llen(queue_name(node)) == 0
 
 
 def test_an_expired_message_is_marked_and_garbage_is_not_a_message():
-    stale = decode_task_message(task_message(DELIVER_TASK, [{"n": 1}], "q", expires=-1.0))
-    assert stale.expired and stale.envelope == {"n": 1}
-    fresh = decode_task_message(task_message(DELIVER_TASK, [{"n": 1}], "q"))
-    assert not fresh.expired
-    for garbage in (b"", b"[]", b"{}", b'{"headers": {}, "body": "!!"}', b"\xff"):
-        assert decode_task_message(garbage) is None
+    stale = read_task_message(
+        task_message(DELIVER_TASK, [{"n": 1}], "q", expires=-1.0).encode(), MAX_BYTES
+    )
+    assert stale.expired() and stale.envelope == {"n": 1}
+    fresh = read_task_message(task_message(DELIVER_TASK, [{"n": 1}], "q").encode(), MAX_BYTES)
+    assert not fresh.expired()
+    for garbage, reason in (
+        (b"", "undecodable"),
+        (b"\x00\xffgarbage", "undecodable"),
+        (b"[" * 100_000, "undecodable"),
+        (b"[]", "not_a_task"),
+        (b'"just a string"', "not_a_task"),
+        (b"{}", "not_a_task"),
+        (b'{"headers": {}, "properties": {}, "body": "!!"}', "unknown_task"),
+        (b"\xff", "undecodable"),
+        (b"x" * (MAX_BYTES + 1), "oversized"),
+    ):
+        with pytest.raises(Undeliverable) as refused:
+            read_task_message(garbage, MAX_BYTES)
+        assert refused.value.reason == reason, garbage[:40]
+
+
+def _tampered(change) -> bytes:
+    message = json.loads(task_message(DELIVER_TASK, [{"n": 1}], "q"))
+    change(message)
+    return json.dumps(message).encode()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m["headers"].update(task="celery.backend_cleanup"),
+        lambda m: m["headers"].update(id=7),
+        lambda m: m["headers"].update(expires="tomorrow"),
+        lambda m: m["headers"].update(eta=12),
+        lambda m: m.update(
+            body=base64.b64encode(b'[[1], {}, {"chain": [{"task": "x"}]}]').decode()
+        ),
+        lambda m: m.update(body=base64.b64encode(b"[[1, 2], {}, {}]").decode()),
+        lambda m: m.update(body=base64.b64encode(b'[[1], {"a": 1}, {}]').decode()),
+        lambda m: m.update(body="not base64!"),
+        lambda m: m.update({"content-type": "application/x-python-serialize"}),
+        lambda m: m["properties"].update(body_encoding="plain"),
+    ],
+)
+def test_a_task_message_of_the_wrong_shape_is_refused(change):
+    with pytest.raises(Undeliverable):
+        read_task_message(_tampered(change), MAX_BYTES)
+
+
+def test_what_celery_is_given_is_rebuilt_from_the_fields_read():
+    message = json.loads(task_message(DELIVER_TASK, [{"n": 1}], "q"))
+    message["headers"]["timelimit"] = "not a pair"
+    message["properties"]["delivery_tag"] = {"nested": True}
+    message["extra"] = "ignored"
+    read = read_task_message(json.dumps(message).encode(), MAX_BYTES)
+    rebuilt = json.loads(read.canonical("q"))
+    assert rebuilt["headers"]["timelimit"] == [None, None]
+    assert isinstance(rebuilt["properties"]["delivery_tag"], str)
+    assert "extra" not in rebuilt
+    assert rebuilt["headers"]["id"] == message["headers"]["id"]
+    assert rebuilt["headers"]["expires"] == message["headers"]["expires"]
+    assert read_task_message(read.canonical("q").encode(), MAX_BYTES) == read
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_the_capped_parser_throws_an_oversized_item_away_and_keeps_the_connection(broker, protocol):
+    from consensus.inbox import Oversized, capped_parser
+
+    url, node = broker
+    queue = queue_name(node)
+    client = redis.Redis.from_url(url)
+    for item in (b"first", b"x" * 3_000_000, b"second", b"y" * 1001):
+        client.lpush(queue, item)
+    pool = redis.ConnectionPool.from_url(url, protocol=protocol)
+    pool.connection_kwargs["parser_class"] = capped_parser(1000, protocol)
+    pool.connection_kwargs.pop("maint_notifications_config", None)
+    capped = redis.Redis(connection_pool=pool)
+    popped = [capped.brpop([queue], 1)[1] for _ in range(4)]
+    assert popped[0] == b"first" and popped[2] == b"second"
+    assert popped[1] == Oversized(3_000_000) and isinstance(popped[1], Oversized)
+    assert popped[3] == Oversized(1001)
+    assert capped.ping() and capped.llen(queue) == 0
+    capped.close()
+    pool.disconnect()
