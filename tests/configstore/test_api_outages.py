@@ -159,7 +159,9 @@ def test_postgresql_refusing_connections_is_a_json_503_not_a_500(cluster):
                 method, web + path, json=body, headers=auth(cluster), timeout=30
             )
             assert_unavailable(answer, "database_unavailable")
-            assert "too many connections" in answer.json()["detail"]
+            # The bounded pool (configstore.settings) connects in the background: a request
+            # learns that it got no connection within the pool's timeout, not why.
+            assert "cannot use its database" in answer.json()["detail"]
     assert settled_state(cluster) == before
 
 
@@ -223,21 +225,33 @@ def test_a_malformed_node_status_is_an_unknown_status_not_a_500(cluster, garbage
     assert settled_state(cluster) == before
 
 
-def test_a_chunked_body_is_refused_with_411_and_nothing_happens(cluster):
+def test_a_chunked_body_is_read_whole_never_ignored(cluster):
+    """The web server reads a chunked body whole before Django runs (configstore.asgi): a
+    chunked PUT writes the value it carries, and a chunked DELETE keeps its reason. (Under a
+    server that hands Django a chunked body it cannot read, the API refuses it with 411:
+    tests/configstore/test_api_contract.py.)"""
     key_url = cluster.web_url("n1") + "/api/v1/keys/chunked/k"
     assert requests.put(key_url, json={"value": "kept"}, headers=auth(cluster), timeout=30).ok
-    before = settled_state(cluster)
     headers = {**auth(cluster), "Content-Type": "application/json"}
-    put = requests.put(key_url, data=iter([b'{"value": ', b'"new"}']), headers=headers, timeout=30)
-    assert (put.status_code, put.json()["error"]) == (411, "length_required"), put.text[:300]
+    put = requests.put(
+        key_url, data=iter([b'{"value": ', b'"new", "reason": "chunked"}']), headers=headers,
+        timeout=30,
+    )  # fmt: skip
+    assert put.status_code == 200, put.text[:300]
+    assert requests.get(key_url, headers=auth(cluster), timeout=30).json()["value"] == "new"
     delete = requests.delete(
-        key_url, data=iter([b'{"reason": "lost?"}']), headers=headers, timeout=30
+        key_url, data=iter([b'{"reason": ', b'"not lost"}']), headers=headers, timeout=30
     )
-    assert (delete.status_code, delete.json()["error"]) == (411, "length_required"), delete.text[
-        :300
-    ]
-    assert settled_state(cluster) == before
-    assert requests.get(key_url, headers=auth(cluster), timeout=30).json()["value"] == "kept"
+    assert delete.status_code == 204, delete.text[:300]
+    history = requests.get(
+        cluster.web_url("n1") + "/api/v1/history/",
+        params={"key": "chunked/k"},
+        headers=auth(cluster),
+        timeout=30,
+    ).json()
+    rows = history["results"] if isinstance(history, dict) else history
+    reasons = {(row["operation"], row["reason"]) for row in rows}
+    assert {("put", "chunked"), ("delete", "not lost")} <= reasons, rows
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
