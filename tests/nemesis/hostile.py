@@ -288,14 +288,27 @@ class Hostile:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _open(self, node: str, what: str):
+    @contextlib.asynccontextmanager
+    async def _connection(self, node: str, what: str):
+        """(reader, writer) of a connection to `node`'s web port, or None if none could be
+        opened; closed at the end. A connection lost meanwhile is counted, not raised."""
         try:
-            return await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", self.cluster.web_port(node)), 2.0
             )
         except (OSError, TimeoutError):
             self.count(f"{what} not connected")
-            return None
+            yield None
+            return
+        self.count(f"{what} opened")
+        try:
+            yield reader, writer
+        except (OSError, asyncio.IncompleteReadError):
+            self.count(f"{what} lost")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
     async def _slow_client(self, node: str, i: int, rng: random.Random) -> None:
         """Open, dribble a header (even i) or a body (odd i), hang up after slow_hold; again."""
@@ -305,13 +318,11 @@ class Hostile:
         for _ in range(self.intensity.max_items):
             if not self.running():
                 return
-            opened = await self._open(node, what)
-            if opened is None:
-                await asyncio.sleep(interval)
-                continue
-            reader, writer = opened
-            self.count(f"{what} opened")
-            try:
+            async with self._connection(node, what) as opened:
+                if opened is None:
+                    await asyncio.sleep(interval)
+                    continue
+                reader, writer = opened
                 if what == "slow-header":
                     lines = _slow_header_lines(self.cluster.web_port(node))
                 else:
@@ -339,12 +350,6 @@ class Hostile:
                         outcome = "answered"
                     break
                 self.count(f"{what} {outcome}")
-            except (OSError, asyncio.IncompleteReadError):
-                self.count(f"{what} lost")
-            finally:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
 
     async def _long_poller(self, i: int, rng: random.Random) -> None:
         """Keep one long poll (even i: a key's, odd i: a watch) in flight on the flood node."""
@@ -360,28 +365,22 @@ class Hostile:
             else:
                 what = "watch"
                 path = f"/api/v1/watch/?prefix={PREFIX}/poll&timeout={timeout:g}"
-            opened = await self._open(node, what)
-            if opened is None:
-                await asyncio.sleep(1.0)
-                continue
-            reader, writer = opened
-            self.count(f"{what} sent")
-            try:
+            async with self._connection(node, what) as opened:
+                if opened is None:
+                    await asyncio.sleep(1.0)
+                    continue
+                reader, writer = opened
                 writer.write(_request_head("GET", path, self.cluster.web_port(node), self.token))
                 await writer.drain()
-                data = await asyncio.wait_for(_read_all(reader), timeout + 15.0)
+                try:
+                    data = await asyncio.wait_for(_read_all(reader), timeout + 15.0)
+                except TimeoutError:
+                    self.count(f"{what} no answer within {timeout + 15:g} s")
+                    continue
                 if data:
                     self.answered(what, _status(data), data)
                 else:
                     self.count(f"{what} closed without an answer")
-            except TimeoutError:
-                self.count(f"{what} no answer within {timeout + 15:g} s")
-            except (OSError, asyncio.IncompleteReadError):
-                self.count(f"{what} lost")
-            finally:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
 
 
 # ---------------------------------------------------------------------- items and requests

@@ -48,6 +48,7 @@ CLUSTER_ENV = {
     "CONFIGSTORE_READ_TIMEOUT_MS": str(workload.WRITE_SERVER_TIMEOUT_MS),
 }
 RECOVERY_TIMEOUT = 60.0
+FINAL_READS_TIMEOUT = 60.0  # for all the final reads of a node
 #: Acknowledged writes per second of faults a run must reach at least (the short form
 #: acknowledged 17 per second, 3% indeterminate, on the shared 2-core machine before the
 #: hostile clients came).
@@ -267,20 +268,30 @@ def _wait_for_writes(cluster: LocalCluster, token: str, run_id: str) -> dict[str
 
 
 def _final_reads(cluster, urls, token, recorder, keyspace, run_id) -> None:
-    """A linearizable read of every key the run touched, on every node, recorded."""
+    """A linearizable read of every key the run touched, on every node, recorded; each
+    node gets FINAL_READS_TIMEOUT seconds for all of them."""
     keys = sorted({op.key for op in recorder.operations})
     stop = threading.Event()
     for node, url in zip(cluster.ids, urls, strict=True):
         reader = workload.Client(
             f"final-{node}", [url], token, keyspace, recorder, stop, seed=0, run_id=run_id
         )
+        deadline = time.monotonic() + FINAL_READS_TIMEOUT
+        unread = []
         for key in keys:
             for _ in range(5):  # a read may still meet a node catching up: try again
+                if time.monotonic() > deadline:
+                    unread.append(key)
+                    break
                 if reader.read(key, f"{url}/api/v1/keys/{key}") is not None:
                     break
                 time.sleep(0.2)
             else:
-                recorder.errors.append(f"node {node} answered no final read of {key}")
+                unread.append(key)
+        if unread:
+            recorder.errors.append(
+                f"node {node} answered no final read of {len(unread)} keys: {unread[:5]}"
+            )
 
 
 def _keep(keep_dir: Path, cluster: LocalCluster, history: History, report: Report) -> Path:
