@@ -68,8 +68,8 @@ DEFAULT_INTENSITY = Intensity()
 @dataclass
 class Hostile:
     """Start with start(); everything ends at `stop` or after `duration` seconds; join()
-    waits for every loop to end. `counts` says what was done and answered; `problems` are
-    answers the API must never give."""
+    waits for every loop to end. `counts` says what was done and answered; `broken` lists
+    the answers the API must never give; `problems` are failures of the clients themselves."""
 
     cluster: LocalCluster
     token: str
@@ -78,7 +78,8 @@ class Hostile:
     duration: float
     intensity: Intensity = field(default_factory=Intensity)
     counts: Counter = field(default_factory=Counter)
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the harness failed
+    broken: list[str] = field(default_factory=list)  # answers 5xx other than 503
 
     def __post_init__(self) -> None:
         self.deadline = time.monotonic() + self.duration
@@ -132,12 +133,12 @@ class Hostile:
             if len(self.problems) < 100:
                 self.problems.append(text)
 
-    def answered(self, what: str, status: int, body: bytes | str = b"") -> None:
-        """Count an HTTP answer; a 5xx other than 503 is a problem."""
-        self.count(f"{what}: {status}")
+    def answered(self, what: str, status: int, body: bytes = b"") -> None:
+        """Count an HTTP answer; a 5xx other than 503 is remembered in `broken`."""
+        self.count(f"{what} answered {status}")
         if status >= 500 and status != 503:
-            text = body.decode(errors="replace") if isinstance(body, bytes) else body
-            self.problem(f"{what} answered {status}: {text[:300]!r}")
+            with self.lock:
+                self.broken.append(f"{what} answered {status}: {body[:300]!r}")
 
     def summary_lines(self) -> list[str]:
         """The counts, grouped by attack."""
@@ -229,43 +230,48 @@ class Hostile:
     def _redos(self, seed: int) -> None:
         """A value under hostile/redos/, then a schema with a catastrophic pattern on the
         namespace, then catastrophic values: each must be answered (a refusal, or 503) and
-        the cluster must keep serving meanwhile (the workload's floor says whether it did)."""
+        the cluster must keep serving meanwhile (the workload's floor says whether it did).
+        A step that got no answer or a 503 is tried again, up to 3 times."""
         rng = random.Random(seed)
         session = requests.Session()
         session.headers["Authorization"] = f"Token {self.token}"
         url = self.cluster.web_url(self.redos_node)
         n = self.intensity.redos_length
-        self.stop.wait(min(5.0, self.duration / 6))
+        schema = {"type": "string", "pattern": REDOS_PATTERN}
         steps = [
-            ("redos pre-existing value", "PUT", f"/api/v1/keys/{PREFIX}/redos/k0", "a" * (n - 2)),
-            ("redos schema put", "SCHEMA", f"/api/v1/schemas/{PREFIX}/redos/", None),
+            ("redos pre-existing value", f"keys/{PREFIX}/redos/k0", {"value": "a" * (n - 2) + "!"}),
+            ("redos schema put", f"schemas/{PREFIX}/redos/", {"schema": schema}),
         ] + [
-            ("redos catastrophic write", "PUT", f"/api/v1/keys/{PREFIX}/redos/k{i}", "a" * n)
+            ("redos catastrophic write", f"keys/{PREFIX}/redos/k{i}", {"value": "a" * n + "!"})
             for i in range(1, self.intensity.redos_writes + 1)
         ]
-        for what, method, path, value in steps:
-            if not self.running():
-                break
-            if method == "SCHEMA":
-                body = {
-                    "schema": {"type": "string", "pattern": REDOS_PATTERN},
-                    "reason": "hostile: a catastrophic pattern",
-                }
-            else:
-                body = {"value": value + "!", "reason": "hostile: a catastrophic value"}
-            started = time.monotonic()
-            try:
-                response = session.put(f"{url}{path}", json=body, timeout=(2.0, 60.0))
-            except requests.RequestException as error:
-                self.count(f"redos no answer ({what}: {type(error).__name__})")
-            else:
-                self.answered(what, response.status_code, response.content)
-            took = time.monotonic() - started
-            with self.lock:
-                slowest = self.counts.get("redos slowest answer (ms)", 0)
-                self.counts["redos slowest answer (ms)"] = max(slowest, int(took * 1000))
-            self.stop.wait(rng.uniform(2.0, max(2.0, self.duration / (len(steps) + 1))))
-        session.close()
+        self.stop.wait(min(5.0, self.duration / 6))
+        with session:
+            for what, path, body in steps:
+                for _ in range(3):
+                    if not self.running():
+                        return
+                    started = time.monotonic()
+                    try:
+                        response = session.put(
+                            f"{url}/api/v1/{path}",
+                            json={**body, "reason": "hostile: a catastrophic pattern"},
+                            timeout=(2.0, 60.0),
+                        )
+                    except requests.RequestException as error:
+                        self.count(f"redos no answer ({what}: {type(error).__name__})")
+                        status = None
+                    else:
+                        status = response.status_code
+                        self.answered(what, status, response.content)
+                    took_ms = int((time.monotonic() - started) * 1000)
+                    with self.lock:
+                        slowest = self.counts.get("redos slowest answer (ms)", 0)
+                        self.counts["redos slowest answer (ms)"] = max(slowest, took_ms)
+                    self.stop.wait(rng.uniform(1.0, 2.0))
+                    if status not in (None, 503):
+                        break
+                self.stop.wait(rng.uniform(1.0, max(1.0, self.duration / (len(steps) + 1))))
 
     # ------------------------------------------------------------------ slow clients, floods
 

@@ -236,6 +236,15 @@ def run_faults(
     report.audit = audit(cluster, list(history.operations), recorder.failed)
     report.problems += report.audit.problems
     report.problems += watch.crashes()
+    for who, broken in (
+        ("the workload", recorder.broken),
+        ("the hostile clients", report.hostile.broken if report.hostile else []),
+    ):
+        if broken:
+            report.problems.append(
+                f"{len(broken)} answers to {who} were a 5xx other than 503, the first: "
+                + "; ".join(broken[:3])
+            )
     if not report.ok:
         report.kept = _keep(keep_dir, cluster, history, report)
     return report

@@ -70,6 +70,7 @@ class Recorder:
     failed: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> why
     counts: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)  # a client that crashed: the run fails
+    broken: list[str] = field(default_factory=list)  # answers 5xx other than 503: it fails
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def now(self) -> float:
@@ -269,8 +270,8 @@ class Client(threading.Thread):
         """A 5xx other than 503 is an error of the run."""
         if response.status_code >= 500 and response.status_code != 503:
             with self.recorder.lock:
-                self.recorder.errors.append(
-                    f"{kind} {response.request.method} {response.url} answered "
+                self.recorder.broken.append(
+                    f"{response.request.method} {response.url} answered "
                     f"{response.status_code}: {response.text[:300]!r}"
                 )
 
