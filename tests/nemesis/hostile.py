@@ -46,7 +46,8 @@ POISON_KINDS = ("garbage", "not-an-object", "wrong-fields", "oversized", "replay
 
 @dataclass(frozen=True)
 class Intensity:
-    """How hard the hostile clients push (run.py's command line sets each)."""
+    """How hard the hostile clients push (run.py's command line sets each); 0 for
+    poison_every, slow_connections, long_polls or redos_length leaves that attack out."""
 
     poison_every: float = 0.5  # seconds between two queue items (each to a random node)
     oversize_mb: float = 4.0  # size of an oversized queue item
@@ -153,6 +154,8 @@ class Hostile:
     def _capture(self) -> None:
         """Peek at every node's queue (the oldest items, which the worker takes next) and
         keep real task messages for replay."""
+        if self.intensity.poison_every <= 0:
+            return
         clients = {n: redis.Redis.from_url(self.cluster.broker_url(n)) for n in self.cluster.ids}
         for _ in range(self.intensity.max_items):
             if not self.running():
@@ -176,6 +179,8 @@ class Hostile:
             client.close()
 
     def _poison(self, seed: int) -> None:
+        if self.intensity.poison_every <= 0:
+            return
         rng = random.Random(seed)
         clients = {n: redis.Redis.from_url(self.cluster.broker_url(n)) for n in self.cluster.ids}
         oversized = 0
@@ -232,6 +237,8 @@ class Hostile:
         namespace, then catastrophic values: each must be answered (a refusal, or 503) and
         the cluster must keep serving meanwhile (the workload's floor says whether it did).
         A step that got no answer or a 503 is tried again, up to 3 times."""
+        if self.intensity.redos_length <= 0:
+            return
         rng = random.Random(seed)
         session = requests.Session()
         session.headers["Authorization"] = f"Token {self.token}"

@@ -49,12 +49,12 @@ CLUSTER_ENV = {
 }
 RECOVERY_TIMEOUT = 60.0
 FINAL_READS_TIMEOUT = 60.0  # for all the final reads of a node
-#: Acknowledged writes per second of faults a run must reach at least (the short form
-#: acknowledged 17 per second, 3% indeterminate, on the shared 2-core machine before the
-#: hostile clients came).
-MIN_ACKNOWLEDGED_WRITES_PER_SECOND = 5.0
-#: The share of writes whose outcome the client never learned, at most.
-MAX_INDETERMINATE_SHARE = 0.15
+#: Acknowledged writes per second of faults a run must reach at least, and the share of
+#: writes whose outcome the client never learned, at most. The short form without hostile
+#: clients acknowledged 17 writes per second with 3% indeterminate, and 7.8/s with 7.9% when
+#: the shared 2-core machine was loaded 15 deep (2026-12-02).
+MIN_ACKNOWLEDGED_WRITES_PER_SECOND = 3.0
+MAX_INDETERMINATE_SHARE = 0.2
 
 
 @dataclass
