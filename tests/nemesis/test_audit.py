@@ -117,21 +117,24 @@ def test_the_cross_node_comparison_catches_one_doctored_node(make_cluster):
         assert isinstance(cluster.submitter("n1").submit(payload, timeout=20.0), Committed)
     assert audit(cluster, [], {}).problems == []
 
-    cluster.query(
-        "n2", "UPDATE configstore_entry SET description = 'doctored' WHERE key = 'audit/k0'"
+    doctor(cluster, "n2", "UPDATE configstore_entry SET description = 'x' WHERE key = 'audit/k0'")
+    forged = json.dumps(Value((put("u9:doctored", "audit/k0"),)).to_json())
+    doctor(cluster, "n3", "UPDATE consensus_chosen_slot SET value = %s WHERE slot = 1", [forged])
+    doctor(
+        cluster,
+        "n2",
+        "UPDATE configstore_history SET reason = 'x'"
+        " WHERE id = (SELECT max(id) FROM configstore_history)",
     )
-    cluster.query(
-        "n3",
-        "UPDATE consensus_chosen_slot SET value = %s WHERE slot = 1",
-        [json.dumps(Value((put("u9:doctored", "audit/k0"),)).to_json())],
-    )
-    with psycopg.connect(cluster.database_url("n2"), autocommit=True) as conn:
-        conn.execute("SET session_replication_role = replica")  # past the append-only trigger
-        conn.execute(
-            "UPDATE configstore_history SET reason = 'doctored' WHERE id = "
-            "(SELECT max(id) FROM configstore_history)"
-        )
     problems = audit(cluster, [], {}).problems
     assert any(p.startswith("the applied state differs") for p in problems), problems
     assert any(p.startswith("the chosen log differs") for p in problems), problems
     assert any(p.startswith("the audit history differs") for p in problems), problems
+
+
+def doctor(cluster, node: str, sql: str, params=()) -> None:
+    """Change one row of a node's database behind the cluster's back (past the history's
+    append-only trigger, which session_replication_role = replica skips)."""
+    with psycopg.connect(cluster.database_url(node), autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        assert conn.execute(sql, params).rowcount == 1
