@@ -139,7 +139,7 @@ class Hostile:
         self.count(f"{what} answered {status}")
         if status >= 500 and status != 503:
             with self.lock:
-                self.broken.append(f"{what} answered {status}: {body[:300]!r}")
+                self.broken.append(f"{what} answered {status}: {_payload(body)[:200]!r}")
 
     def summary_lines(self) -> list[str]:
         """The counts, grouped by attack."""
@@ -348,7 +348,7 @@ class Hostile:
                     )
                     lines = _chain([head], _slow_body())
                 end = time.monotonic() + self.intensity.slow_hold
-                outcome = "held to the end"
+                outcome = "held to the end"  # or closed, or answered (counted by answered())
                 while time.monotonic() < end and self.running():
                     writer.write(next(lines))
                     await writer.drain()
@@ -360,9 +360,10 @@ class Hostile:
                         outcome = "closed by the server"
                     else:
                         self.answered(what, _status(data), data)
-                        outcome = "answered"
+                        outcome = ""
                     break
-                self.count(f"{what} {outcome}")
+                if outcome:
+                    self.count(f"{what} {outcome}")
 
     async def _long_poller(self, i: int, rng: random.Random) -> None:
         """Keep one long poll (even i: a key's, odd i: a watch) in flight on the flood node."""
@@ -505,6 +506,12 @@ async def _read_all(reader: asyncio.StreamReader, limit: int = 1 << 20) -> bytes
             break
         data += chunk
     return data
+
+
+def _payload(data: bytes) -> bytes:
+    """An HTTP response's body (all of `data` if it has no header)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    return body if sep and head.startswith(b"HTTP/") else data
 
 
 def _status(data: bytes) -> int:

@@ -243,7 +243,7 @@ def run_faults(
         if broken:
             report.problems.append(
                 f"{len(broken)} answers to {who} were a 5xx other than 503, the first: "
-                + "; ".join(broken[:3])
+                + "; ".join(text[:200] for text in broken[:3])
             )
     if not report.ok:
         report.kept = _keep(keep_dir, cluster, history, report)
