@@ -65,10 +65,7 @@ def wait_converged(cluster: LocalCluster, timeout: float = 60.0) -> int:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            applied = {
-                node: cluster.query(node, "SELECT applied_index FROM consensus_applied_state")[0][0]
-                for node in cluster.ids
-            }
+            applied = {node: _applied_index(cluster, node) for node in cluster.ids}
         except psycopg.OperationalError as error:
             applied = {"database": str(error).strip()}
         if len(set(applied.values())) == 1 and "database" not in applied:
@@ -76,6 +73,12 @@ def wait_converged(cluster: LocalCluster, timeout: float = 60.0) -> int:
         if time.monotonic() > deadline:
             raise TimeoutError(f"applied indexes still differ after {timeout}s: {applied}")
         time.sleep(0.2)
+
+
+def _applied_index(cluster: LocalCluster, node: str) -> int:
+    """0 where the node's worker never got as far as recording one."""
+    rows = cluster.query(node, "SELECT applied_index FROM consensus_applied_state")
+    return rows[0][0] if rows else 0
 
 
 def audit(cluster: LocalCluster, operations: list[Operation], failed: dict[str, str]) -> Audit:
