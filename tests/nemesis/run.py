@@ -11,9 +11,9 @@ again, and a final linearizable read of every key goes to every node. Checks: th
 is linearizable (tests/linearizability), the nodes' databases pass the audit
 (tests/nemesis/audit.py), no answer was a 5xx other than 503, at least a floor of writes
 was acknowledged and at most a share of them left indeterminate, and no worker or web
-server exited without the nemesis killing it. The servers are those of CONFIGSTORE_CLUSTER_DATABASE_URL /
-_BROKER_URL, or embedded ones. On failure the history, the nodes' logs and a report stay in
-a folder, with the command that re-checks the history.
+server exited without the nemesis killing it. The servers are those of
+CONFIGSTORE_CLUSTER_DATABASE_URL / _BROKER_URL, or embedded ones. On failure the history,
+the nodes' logs and a report stay in a folder, with the command that re-checks the history.
 
 The test suite runs the short form (tests/nemesis/test_fault_run.py).
 """
@@ -165,12 +165,11 @@ def run_faults(
         for name, nodes in targets
     ]
     nemesis = Nemesis(cluster, random.Random(rng.randrange(2**32)), recorder.now)
-    hostile_seed = rng.randrange(2**32)  # drawn whether or not they run: same nemesis
     watch = ProcessWatch(cluster, nemesis)
     watch.start()
     if hostile is not None:
         report.hostile = Hostile(
-            cluster, token, random.Random(hostile_seed), stop, duration, intensity=hostile
+            cluster, token, random.Random(rng.randrange(2**32)), stop, duration, intensity=hostile
         )
         report.hostile.start()
     for client in clients:
