@@ -172,7 +172,8 @@ class Hostile:
                     drained = decode_task_message(item)
                     if drained is None:
                         continue
-                    self.captured[node].append(item)
+                    with self.lock:  # the poison loop copies the pool
+                        self.captured[node].append(item)
                     self.count(f"queue captured {_envelope_kind(drained.envelope)} envelopes")
             self.stop.wait(0.02)
         for client in clients.values():
@@ -222,10 +223,11 @@ class Hostile:
             size = int(self.intensity.oversize_mb * 1_000_000)
             envelope = {"body": "x" * size, "mac": "0" * 64}
             return task_message(DELIVER_TASK, [envelope], queue).encode(), "oversized pushed"
-        pool = self.captured[node]
+        with self.lock:
+            pool = list(self.captured[node])
         if not pool:
             return None, "replay skipped (nothing captured yet)"
-        original = rng.choice(list(pool))
+        original = rng.choice(pool)
         if rng.random() < 0.5:
             return original, "replay pushed (as captured)"
         return _refreshed(original), "replay pushed (expiry pushed forward)"
