@@ -393,6 +393,9 @@ class Hostile:
                 except TimeoutError:
                     self.count(f"{what} no answer within {timeout + 15:g} s")
                     continue
+                except asyncio.CancelledError:
+                    self.count(f"{what} still unanswered when the run ended")
+                    raise
                 if data:
                     self.answered(what, _status(data), data)
                 else:
