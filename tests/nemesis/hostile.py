@@ -238,7 +238,7 @@ class Hostile:
         """A value under hostile/redos/, then a schema with a catastrophic pattern on the
         namespace, then catastrophic values: each must be answered (a refusal, or 503) and
         the cluster must keep serving meanwhile (the workload's floor says whether it did).
-        A step that got no answer or a 503 is tried again, up to 3 times."""
+        A step that got no answer or a 503 is tried up to 5 times."""
         if self.intensity.redos_length <= 0:
             return
         rng = random.Random(seed)
@@ -257,7 +257,7 @@ class Hostile:
         self.stop.wait(min(5.0, self.duration / 6))
         with session:
             for what, path, body in steps:
-                for _ in range(3):
+                for _ in range(5):
                     if not self.running():
                         return
                     started = time.monotonic()
