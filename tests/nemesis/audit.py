@@ -17,6 +17,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
+import psycopg
+
 from consensus.localcluster import LocalCluster
 from consensus.paxos.types import Value
 from tests.linearizability.history import CONFLICT, DELETE, NOT_FOUND, OK, PUT, Operation, canonical
@@ -58,27 +60,43 @@ class Audit:
 
 
 def wait_converged(cluster: LocalCluster, timeout: float = 60.0) -> int:
-    """The applied index every node reaches (raises TimeoutError if they do not agree)."""
+    """The applied index every node reaches (raises TimeoutError if they do not agree, or
+    if a node's database refuses connections until the timeout)."""
     deadline = time.monotonic() + timeout
     while True:
-        applied = {
-            node: cluster.query(node, "SELECT applied_index FROM consensus_applied_state")[0][0]
-            for node in cluster.ids
-        }
-        if len(set(applied.values())) == 1:
+        try:
+            applied = {node: _applied_index(cluster, node) for node in cluster.ids}
+        except psycopg.OperationalError as error:
+            applied = {"database": str(error).strip()}
+        if len(set(applied.values())) == 1 and "database" not in applied:
             return next(iter(applied.values()))
         if time.monotonic() > deadline:
             raise TimeoutError(f"applied indexes still differ after {timeout}s: {applied}")
         time.sleep(0.2)
 
 
+def _applied_index(cluster: LocalCluster, node: str) -> int:
+    """0 where the node's worker never got as far as recording one."""
+    rows = cluster.query(node, "SELECT applied_index FROM consensus_applied_state")
+    return rows[0][0] if rows else 0
+
+
 def audit(cluster: LocalCluster, operations: list[Operation], failed: dict[str, str]) -> Audit:
     result = Audit()
     try:
-        result.applied_index = applied = wait_converged(cluster)
+        result.applied_index = wait_converged(cluster)
     except TimeoutError as error:
         result.problem(str(error))
         return result
+    try:
+        _audit_databases(result, cluster, operations, failed)
+    except psycopg.OperationalError as error:
+        result.problem(f"a node's database refused the audit: {str(error).strip()}")
+    return result
+
+
+def _audit_databases(result: Audit, cluster: LocalCluster, operations, failed) -> None:
+    applied = result.applied_index
     for name, sql, params in (
         ("chosen log", _CHOSEN_HASH, [applied]),
         ("applied state", _STATE_HASH, []),
@@ -117,7 +135,6 @@ def audit(cluster: LocalCluster, operations: list[Operation], failed: dict[str, 
     _check_log_against_history(result, chosen, rows)
     _replay(result, rows, entries)
     _check_clients(result, rows, chosen, operations, failed)
-    return result
 
 
 def _check_log_against_history(result: Audit, chosen, rows) -> None:

@@ -20,6 +20,7 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class Nemesis:
     hold: tuple[float, float] = (1.5, 4.0)  # seconds a fault lasts
     quiet: tuple[float, float] = (1.0, 2.0)  # seconds between faults
     events: list[Event] = field(default_factory=list)
+    #: Every process the nemesis killed (its pid): any other exit is a crash.
+    killed: set[int] = field(default_factory=set)
 
     def run(self, duration: float, stop: threading.Event) -> None:
         """Faults for `duration` seconds (or until `stop`), then everything healed."""
@@ -81,23 +84,36 @@ class Nemesis:
 
     # ------------------------------------------------------------------ faults
 
+    def _sigkill_worker(self, node: str) -> None:
+        """SIGKILL a node's worker, remembered as killed by the nemesis."""
+        worker = self.cluster.processes[node].worker
+        if worker is not None and worker.poll() is None:  # a dead one crashed before
+            self.killed.add(worker.pid)
+        self.cluster.kill_worker(node)
+
+    def _sigkill_web(self, node: str) -> None:
+        web = self.cluster.processes[node].web
+        if web is not None and web.poll() is None:
+            self.killed.add(web.pid)
+        kill_web_group(self.cluster, node)
+
     def _kill_worker(self, event: Event):
         node = self._leader_or_random()
         event.targets = [node]
-        self.cluster.kill_worker(node)
+        self._sigkill_worker(node)
         return lambda: self.cluster.start_worker(node)
 
     def _kill_web(self, event: Event):
         node = self._leader_or_random()
         event.targets = [node]
-        kill_web_group(self.cluster, node)
+        self._sigkill_web(node)
         return lambda: self.cluster.start_web(node)
 
     def _kill_node(self, event: Event):
         node = self._leader_or_random()
         event.targets = [node]
-        self.cluster.kill_worker(node)
-        kill_web_group(self.cluster, node)
+        self._sigkill_worker(node)
+        self._sigkill_web(node)
 
         def restart() -> None:
             self.cluster.start_worker(node)
@@ -108,7 +124,7 @@ class Nemesis:
     def _kill_all_workers(self, event: Event):
         event.targets = list(self.cluster.ids)
         for node in self.cluster.ids:
-            self.cluster.kill_worker(node)
+            self._sigkill_worker(node)
 
         def restart() -> None:
             for node in self.cluster.ids:
@@ -164,6 +180,56 @@ class Nemesis:
                 self.cluster.resume_worker(node)
             if self.cluster.web and (processes.web is None or processes.web.poll() is not None):
                 self.cluster.start_web(node)
+
+
+class ProcessWatch(threading.Thread):
+    """Every worker and web server a cluster runs while the watch runs (polled every
+    `interval` s), to tell afterwards which exited without the nemesis killing them."""
+
+    def __init__(self, cluster: LocalCluster, nemesis: Nemesis, interval: float = 0.2) -> None:
+        super().__init__(name="process-watch", daemon=True)
+        self.cluster = cluster
+        self.nemesis = nemesis
+        self.interval = interval
+        self.seen: dict[int, tuple[str, str, subprocess.Popen]] = {}  # pid -> node, kind, it
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.look()
+            self.done.wait(self.interval)
+
+    def look(self) -> None:
+        for node in self.cluster.ids:
+            processes = self.cluster.processes[node]
+            for kind, process in (("worker", processes.worker), ("web server", processes.web)):
+                if process is not None:
+                    self.seen.setdefault(process.pid, (node, kind, process))
+
+    def crashes(self) -> list[str]:
+        """Stop watching; every process that exited unkilled by the nemesis, and every one
+        not running now (the nemesis restarts what it kills, so neither may happen)."""
+        self.done.set()
+        self.join(5)
+        self.look()
+        found = []
+        for pid, (node, kind, process) in sorted(self.seen.items()):
+            code = process.poll()
+            if code is not None and pid not in self.nemesis.killed:
+                log = "worker" if kind == "worker" else "web"
+                found.append(
+                    f"the {kind} of {node} (pid {pid}) exited with {code} and the nemesis did "
+                    f"not kill it: see logs/{log}-{node}.log"
+                )
+        for node in self.cluster.ids:
+            processes = self.cluster.processes[node]
+            running = [("worker", processes.worker)]
+            if self.cluster.web:
+                running.append(("web server", processes.web))
+            for kind, process in running:
+                if process is None or process.poll() is not None:
+                    found.append(f"the {kind} of {node} is not running at the end of the run")
+        return found
 
 
 def kill_web_group(cluster: LocalCluster, node: str) -> None:

@@ -1,13 +1,26 @@
 """The fault run's audit catches what it is there to catch: checked on doctored data (the
-databases are not needed for the row-level checks)."""
+databases are not needed for the row-level checks; the cross-node comparison is checked on
+a real cluster with one node doctored)."""
 
 from __future__ import annotations
 
 import json
 
+import psycopg
+import pytest
+
+from consensus.client import Committed
 from consensus.paxos.types import Command, Value
 from tests.linearizability.history import CONFLICT, OK, PUT, Operation
-from tests.nemesis.audit import Audit, _check_clients, _check_log_against_history, _replay
+from tests.nemesis.audit import (
+    Audit,
+    _check_clients,
+    _check_log_against_history,
+    _replay,
+    audit,
+)
+
+AT = "2026-12-02T00:00:00+00:00"
 
 
 def row(row_id, index, rid, op, key, old, new, old_v, new_v, outcome="committed", error=""):
@@ -93,3 +106,37 @@ def test_client_answers_must_match_the_rows():
     assert any(
         "failed" in p for p in audited(_check_clients, GOOD_ROWS, GOOD_LOG, [], failed_but_applied)
     )
+
+
+@pytest.mark.cluster
+def test_the_cross_node_comparison_catches_one_doctored_node(make_cluster):
+    """On a real cluster whose nodes agree, the audit passes; then one node's entry, one
+    node's chosen slot and one node's history row are changed behind the cluster's back,
+    and the audit names each difference."""
+    cluster = make_cluster(3)
+    for i in range(3):
+        payload = json.dumps({"op": "put", "key": f"audit/k{i}", "value": i, "at": AT})
+        assert isinstance(cluster.submitter("n1").submit(payload, timeout=20.0), Committed)
+    assert audit(cluster, [], {}).problems == []
+
+    doctor(cluster, "n2", "UPDATE configstore_entry SET description = 'x' WHERE key = 'audit/k0'")
+    forged = json.dumps(Value((put("u9:doctored", "audit/k0"),)).to_json())
+    doctor(cluster, "n3", "UPDATE consensus_chosen_slot SET value = %s WHERE slot = 1", [forged])
+    doctor(
+        cluster,
+        "n2",
+        "UPDATE configstore_history SET reason = 'x'"
+        " WHERE id = (SELECT max(id) FROM configstore_history)",
+    )
+    problems = audit(cluster, [], {}).problems
+    assert any(p.startswith("the applied state differs") for p in problems), problems
+    assert any(p.startswith("the chosen log differs") for p in problems), problems
+    assert any(p.startswith("the audit history differs") for p in problems), problems
+
+
+def doctor(cluster, node: str, sql: str, params=()) -> None:
+    """Change one row of a node's database behind the cluster's back (past the history's
+    append-only trigger, which session_replication_role = replica skips)."""
+    with psycopg.connect(cluster.database_url(node), autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        assert conn.execute(sql, params).rowcount == 1

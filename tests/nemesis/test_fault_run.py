@@ -1,7 +1,9 @@
-"""The short form of the fault run: about 60 s of faults on a real 3-node cluster (real
-PostgreSQL, Celery workers, broker and web servers as processes), driven over the REST API;
-the history must be linearizable and the nodes' databases must pass the audit. The long
-form: ./dev python -m tests.nemesis.run --duration 600."""
+"""The short form of the fault run: about 60 s of faults and hostile clients on a real
+3-node cluster (real PostgreSQL, Celery workers, broker and web servers as processes),
+driven over the REST API; the history must be linearizable, the nodes' databases must pass
+the audit, no answer may be a 5xx other than 503 and no process may die unkilled. The long
+form: ./dev python -m tests.nemesis.run --duration 600. CONFIGSTORE_FAULT_RUN_HOSTILE=0
+runs the short form without the hostile clients."""
 
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ from tests.conftest import start_cluster, stop_cluster
 from tests.linearizability.checker import Verdict, check
 from tests.linearizability.history import History
 from tests.nemesis import workload
+from tests.nemesis.hostile import DEFAULT_INTENSITY
 from tests.nemesis.run import CLUSTER_ENV, run_faults
 
 pytestmark = pytest.mark.cluster
 
 DURATION = float(os.environ.get("CONFIGSTORE_FAULT_RUN_SECONDS", "60"))
 SEED = int(os.environ.get("CONFIGSTORE_FAULT_RUN_SEED", "20261127"))
+HOSTILE = os.environ.get("CONFIGSTORE_FAULT_RUN_HOSTILE", "1") != "0"
 
 
 def test_a_minute_of_faults_keeps_every_promise(servers):
@@ -31,7 +35,11 @@ def test_a_minute_of_faults_keeps_every_promise(servers):
     try:
         cluster.ensure_admin()
         report = run_faults(
-            cluster, duration=DURATION, seed=SEED, keep_dir=Path("fault-runs").resolve()
+            cluster,
+            duration=DURATION,
+            seed=SEED,
+            keep_dir=Path("fault-runs").resolve(),
+            hostile=DEFAULT_INTENSITY if HOSTILE else None,
         )
     finally:
         stop_cluster(cluster)
@@ -40,6 +48,21 @@ def test_a_minute_of_faults_keeps_every_promise(servers):
     # The run must have exercised what it claims to.
     assert sum(report.faults.values()) >= 8, report.faults
     assert report.acknowledged >= 200, report.summary()
+    if HOSTILE:  # every attack was made, and answered
+        counts = report.hostile.counts
+        for done in (
+            "queue garbage pushed",
+            "queue not-an-object pushed",
+            "queue oversized pushed",
+            "queue replay pushed (as captured)",
+            "queue replay pushed (expiry pushed forward)",
+            "slow-header opened",
+            "slow-body opened",
+            "long-poll opened",
+            "watch opened",
+            "redos schema put",
+        ):
+            assert any(what.startswith(done) for what in counts), (done, counts)
 
 
 def test_the_checks_catch_a_stale_read_on_a_real_cluster(servers):

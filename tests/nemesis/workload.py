@@ -5,8 +5,11 @@ What an answer means (tests.linearizability.history has the operation's fields):
 - 200/201 and 204 are ok; 404 not_found; 412 a conflict, with the current version the
   store reported (0 when the key did not exist).
 - A write that may have taken effect without the client learning it is `unknown`: a
-  timeout, a connection lost after the request was sent, a 503 "not_confirmed", any other
-  5xx. It may take effect at any time after its call, or never.
+  timeout, a connection lost after the request was sent, a 503 other than "no_quorum"
+  (e.g. "not_confirmed"). It may take effect at any time after its call, or never.
+- Any other 5xx (a 500, 502, ...) breaks the API's promise (a JSON 4xx or a 503 for
+  anything): the write is recorded as unknown, and the run fails. So does a 5xx other
+  than 503 to a read.
 - A write that certainly did not take effect is left out of the history and remembered
   as `failed`: a connection refused (the web server was down), a 503 "no_quorum" (the
   node says it did not submit it). The audit checks that none of them is in the log.
@@ -67,6 +70,7 @@ class Recorder:
     failed: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> why
     counts: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)  # a client that crashed: the run fails
+    broken: list[str] = field(default_factory=list)  # answers 5xx other than 503: it fails
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def now(self) -> float:
@@ -167,6 +171,7 @@ class Client(threading.Thread):
             op = Operation(self.client, key, READ, call, ret, NOT_FOUND)
         else:
             self.recorder.fail(READ, None, _error_code(response))
+            self._broken_promise(READ, response)
             return None
         self.recorder.record(op)
         return op
@@ -253,11 +258,22 @@ class Client(threading.Thread):
             self.recorder.fail(kind, idempotency_key, "no_quorum")
             return False
         elif status >= 500:
-            self.recorder.counts[f"{kind} {status} {_error_code(response)}"] += 1
+            with self.recorder.lock:
+                self.recorder.counts[f"{kind} {status} {_error_code(response)}"] += 1
+            self._broken_promise(kind, response)
             record(UNKNOWN)
         else:  # a 4xx the workload never provokes on purpose: a bug of the run or the API
             raise AssertionError(f"{kind} {url} answered {status}: {response.text[:500]}")
         return True
+
+    def _broken_promise(self, kind: str, response: requests.Response) -> None:
+        """A 5xx other than 503 is an error of the run."""
+        if response.status_code >= 500 and response.status_code != 503:
+            with self.recorder.lock:
+                self.recorder.broken.append(
+                    f"{response.request.method} {response.url} answered "
+                    f"{response.status_code}: {response.text[:300]!r}"
+                )
 
 
 def _error_code(response: requests.Response) -> str:
