@@ -40,9 +40,13 @@ class StrictCharField(serializers.CharField):
 
 
 class StrictIntegerField(serializers.IntegerField):
-    """A JSON integer, not a string, float or boolean turned into one."""
+    """A JSON integer, not a string or boolean turned into one. A number with no fractional
+    part (`3.0`) is the integer it equals, as JSON Schema's `integer` type (and so the
+    OpenAPI contract) says; any other float is refused."""
 
     def to_internal_value(self, data):
+        if isinstance(data, float) and data.is_integer():
+            data = int(data)
         if not isinstance(data, int) or isinstance(data, bool):
             self.fail("invalid")
         return super().to_internal_value(data)

@@ -408,9 +408,9 @@ class KeyDetailView(ApiView):
     def put(self, request, key: str):
         key = _key(key)
         _require(request, CHANGE, key)
-        body = _data(request, s.PutEntrySerializer)  # the body's shape first, then conditions
+        body = _data(request, s.PutEntrySerializer)  # the body's shape first, then headers:
+        idempotency_key = _idempotency_key(request)  # malformed ones (400) before a 412
         conditions = _conditions(request)
-        idempotency_key = _idempotency_key(request)
         written = services.entry_put(
             key=key,
             value=body["value"],
@@ -443,6 +443,7 @@ class KeyDetailView(ApiView):
     def delete(self, request, key: str):
         key = _key(key)
         _require(request, DELETE, key)
+        _idempotency_key(request)  # a malformed header is a 400 before any 412
         conditions = _conditions(request)
         if conditions.pop("must_exist", False):  # a delete needs the key to exist anyway
             conditions = {}
@@ -720,10 +721,10 @@ class SchemaDetailView(ApiView):
         key = _schema_key(key)
         _require_schema(request, CHANGE, key)
         body = _data(request, s.PutSchemaSerializer)
+        idempotency_key = _idempotency_key(request)
         conditions = _conditions(request)
         if conditions and "expected_version" not in conditions:
             raise exceptions.InvalidInput('a schema write takes only If-Match: "<version>"')
-        idempotency_key = _idempotency_key(request)
         written = services.schema_put(
             key=key,
             schema=body["schema"],
@@ -755,6 +756,7 @@ class SchemaDetailView(ApiView):
     def delete(self, request, key: str):
         key = _schema_key(key)
         _require_schema(request, DELETE, key)
+        _idempotency_key(request)  # a malformed header is a 400 before any 412
         conditions = _conditions(request)
         if conditions and "expected_version" not in conditions:
             raise exceptions.InvalidInput('a schema delete takes only If-Match: "<version>"')
