@@ -196,14 +196,16 @@ def rejoin(cluster: LocalCluster, writes: int, clients: int, interval: float) ->
     before, _ = probe.between(before_end - 8, before_end)
     during, failed_during = probe.between(back, caught)
     _, failed_all = probe.between(before_end, caught + 2)
-    changes = watcher.changes_between(before_end, caught + 2)
+    changes_writing = watcher.changes_between(before_end, back)
+    changes = watcher.changes_between(back, caught + 2)
     elections = json.loads(
         redis.Redis.from_url(cluster.broker_url(away)).get(status_key(away)) or "{}"
     ).get("elections")
     old = BEFORE.get(writes)
     return (
         f"{writes:>6} writes while {away} was down ({target - behind_from} slots behind, "
-        f"written in {took:.0f} s): leader changes {changes}, elections by {away} "
+        f"written in {took:.0f} s): leader changes after it came back {changes} "
+        f"(while it was down: {changes_writing}), elections by {away} "
         f"{elections}, failed leader writes {failed_all} ({failed_during} during catch-up), "
         f"leader write p99 before {_pct(before, 99):.0f} ms / during catch-up "
         f"{_pct(during, 99):.0f} ms (p50 {statistics.median(during) if during else 0:.0f} "

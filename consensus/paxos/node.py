@@ -705,7 +705,8 @@ class Node:
         if self.role is Role.LEADER:
             self._enqueue(list(msg.commands))
         elif msg.ttl > 0 and self.leader_id not in (None, sender):
-            self._send(self.leader_id, Forward(msg.commands, msg.ttl - 1), self._now)
+            for run in _chunks(list(msg.commands), _command_size, self.config.max_chunk_bytes):
+                self._send(self.leader_id, Forward(tuple(run), msg.ttl - 1), self._now)
         # Otherwise drop: the node where the commands were submitted retries them.
 
     def _leader_tick(self, now: float) -> None:
@@ -795,8 +796,7 @@ class Node:
             self._enqueue(batch)
         else:
             self._forwarded_at = now
-            size_of = _command_size
-            for run in _chunks(batch, size_of, self.config.max_chunk_bytes):
+            for run in _chunks(batch, _command_size, self.config.max_chunk_bytes):
                 self._send(leader, Forward(tuple(run), ttl=2), now)
 
     # ------------------------------------------------------------------ reads
