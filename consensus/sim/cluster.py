@@ -209,10 +209,19 @@ class Simulation:
         self.mid_step_crash = 0.0
         self._at(0.0, "check")
         self._run_until(5.0, stop=lambda: self._leader() is not None)
-        leader = self._leader()
-        if leader is None:
-            raise Violation("rejoin: no leader within 5 s on a lossless network")
-        self._run_until(self.now + 0.5)  # the leader is settled: everyone follows it
+        leader = None
+        for _ in range(20):  # settled: one leader, everyone follows it, no candidate left
+            self._run_until(self.now + 0.5)
+            settled = self._leader()
+            if (
+                settled is not None
+                and settled == leader
+                and all(self.nodes[i].leader_id == leader for i in self.ids)
+            ):
+                break
+            leader = settled
+        else:
+            raise Violation("rejoin: no settled leader within 10 s on a lossless network")
         elections_before, changes_before = self.stats.elections, self.stats.leader_changes
         away = rng.choice([i for i in self.ids if i != leader])
         isolate = rng.random() < 0.5
@@ -240,7 +249,8 @@ class Simulation:
             self._step(target, lambda node, c=commands: node.submit(c, self.now))
             self._run_until(self.now + 0.002)
         others = [i for i in self.ids if i != away]
-        self._run_until(self.now + 60.0, stop=lambda: not self.outstanding)
+        # Time enough for the slowest configuration drawn (a window of 2 single-command slots).
+        self._run_until(self.now + 60.0 + 0.05 * p.rejoin_writes, stop=lambda: not self.outstanding)
         if self.outstanding:
             raise Violation(f"rejoin: {len(self.outstanding)} writes not applied")
         # Back.
