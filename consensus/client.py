@@ -12,11 +12,14 @@ their waiters, which read a large outcome from `consensus_applied_request`.
         NotConfirmed(request_id)                not applied here in time: it may still
                                                 commit; look it up later by request id
 
-Linearizable reads: `submitter.barrier(timeout)` commits a no-op through the log and waits
-until this node has applied it. Concurrent readers of one process share barriers: at most
-one is in flight, and one more is pending, which every reader arriving meanwhile joins; it
-is submitted when the one in flight completes. A reader only ever waits on a barrier
-submitted after it arrived, which is what makes its read linearizable (see `barrier`).
+Linearizable reads: `submitter.barrier(timeout)` asks this node's worker for a read index
+(ReadIndex: the leader confirms it still leads with one heartbeat round a majority
+acknowledges, and answers with the highest slot it has proposed), then waits until this
+node has applied that index. Nothing is written to the log or to the applied requests.
+Concurrent readers of one process share barriers: at most one is in flight, and one more
+is pending, which every reader arriving meanwhile joins; it is asked for when the one in
+flight completes. A reader only ever waits on a barrier asked for after it arrived, which
+is what makes its read linearizable (see `barrier`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from psycopg_pool import ConnectionPool
 
 from consensus.envelope import seal_submit
 from consensus.paxos import Command
-from consensus.storage import APPLIED_CHANNEL
+from consensus.storage import APPLIED_CHANNEL, READ_INDEX_PAYLOAD
 from consensus.transport import SUBMIT_TASK, CeleryTransport
 
 log = logging.getLogger(__name__)
@@ -65,8 +68,8 @@ class NotConfirmed:
 
 Outcome = Committed | Rejected | NotConfirmed
 
-#: The command of a read barrier: a no-op (configstore.commands' Noop).
-BARRIER_PAYLOAD = json.dumps({"op": "noop"})
+#: How often an unanswered read index request is sent again (the worker may have restarted).
+READ_RETRY = 1.0
 
 
 @dataclass
@@ -117,6 +120,11 @@ class Submitter:
         self._barrier_pending: _Barrier | None = None
         self.barriers_submitted = 0
         self.barrier_reads = 0
+        # Read indexes the worker answered (by read id), and the highest applied index a
+        # NOTIFY carried; both under _waiters_lock, `_applied_changed` wakes index waiters.
+        self._read_indexes: dict[str, int] = {}
+        self._applied_seen = 0
+        self._applied_changed = threading.Condition(self._waiters_lock)
 
     # ------------------------------------------------------------------ API
 
@@ -161,20 +169,19 @@ class Submitter:
                 self._notified.pop(request_id, None)
 
     def barrier(self, *, timeout: float = 5.0) -> Outcome:
-        """A linearizable read barrier: when it returns Committed, this node has applied
-        every command acknowledged as committed (on any node) before this call started,
-        so a read of the local state that follows is linearizable. NotConfirmed: the
-        cluster could not confirm it in time.
+        """A linearizable read barrier: when it returns Committed(read id, index), this node
+        has applied every command acknowledged as committed (on any node) before this call
+        started, so a read of the local state that follows is linearizable. NotConfirmed:
+        the cluster could not confirm it in time.
 
-        Why sharing keeps that promise: a barrier B is a no-op submitted at time t_B; any
-        command acknowledged before t_B was chosen in a slot below the one B is chosen in
-        (a leader proposes B only after it holds a quorum's promises, so after every slot
-        chosen before), and this node applies in slot order. A reader joins only a
-        barrier that is still pending, i.e. not yet submitted: so t_B is after the reader
-        started, and B orders the reader after everything acknowledged before it. A
-        barrier already in flight may predate the reader, so it is never joined; the
-        reader waits for the pending one instead. The thread of the pending barrier's
-        first reader submits it once the barrier in flight completes."""
+        Why sharing keeps that promise: a barrier B is a read index asked for at time t_B;
+        its index covers every slot chosen before t_B (see Node.read_index), and this
+        node applies in slot order. A reader joins only a barrier that is still pending,
+        i.e. not yet asked for: so t_B is after the reader started, and B orders the
+        reader after everything acknowledged before it. A barrier already in flight may
+        predate the reader, so it is never joined; the reader waits for the pending one
+        instead. The thread of the pending barrier's first reader asks for it once the
+        barrier in flight completes."""
         deadline = time.monotonic() + timeout
         self.before_wait()
         with self._barriers:
@@ -189,18 +196,15 @@ class Submitter:
                     self._barrier_pending = None
                     self._barrier_in_flight = joined
                     self.barriers_submitted += 1
-                    break  # this thread submits it
+                    break  # this thread asks for it
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return NotConfirmed(joined.request_id)
                 self._barriers.wait(remaining)
         outcome: Outcome = NotConfirmed(joined.request_id)
         try:
-            outcome = self.submit(
-                BARRIER_PAYLOAD,
-                request_id=joined.request_id,
-                fresh=True,
-                timeout=max(deadline - time.monotonic(), 0.0),
+            outcome = self._confirm_read(
+                joined.request_id, timeout=max(deadline - time.monotonic(), 0.0)
             )
         finally:
             with self._barriers:
@@ -208,6 +212,55 @@ class Submitter:
                 self._barrier_in_flight = None
                 self._barriers.notify_all()
         return outcome
+
+    def _confirm_read(self, read_id: str, *, timeout: float) -> Outcome:
+        """Ask this node's worker for a read index (asked again every READ_RETRY), then wait
+        until this node has applied it: Committed(read_id, index), or NotConfirmed."""
+        deadline = time.monotonic() + timeout
+        self._ensure_listener(timeout)
+        event = threading.Event()
+        with self._waiters_lock:
+            self._waiters[read_id] = event
+        try:
+            index = None
+            while index is None:
+                self._enqueue(Command(read_id, READ_INDEX_PAYLOAD))
+                retry_at = min(deadline, time.monotonic() + READ_RETRY)
+                while index is None and (remaining := retry_at - time.monotonic()) > 0:
+                    event.wait(remaining)
+                    event.clear()
+                    with self._waiters_lock:
+                        index = self._read_indexes.pop(read_id, None)
+                if index is None and time.monotonic() >= deadline:
+                    return NotConfirmed(read_id)
+            if not self._wait_applied(index, deadline):
+                return NotConfirmed(read_id)
+            return Committed(read_id, index)
+        finally:
+            with self._waiters_lock:
+                self._waiters.pop(read_id, None)
+                self._read_indexes.pop(read_id, None)
+
+    def _wait_applied(self, index: int, deadline: float) -> bool:
+        """Wait until this node has applied `index` (woken by the applier's NOTIFYs, and
+        reading the applied index itself every half second in case one was missed)."""
+        with self._waiters_lock:
+            if self._applied_seen >= index:
+                return True
+        while True:
+            applied = self.applied_index()
+            with self._waiters_lock:
+                self._applied_seen = max(self._applied_seen, applied)
+                remaining = deadline - time.monotonic()
+                if self._applied_seen >= index:
+                    return True
+                if remaining <= 0:
+                    return False
+                self._applied_changed.wait_for(
+                    lambda: self._applied_seen >= index, min(remaining, 0.5)
+                )
+                if self._applied_seen >= index:
+                    return True
 
     def lookup(self, request_id: str) -> Committed | Rejected | None:
         """The outcome of a request id this node has applied, or None (not yet, or never)."""
@@ -292,9 +345,24 @@ class Submitter:
                 self._stopped.wait(0.5)
 
     def _wake(self, notice: dict) -> None:
+        reads = notice.get("reads")
+        if reads is not None:
+            with self._waiters_lock:
+                events = []
+                for read_id, index in reads.items():
+                    if read_id in self._waiters:
+                        self._read_indexes[read_id] = index
+                        events.append(self._waiters[read_id])
+            for event in events:
+                event.set()
+            return
         ids = notice.get("ids")
         outcomes = notice.get("outcomes") or {}
         with self._waiters_lock:
+            applied = notice.get("index")
+            if isinstance(applied, int) and applied > self._applied_seen:
+                self._applied_seen = applied
+                self._applied_changed.notify_all()
             if ids is None:
                 events = list(self._waiters.values())
             else:

@@ -180,7 +180,12 @@ class NodeRuntime:
             ready = Ready()
             for opened in accepted:
                 if opened.kind == "submit":
-                    ready.extend(node.submit(opened.commands, now))
+                    reads, commands = _split_reads(opened.commands)
+                    if commands:
+                        ready.extend(node.submit(commands, now))
+                    if reads:
+                        self.counters["reads_in"] += len(reads)
+                        ready.extend(node.read_index(reads, now))
                 else:
                     for message in opened.messages:
                         ready.extend(node.on_message(opened.sender, message, now))
@@ -239,7 +244,12 @@ class NodeRuntime:
             close_old_connections()
             state, applied = storage.load()
             self._node = Node(
-                self.config, state, applied_index=applied, now=time.monotonic(), rng=self._rng
+                self.config,
+                state,
+                applied_index=applied,
+                now=time.monotonic(),
+                rng=self._rng,
+                log=storage.ChosenLog(),
             )
             log.info(
                 "node %s started: promised %s, %d accepted, %d chosen, applied %d",
@@ -264,6 +274,14 @@ class NodeRuntime:
         sent = time.perf_counter()
         if ready.chosen:
             self.applier.learned(ready.chosen)
+        if ready.reads:
+            # Read indexes go to the waiting readers of this node (consensus.client).
+            try:
+                storage.notify_reads(ready.reads)
+            except Exception:  # noqa: BLE001 - the readers time out and ask again
+                self.counters["read_notify_failures"] += 1
+                log.exception("cannot notify %d read indexes", len(ready.reads))
+                connection.close()
         if self.trace_steps and (ready.must_persist or ready.messages or ready.chosen):
             log.warning(
                 "%s: persisted %d accepted in %.2f ms; sent %s in %.2f ms; "
@@ -345,6 +363,14 @@ class NodeRuntime:
             self._redis.set(status_key(self.node_id), json.dumps(self.status()), ex=STATUS_TTL)
         except Exception as error:  # noqa: BLE001 - status is best effort
             log.debug("cannot publish status: %s", error)
+
+
+def _split_reads(commands) -> tuple[list[str], list]:
+    """Submitted commands split into linearizable reads (their ids) and real commands."""
+    reads = [c.request_id for c in commands if c.payload == storage.READ_INDEX_PAYLOAD]
+    if not reads:
+        return [], list(commands)
+    return reads, [c for c in commands if c.payload != storage.READ_INDEX_PAYLOAD]
 
 
 _current: NodeRuntime | None = None

@@ -29,6 +29,11 @@ from django.db import connection, transaction
 from consensus.paxos import Ballot, Command, DurableState, Ready, Value, commands_to_apply
 
 APPLIED_CHANNEL = "configstore_applied"
+#: The payload of a linearizable read's request on its way from the web tier to its node's
+#: worker (as a Command of the submit envelope, with the read's id as request id): the
+#: runtime hands it to the core's read_index, never to the log. Command payloads of the
+#: config store are JSON objects, so none is equal to it.
+READ_INDEX_PAYLOAD = "read_index"
 NOTIFY_LIMIT = 7000  # bytes per NOTIFY payload (PostgreSQL caps it at 8000)
 OUTCOME_LIMIT = 1000  # bytes: a larger outcome is not sent in the NOTIFY, only its id
 
@@ -68,21 +73,73 @@ def _json(value):
 
 
 def load() -> tuple[DurableState, int]:
-    """The durable state and the applied index, as the node left them."""
+    """What the core needs to start, as the node left it: the promise, the applied index,
+    and the accepted values and chosen log of the slots above the applied index only (the
+    slots at and below it are chosen and applied; ChosenLog reads them when a peer needs
+    them). So a start costs the open slots, not the length of the log."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT promised_round, promised_node FROM consensus_acceptor_state")
         row = cursor.fetchone()
         promised = Ballot(row[0], row[1]) if row else Ballot.ZERO
-        cursor.execute("SELECT slot, ballot_round, ballot_node, value FROM consensus_accepted_slot")
-        accepted = {
-            slot: (Ballot(r, n), Value.from_json(_json(v))) for slot, r, n, v in cursor.fetchall()
-        }
-        cursor.execute("SELECT slot, value FROM consensus_chosen_slot")
-        chosen = {slot: Value.from_json(_json(v)) for slot, v in cursor.fetchall()}
         cursor.execute("SELECT applied_index FROM consensus_applied_state")
         row = cursor.fetchone()
         applied = row[0] if row else 0
+        cursor.execute(
+            "SELECT slot, ballot_round, ballot_node, value FROM consensus_accepted_slot "
+            "WHERE slot > %s",
+            [applied],
+        )
+        accepted = {
+            slot: (Ballot(r, n), Value.from_json(_json(v))) for slot, r, n, v in cursor.fetchall()
+        }
+        cursor.execute("SELECT slot, value FROM consensus_chosen_slot WHERE slot > %s", [applied])
+        chosen = {slot: Value.from_json(_json(v)) for slot, v in cursor.fetchall()}
     return DurableState(promised, accepted, chosen), applied
+
+
+class ChosenLog:
+    """The chosen log in PostgreSQL as the core's ChosenLog (consensus.paxos.ready): read on
+    the runtime's own connection, from the primary key's index, one chunk at a time."""
+
+    def read(self, first_slot: int, max_slots: int, max_bytes: int) -> list[Value]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT slot, value FROM consensus_chosen_slot WHERE slot >= %s "
+                "ORDER BY slot LIMIT %s",
+                [first_slot, max_slots],
+            )
+            rows = cursor.fetchall()
+        values: list[Value] = []
+        size = 0
+        for slot, data in rows:
+            if slot != first_slot + len(values):
+                break  # a gap: the applier has not recorded it yet
+            value = Value.from_json(_json(data))
+            if values and size + value.size > max_bytes:
+                break
+            values.append(value)
+            size += value.size
+        return values
+
+
+def notify_reads(reads: list[tuple[str, int]]) -> None:
+    """Tell this node's waiting readers their read indexes: NOTIFY `configstore_applied`
+    with {"reads": {read id: index, ...}} (several payloads if many)."""
+    payloads: list[str] = []
+    entries: list[str] = []
+    size = 0
+    for read_id, index in reads:
+        entry = f"{json.dumps(read_id)}:{index}"
+        if entries and size + len(entry) + 1 > NOTIFY_LIMIT:
+            payloads.append('{"reads":{' + ",".join(entries) + "}}")
+            entries, size = [], 0
+        entries.append(entry)
+        size += len(entry) + 1
+    if entries:
+        payloads.append('{"reads":{' + ",".join(entries) + "}}")
+    with connection.cursor() as cursor:
+        for payload in payloads:
+            cursor.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, payload])
 
 
 def _raw():

@@ -11,18 +11,24 @@ from .messages import (
     Accept,
     Accepted,
     Chosen,
+    ChosenAck,
     Forward,
     Heartbeat,
     HeartbeatAck,
     Message,
     Nack,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
+    ReadIndexReply,
+    ReadIndexRequest,
     decode,
     encode,
+    message_size,
 )
 from .node import KNOWN_BUGS, Config, InvariantViolation, Node, Role, commands_to_apply
-from .ready import DurableState, Ready
+from .ready import ChosenLog, DurableState, Ready
 from .types import NOOP, Ballot, Command, ProtocolError, Value
 
 __all__ = [
@@ -33,6 +39,8 @@ __all__ = [
     "Acceptor",
     "Ballot",
     "Chosen",
+    "ChosenAck",
+    "ChosenLog",
     "Command",
     "Config",
     "DurableState",
@@ -43,13 +51,18 @@ __all__ = [
     "Message",
     "Nack",
     "Node",
+    "PreVote",
+    "PreVoteReply",
     "Prepare",
     "Promise",
     "ProtocolError",
+    "ReadIndexReply",
+    "ReadIndexRequest",
     "Ready",
     "Role",
     "Value",
     "commands_to_apply",
     "decode",
     "encode",
+    "message_size",
 ]

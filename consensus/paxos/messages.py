@@ -13,9 +13,29 @@ from .types import Ballot, Command, ProtocolError, Value
 
 
 @dataclass(frozen=True, slots=True)
+class PreVote:
+    """Before an election: would the addressee vote for a candidate of `ballot` whose log
+    is chosen below `first_unchosen`? Changes no state anywhere (etcd-raft's PreVote)."""
+
+    ballot: Ballot
+    first_unchosen: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreVoteReply:
+    """The answer to PreVote `ballot`: granted only by a node that has not heard from a
+    live leader within an election timeout and knows no more chosen slots than the
+    candidate."""
+
+    ballot: Ballot
+    granted: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Prepare:
-    """Phase 1a: a candidate asks for promises not to accept below `ballot`, and for
-    everything accepted at slots >= `from_slot` (once per leadership, for all open slots)."""
+    """Phase 1a: a candidate asks for promises not to accept below `ballot`, and for what
+    was accepted at slots >= `from_slot` (once per leadership, for all open slots; asked
+    again from a later slot when a Promise came in chunks)."""
 
     ballot: Ballot
     from_slot: int
@@ -23,12 +43,17 @@ class Prepare:
 
 @dataclass(frozen=True, slots=True)
 class Promise:
-    """Phase 1b: the acceptor promised `ballot`; `accepted` lists (slot, ballot, value) for
-    every slot >= `from_slot` it has accepted a value in."""
+    """Phase 1b: the acceptor promised `ballot`. Every slot <= `commit_index` is chosen and
+    the acceptor's node can send it by catch-up, so `accepted` lists (slot, ballot, value)
+    only for the slots above both `commit_index` and `from_slot - 1` in which the acceptor
+    accepted a value, in slot order and bounded in bytes: `complete` is False when more
+    follow, which the candidate asks for with a Prepare from the slot after the last."""
 
     ballot: Ballot
     from_slot: int
     accepted: tuple[tuple[int, Ballot, Value], ...]
+    commit_index: int = 0
+    complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +77,12 @@ class Accept:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """Phase 2b: the sender durably accepted `ballot`'s value at each of `slots`."""
+    """Phase 2b: the sender durably accepted `ballot`'s value at each of `slots`; it knows
+    every slot below `first_unchosen` (the leader starts catch-up when that lags)."""
 
     ballot: Ballot
     slots: tuple[int, ...]
+    first_unchosen: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +105,23 @@ class HeartbeatAck:
 
 @dataclass(frozen=True, slots=True)
 class Chosen:
-    """Catch-up: these (slot, value) entries are chosen."""
+    """Catch-up: the chosen values of the contiguous slots `first_slot`,
+    `first_slot + 1`, ... (one chunk of a stream, bounded in bytes)."""
 
-    entries: tuple[tuple[int, Value], ...]
+    first_slot: int
+    values: tuple[Value, ...]
+
+    @property
+    def entries(self) -> tuple[tuple[int, Value], ...]:
+        return tuple((self.first_slot + k, v) for k, v in enumerate(self.values))
+
+
+@dataclass(frozen=True, slots=True)
+class ChosenAck:
+    """Catch-up flow control: the receiver of Chosen knows every slot below
+    `first_unchosen`; the sender's next chunk starts there."""
+
+    first_unchosen: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +133,83 @@ class Forward:
     ttl: int
 
 
-Message = Prepare | Promise | Nack | Accept | Accepted | Heartbeat | HeartbeatAck | Chosen | Forward
+@dataclass(frozen=True, slots=True)
+class ReadIndexRequest:
+    """Linearizable reads waiting at the sender: the leader answers each with a read index
+    once a majority has acknowledged a heartbeat it sent after the request arrived."""
+
+    read_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexReply:
+    """The reads `read_ids` may be served once the reader's node has applied `index`."""
+
+    read_ids: tuple[str, ...]
+    index: int
+
+
+Message = (
+    PreVote
+    | PreVoteReply
+    | Prepare
+    | Promise
+    | Nack
+    | Accept
+    | Accepted
+    | Heartbeat
+    | HeartbeatAck
+    | Chosen
+    | ChosenAck
+    | Forward
+    | ReadIndexRequest
+    | ReadIndexReply
+)
+
+#: Bytes a message costs on the wire besides its values, estimated generously (node ids
+#: and numbers of ordinary length).
+_ENVELOPE_BYTES = 192
+_ENTRY_BYTES = 64
+
+
+def message_size(message: Message) -> int:
+    """The size of a message on the wire, estimated from its values (Value.size) and a
+    generous constant per entry: what the core's message cap compares."""
+    match message:
+        case Promise(accepted=accepted):
+            return _ENVELOPE_BYTES + sum(_ENTRY_BYTES + v.size for _, _, v in accepted)
+        case Accept(entries=entries):
+            return _ENVELOPE_BYTES + sum(_ENTRY_BYTES + v.size for _, v in entries)
+        case Chosen(values=values):
+            return _ENVELOPE_BYTES + sum(_ENTRY_BYTES + v.size for v in values)
+        case Forward(commands=commands):
+            return _ENVELOPE_BYTES + sum(
+                _ENTRY_BYTES + len(c.request_id) + len(c.payload) for c in commands
+            )
+        case Accepted(slots=slots):
+            return _ENVELOPE_BYTES + 12 * len(slots)
+        case ReadIndexRequest(read_ids=ids) | ReadIndexReply(read_ids=ids):
+            return _ENVELOPE_BYTES + sum(len(r) + 4 for r in ids)
+    return _ENVELOPE_BYTES
 
 
 def _slot(data) -> int:
     if not isinstance(data, int) or isinstance(data, bool) or data < 0:
         raise ProtocolError(f"bad slot {data!r}")
     return data
+
+
+def _bool(data) -> bool:
+    if not isinstance(data, bool):
+        raise ProtocolError(f"bad flag {data!r}")
+    return data
+
+
+def _read_ids(data) -> tuple[str, ...]:
+    ids = _list(data, "read ids")
+    if not all(isinstance(r, str) and r for r in ids):
+        raise ProtocolError(f"bad read ids {data!r}")
+    return tuple(ids)
 
 
 def _list(data, what: str) -> list:
@@ -127,14 +238,24 @@ def _accepted_entry(data) -> tuple[int, Ballot, Value]:
 def encode(message: Message) -> dict:
     """The JSON form of a message: a dict with a "type" and the message's fields."""
     match message:
+        case PreVote(ballot, first_unchosen):
+            return {
+                "type": "pre_vote",
+                "ballot": ballot.to_json(),
+                "first_unchosen": first_unchosen,
+            }
+        case PreVoteReply(ballot, granted):
+            return {"type": "pre_vote_reply", "ballot": ballot.to_json(), "granted": granted}
         case Prepare(ballot, from_slot):
             return {"type": "prepare", "ballot": ballot.to_json(), "from_slot": from_slot}
-        case Promise(ballot, from_slot, accepted):
+        case Promise(ballot, from_slot, accepted, commit_index, complete):
             return {
                 "type": "promise",
                 "ballot": ballot.to_json(),
                 "from_slot": from_slot,
                 "accepted": [[s, b.to_json(), v.to_json()] for s, b, v in accepted],
+                "commit_index": commit_index,
+                "complete": complete,
             }
         case Nack(ballot, promised):
             return {"type": "nack", "ballot": ballot.to_json(), "promised": promised.to_json()}
@@ -145,8 +266,13 @@ def encode(message: Message) -> dict:
                 "entries": [[s, v.to_json()] for s, v in entries],
                 "commit_index": commit_index,
             }
-        case Accepted(ballot, slots):
-            return {"type": "accepted", "ballot": ballot.to_json(), "slots": list(slots)}
+        case Accepted(ballot, slots, first_unchosen):
+            return {
+                "type": "accepted",
+                "ballot": ballot.to_json(),
+                "slots": list(slots),
+                "first_unchosen": first_unchosen,
+            }
         case Heartbeat(ballot, commit_index, seq):
             return {
                 "type": "heartbeat",
@@ -161,10 +287,20 @@ def encode(message: Message) -> dict:
                 "seq": seq,
                 "first_unchosen": first_unchosen,
             }
-        case Chosen(entries):
-            return {"type": "chosen", "entries": [[s, v.to_json()] for s, v in entries]}
+        case Chosen(first_slot, values):
+            return {
+                "type": "chosen",
+                "first_slot": first_slot,
+                "values": [v.to_json() for v in values],
+            }
+        case ChosenAck(first_unchosen):
+            return {"type": "chosen_ack", "first_unchosen": first_unchosen}
         case Forward(commands, ttl):
             return {"type": "forward", "commands": [c.to_json() for c in commands], "ttl": ttl}
+        case ReadIndexRequest(read_ids):
+            return {"type": "read_index_request", "read_ids": list(read_ids)}
+        case ReadIndexReply(read_ids, index):
+            return {"type": "read_index_reply", "read_ids": list(read_ids), "index": index}
     raise TypeError(f"not a message: {message!r}")
 
 
@@ -175,6 +311,10 @@ def decode(data) -> Message:
     try:
         kind = data["type"]
         match kind:
+            case "pre_vote":
+                return PreVote(Ballot.from_json(data["ballot"]), _slot(data["first_unchosen"]))
+            case "pre_vote_reply":
+                return PreVoteReply(Ballot.from_json(data["ballot"]), _bool(data["granted"]))
             case "prepare":
                 return Prepare(Ballot.from_json(data["ballot"]), _slot(data["from_slot"]))
             case "promise":
@@ -182,6 +322,8 @@ def decode(data) -> Message:
                     Ballot.from_json(data["ballot"]),
                     _slot(data["from_slot"]),
                     tuple(_accepted_entry(e) for e in _list(data["accepted"], "accepted")),
+                    _slot(data["commit_index"]),
+                    _bool(data["complete"]),
                 )
             case "nack":
                 return Nack(Ballot.from_json(data["ballot"]), Ballot.from_json(data["promised"]))
@@ -195,6 +337,7 @@ def decode(data) -> Message:
                 return Accepted(
                     Ballot.from_json(data["ballot"]),
                     tuple(_slot(s) for s in _list(data["slots"], "slots")),
+                    _slot(data["first_unchosen"]),
                 )
             case "heartbeat":
                 return Heartbeat(
@@ -209,10 +352,19 @@ def decode(data) -> Message:
                     _slot(data["first_unchosen"]),
                 )
             case "chosen":
-                return Chosen(tuple(_entry(e) for e in _list(data["entries"], "entries")))
+                return Chosen(
+                    _slot(data["first_slot"]),
+                    tuple(Value.from_json(v) for v in _list(data["values"], "values")),
+                )
+            case "chosen_ack":
+                return ChosenAck(_slot(data["first_unchosen"]))
             case "forward":
                 commands = tuple(Command.from_json(c) for c in _list(data["commands"], "commands"))
                 return Forward(commands, _slot(data["ttl"]))
+            case "read_index_request":
+                return ReadIndexRequest(_read_ids(data["read_ids"]))
+            case "read_index_reply":
+                return ReadIndexReply(_read_ids(data["read_ids"]), _slot(data["index"]))
     except KeyError as missing:
         raise ProtocolError(f"message {data.get('type')!r} lacks field {missing}") from None
     raise ProtocolError(f"unknown message type {data.get('type')!r}")

@@ -16,6 +16,7 @@ core's memory already reflects the write.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .messages import Message
 from .types import Ballot, Value
@@ -28,6 +29,9 @@ class Ready:
     chosen: list[tuple[int, Value]] = field(default_factory=list)
     messages: list[tuple[str, Message]] = field(default_factory=list)
     committed: list[tuple[int, Value]] = field(default_factory=list)
+    #: Linearizable reads answered: (read id, read index). The read may be served once
+    #: this node has applied the read index (never before).
+    reads: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def must_persist(self) -> bool:
@@ -44,6 +48,18 @@ class Ready:
         self.chosen.extend(later.chosen)
         self.messages.extend(later.messages)
         self.committed.extend(later.committed)
+        self.reads.extend(later.reads)
+
+
+class ChosenLog(Protocol):
+    """The node's durable chosen log, read by the core to send catch-up chunks of slots it
+    no longer keeps in memory (etcd-raft's Storage idea: the core reads, never writes)."""
+
+    def read(self, first_slot: int, max_slots: int, max_bytes: int) -> list[Value]:
+        """The values of the chosen slots first_slot, first_slot + 1, ... as far as the log
+        holds them without a gap: at most `max_slots`, and at most about `max_bytes`
+        (Value.size) unless the first alone is larger. May be empty."""
+        ...
 
 
 @dataclass(slots=True)
@@ -66,3 +82,26 @@ class DurableState:
         """Record a Ready's chosen entries, step 3."""
         for slot, value in ready.chosen:
             self.chosen[slot] = value
+
+    def read(self, first_slot: int, max_slots: int, max_bytes: int) -> list[Value]:
+        """The chosen log as a ChosenLog."""
+        return contiguous_run(self.chosen, first_slot, max_slots, max_bytes)
+
+
+def contiguous_run(
+    chosen: dict[int, Value], first_slot: int, max_slots: int, max_bytes: int
+) -> list[Value]:
+    """The values of slots first_slot, first_slot + 1, ... in `chosen`, up to the first
+    missing one: at most `max_slots`, and at most about `max_bytes` (Value.size) unless
+    the first alone is larger (the ChosenLog.read contract)."""
+    values: list[Value] = []
+    size = 0
+    slot = first_slot
+    while len(values) < max_slots and slot in chosen:
+        value = chosen[slot]
+        if values and size + value.size > max_bytes:
+            break
+        values.append(value)
+        size += value.size
+        slot += 1
+    return values

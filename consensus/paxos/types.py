@@ -87,6 +87,13 @@ class Value:
     def is_noop(self) -> bool:
         return not self.commands
 
+    @property
+    def size(self) -> int:
+        """Its size on the wire, estimated: the characters of its request ids and payloads
+        plus the JSON punctuation around them (escapes inside a payload not counted). What
+        the core's byte bounds (batches, chunks, the message cap) measure."""
+        return 2 + sum(len(c.request_id) + len(c.payload) + 8 for c in self.commands)
+
     def to_json(self) -> list:
         return [c.to_json() for c in self.commands]
 

@@ -1,4 +1,5 @@
 """python -m consensus.sim --seeds N --first-seed S [--nodes 3|5] [--bug NAME] [--wire]
+                          [--scenario faults|rejoin] [--writes N]
 
 Prints one summary line; on any violation also one line per failing seed with the command
 that replays it, and exits 1.
@@ -26,6 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=None, help="default: one per CPU")
     parser.add_argument("--wire", action="store_true", help="round-trip messages through JSON")
     parser.add_argument(
+        "--scenario",
+        choices=("faults", "rejoin"),
+        default="faults",
+        help="faults: the nemesis; rejoin: a node away while --writes commands commit",
+    )
+    parser.add_argument("--writes", type=int, default=Params.rejoin_writes)
+    parser.add_argument(
         "--bug",
         action="append",
         default=[],
@@ -37,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         nodes = args.nodes or (3 if seed % 2 else 5)
         params = Params(
-            nodes=nodes, fault_time=args.fault_time, wire=args.wire, bugs=frozenset(args.bug)
+            nodes=nodes,
+            fault_time=args.fault_time,
+            wire=args.wire,
+            bugs=frozenset(args.bug),
+            scenario=args.scenario,
+            rejoin_writes=args.writes,
         )
         jobs.append((seed, params))
     summary = run_seeds(jobs, processes=args.processes)

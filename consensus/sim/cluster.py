@@ -8,7 +8,15 @@ replays the same run exactly.
 
 Safety is checked after every step (`Checker`); once the fault phase ends (heal, restart,
 no loss, a majority up) every submitted command must be chosen and applied on every node
-that is up within a bounded simulated time (liveness).
+that is up within a bounded simulated time (liveness). Clients also issue linearizable
+reads (ReadIndex): a read's index must cover every slot chosen before it was issued.
+Every message's size is accounted and held to the core's bounds.
+
+The "rejoin" scenario (`Params.scenario`) asks what a returning node costs a healthy
+cluster: no faults, no loss; once a leader leads, one follower goes down (crashed, or cut
+off and still running) while thousands of commands commit, then comes back. Disruption
+check: no election and no change of leader from the moment it went down, and it catches
+up (applies everything chosen) within a bound.
 """
 
 from __future__ import annotations
@@ -20,16 +28,21 @@ import random
 from dataclasses import dataclass, field
 
 from consensus.paxos import (
+    Accept,
+    Chosen,
     Command,
     Config,
     DurableState,
+    Forward,
     InvariantViolation,
     Node,
+    Promise,
     Ready,
     Role,
     commands_to_apply,
     decode,
     encode,
+    message_size,
 )
 
 from .checks import Checker, Violation
@@ -48,6 +61,10 @@ class Params:
     mid_step_crash: float = 0.002
     wire: bool = False  # round-trip every message through its JSON form
     bugs: frozenset[str] = frozenset()  # core bugs (KNOWN_BUGS) and "forget_on_restart"
+    scenario: str = "faults"  # or "rejoin" (see the module's docstring)
+    #: rejoin: commands committed while the node is down; the catch-up bound after it returns.
+    rejoin_writes: int = 2000
+    catchup_time: float = 5.0
 
 
 @dataclass
@@ -66,6 +83,13 @@ class Stats:
     crashes: int = 0
     partitions: int = 0
     submitted: int = 0
+    reads: int = 0
+    elections: int = 0
+    leader_changes: int = 0
+    bytes: int = 0  # estimated (message_size); exact in wire mode
+    max_message: int = 0
+    #: rejoin: simulated seconds from the node's return until it applied everything.
+    catchup: float = 0.0
     #: Fingerprint of the run (steps, messages, every node's applied log): equal for
     #: equal seeds, whatever the process or PYTHONHASHSEED.
     digest: str = ""
@@ -84,6 +108,7 @@ class Simulation:
         self.max_delay = rng.uniform(0.002, 0.03)
         self.mid_step_crash = params.mid_step_crash
         core_bugs = frozenset(params.bugs) - {"forget_on_restart"}
+        rejoin = params.scenario == "rejoin"
         self.configs = {
             i: Config(
                 node_id=i,
@@ -92,8 +117,14 @@ class Simulation:
                 election_timeout=0.15,
                 retransmit_interval=0.05,
                 window=rng.choice((2, 8, 32)),
-                max_batch=rng.choice((1, 4, 64)),
-                max_catchup=rng.choice((2, 16, 256)),
+                max_batch=rng.choice((1, 4, 64)) if not rejoin else rng.choice((1, 2)),
+                max_batch_bytes=rng.choice((100, 4096, 1 << 20)),
+                max_catchup=rng.choice((2, 16, 256)) if not rejoin else 256,
+                max_chunk_bytes=rng.choice(
+                    (200, 4096, 256 * 1024) if not rejoin else (4096, 1 << 18)
+                ),
+                catchup_in_flight=rng.choice((1, 2, 4) if not rejoin else (2, 4)),
+                kept_chosen=rng.choice((4, 64, 1024)),
                 forward_interval=rng.choice((0.0, 0.005, 0.02)),
                 bugs=core_bugs,
             )
@@ -105,6 +136,7 @@ class Simulation:
         self.nodes: dict[str, Node | None] = {}
         self.incarnation = dict.fromkeys(self.ids, 0)
         self.blocked: set[tuple[str, str]] = set()
+        self.paused: dict[str, float] = {}  # node -> when it resumes
         self.events: list = []
         self._seq = 0
         self.stats = Stats()
@@ -112,6 +144,10 @@ class Simulation:
         # Clients: request id -> (command, next retry time).
         self.outstanding: dict[str, tuple[Command, float]] = {}
         self._next_request = 0
+        # Reads issued and not yet answered: read id -> the highest slot chosen before it.
+        self.reads: dict[str, int] = {}
+        self._ballots: set = set()
+        self._leader_ballots: set = set()
         for i in self.ids:
             self._start(i)
 
@@ -132,11 +168,14 @@ class Simulation:
 
     def run(self) -> Stats:
         """The whole run: faults, then healing, then the liveness bound. Raises Violation."""
+        if self.params.scenario == "rejoin":
+            return self._run_rejoin()
         p = self.params
         rng = self.rng
         self._at(rng.uniform(0.0, 0.3), "nemesis")
         for client in range(3):
             self._at(rng.uniform(0.0, 0.1), "client", client)
+        self._at(rng.uniform(0.0, 0.1), "reader")
         self._run_until(p.fault_time)
         self._heal()
         end = self.now + p.liveness_time
@@ -151,10 +190,103 @@ class Simulation:
                 f"up node {p.liveness_time}s after faults stopped (e.g. {missing}); "
                 f"applied indexes {applied}"
             )
+        return self._finish_stats()
+
+    def _finish_stats(self) -> Stats:
         logs = [self.machines[i].log for i in self.ids]
         fingerprint = repr((self.stats.steps, self.stats.messages, logs)).encode()
         self.stats.digest = hashlib.sha256(fingerprint).hexdigest()[:16]
         return self.stats
+
+    # ---------------------------------------------------------------- rejoin scenario
+
+    def _run_rejoin(self) -> Stats:
+        """A healthy cluster, one follower away while `rejoin_writes` commands commit, then
+        back: the disruption check (see the module's docstring)."""
+        p = self.params
+        rng = self.rng
+        self.loss = self.duplicate = 0.0
+        self.mid_step_crash = 0.0
+        self._at(0.0, "check")
+        self._run_until(5.0, stop=lambda: self._leader() is not None)
+        leader = None
+        for _ in range(20):  # settled: one leader, everyone follows it, no candidate left
+            self._run_until(self.now + 0.5)
+            settled = self._leader()
+            if (
+                settled is not None
+                and settled == leader
+                and all(self.nodes[i].leader_id == leader for i in self.ids)
+            ):
+                break
+            leader = settled
+        else:
+            raise Violation("rejoin: no settled leader within 10 s on a lossless network")
+        elections_before, changes_before = self.stats.elections, self.stats.leader_changes
+        away = rng.choice([i for i in self.ids if i != leader])
+        isolate = rng.random() < 0.5
+        if isolate:
+            self.blocked = {
+                (a, b) for a in self.ids for b in self.ids if (a == away) != (b == away)
+            }
+        else:
+            self._crash(away)
+        # The writes: one client submitting to the leader in bursts until all are applied.
+        batch = rng.choice((1, 8, 32))
+        written = 0
+        while written < p.rejoin_writes:
+            commands = []
+            for _ in range(min(batch, p.rejoin_writes - written)):
+                self._next_request += 1
+                rid = f"w-{self._next_request}"
+                command = Command(rid, f"set k{rng.randrange(5)} {self._next_request}")
+                self.checker.on_submit(command)
+                self.outstanding[rid] = (command, float("inf"))
+                commands.append(command)
+            written += len(commands)
+            self.stats.submitted += len(commands)
+            target = rng.choice([i for i in self.ids if i != away])
+            self._step(target, lambda node, c=commands: node.submit(c, self.now))
+            self._run_until(self.now + 0.002)
+        others = [i for i in self.ids if i != away]
+        # Time enough for the slowest configuration drawn (a window of 2 single-command slots).
+        self._run_until(self.now + 60.0 + 0.05 * p.rejoin_writes, stop=lambda: not self.outstanding)
+        if self.outstanding:
+            raise Violation(f"rejoin: {len(self.outstanding)} writes not applied")
+        # Back.
+        back_at = self.now
+        if isolate:
+            self.blocked.clear()
+        else:
+            self._start(away)
+        target = max(self.machines[i].applied_index for i in others)
+        self._run_until(
+            back_at + p.catchup_time,
+            stop=lambda: self.machines[away].applied_index >= target,
+        )
+        caught_up = self.machines[away].applied_index >= target
+        self._run_until(self.now + 1.0)  # and nothing happens after it
+        self.stats.catchup = self.now - back_at - 1.0
+        elections = self.stats.elections - elections_before
+        changes = self.stats.leader_changes - changes_before
+        how = "cut off" if isolate else "crashed"
+        if elections or changes or self._leader() != leader:
+            raise Violation(
+                f"disruption: {away} {how} while {p.rejoin_writes} writes committed; "
+                f"{elections} elections and {changes} leader changes since (leader {leader})"
+            )
+        if not caught_up:
+            raise Violation(
+                f"rejoin: {away} ({how}) applied {self.machines[away].applied_index} of "
+                f"{target} slots {p.catchup_time}s after it came back"
+            )
+        return self._finish_stats()
+
+    def _leader(self) -> str | None:
+        leaders = [
+            i for i in self.ids if self.nodes[i] is not None and self.nodes[i].role is Role.LEADER
+        ]
+        return leaders[0] if len(leaders) == 1 else None
 
     # ---------------------------------------------------------------- nodes
 
@@ -163,6 +295,7 @@ class Simulation:
         state = self.durable[i]
         self.checker.on_restart(i, state)
         self.incarnation[i] += 1
+        self.paused.pop(i, None)
         self.nodes[i] = Node(
             self.configs[i],
             state,
@@ -191,6 +324,12 @@ class Simulation:
             ready: Ready = action(node)
         except InvariantViolation as e:
             raise Violation(f"node {i} detected: {e}") from None
+        if node.role is not Role.FOLLOWER and node.ballot not in self._ballots:
+            self._ballots.add(node.ballot)
+            self.stats.elections += 1
+        if node.role is Role.LEADER and node.ballot not in self._leader_ballots:
+            self._leader_ballots.add(node.ballot)
+            self.stats.leader_changes += 1
         crash_at = None
         if self.rng.random() < self.mid_step_crash:
             crash_at = self.rng.choice(("before_persist", "before_send", "before_apply"))
@@ -203,6 +342,8 @@ class Simulation:
             return self._crash(i)
         for to, message in ready.messages:
             self._send(i, to, message)
+        for rid, index in ready.reads:
+            self._read_answered(i, rid, index)
         if crash_at == "before_apply":
             return self._crash(i)
         # Step 3: chosen entries become durable with their application (or are lost).
@@ -226,8 +367,15 @@ class Simulation:
 
     def _send(self, src: str, dst: str, message) -> None:
         self.stats.messages += 1
+        size = self._account(src, message)
         if self.params.wire:
-            message = decode(json.loads(json.dumps(encode(message))))
+            text = json.dumps(encode(message))
+            if len(text) > size:
+                raise Violation(
+                    f"{type(message).__name__} from {src} is {len(text)} bytes on the wire, "
+                    f"above its estimate {size}"
+                )
+            message = decode(json.loads(text))
         rng = self.rng
         if (src, dst) in self.blocked or rng.random() < self.loss:
             return
@@ -235,13 +383,53 @@ class Simulation:
         for _ in range(copies):
             self._at(self.now + rng.uniform(0.0002, self.max_delay), "deliver", src, dst, message)
 
+    def _account(self, src: str, message) -> int:
+        """Count a message's size and hold it to the core's bounds: every message under the
+        cap, and a message of many values (a batch of slots, a catch-up or promise chunk,
+        forwarded commands) within the chunk bound."""
+        config = self.configs[src]
+        size = message_size(message)
+        self.stats.bytes += size
+        self.stats.max_message = max(self.stats.max_message, size)
+        if size > config.max_message_bytes:
+            raise Violation(f"{src} sent a {type(message).__name__} of {size} bytes")
+        match message:
+            case Accept(entries=entries) if len(entries) > 1:
+                values = sum(v.size for _, v in entries)
+            case Promise(accepted=accepted) if len(accepted) > 1:
+                values = sum(v.size for _, _, v in accepted)
+            case Chosen(values=chosen) if len(chosen) > 1:
+                values = sum(v.size for v in chosen)
+            case Forward(commands=commands) if len(commands) > 1:
+                values = sum(len(c.request_id) + len(c.payload) + 8 for c in commands)
+            case _:
+                values = 0
+        if values > config.max_chunk_bytes:
+            raise Violation(
+                f"{src} sent a {type(message).__name__} of {values} bytes of values, above "
+                f"the chunk bound {config.max_chunk_bytes}"
+            )
+        return size
+
     def _ev_deliver(self, src: str, dst: str, message) -> None:
         if (src, dst) in self.blocked:
             return
+        if self._paused(dst, "deliver", src, dst, message):
+            return
         self._step(dst, lambda node: node.on_message(src, message, self.now))
+
+    def _paused(self, i: str, kind: str, *args) -> bool:
+        """Node i is paused (as by SIGSTOP): the event waits until it resumes."""
+        until = self.paused.get(i)
+        if until is None or until <= self.now:
+            return False
+        self._at(until + (TICK / 2 if kind == "tick" else 0.0), kind, *args)
+        return True
 
     def _ev_tick(self, i: str, incarnation: int) -> None:
         if self.nodes[i] is None or self.incarnation[i] != incarnation:
+            return
+        if self._paused(i, "tick", i, incarnation):
             return
         self._step(i, lambda node: node.on_tick(self.now))
         self._at(self.now + TICK, "tick", i, incarnation)
@@ -266,8 +454,40 @@ class Simulation:
             self._submit_to_random_node(overdue)
         self._at(self.now + rng.uniform(0.02, 0.2), "client", client)
 
-    def _submit_to_random_node(self, commands: list[Command]) -> None:
+    def _ev_reader(self) -> None:
+        """A client that reads, often, at random nodes, while faults go on."""
+        if self.now < self.params.fault_time:
+            self._issue_read(f"q{self._seq}")
+            self._at(self.now + self.rng.uniform(0.002, 0.02), "reader")
+
+    def _issue_read(self, rid: str) -> None:
+        """A linearizable read at a random node that is up; it must be answered with an
+        index at least the highest slot chosen by now."""
         up = [i for i in self.ids if self.nodes[i] is not None]
+        if up:
+            self.reads[rid] = self.checker.last_chosen_slot
+            self._ev_read(self.rng.choice(up), rid)
+
+    def _ev_read(self, i: str, rid: str) -> None:
+        if self._paused(i, "read", i, rid):
+            return
+        self._step(i, lambda node: node.read_index([rid], self.now))
+
+    def _read_answered(self, node: str, rid: str, index: int) -> None:
+        bound = self.reads.pop(rid, None)
+        if bound is None:
+            raise Violation(f"{node} answered read {rid}, which was never issued there or twice")
+        self.stats.reads += 1
+        if index < bound:
+            raise Violation(
+                f"stale read: {node} answered read {rid} with index {index}, but slot {bound} "
+                f"was chosen before the read was issued (t={self.now:.3f})"
+            )
+
+    def _submit_to_random_node(self, commands: list[Command]) -> None:
+        up = [
+            i for i in self.ids if self.nodes[i] is not None and self.paused.get(i, 0.0) <= self.now
+        ]
         if up:
             target = self.rng.choice(up)
             self._step(target, lambda node: node.submit(commands, self.now))
@@ -281,10 +501,18 @@ class Simulation:
         up = [i for i in self.ids if self.nodes[i] is not None]
         down = [i for i in self.ids if self.nodes[i] is None]
         roll = rng.random()
-        if roll < 0.25 and up:
+        if roll < 0.2 and up:
             self._crash(rng.choice(up))
-        elif roll < 0.5 and down:
+        elif roll < 0.4 and down:
             self._start(rng.choice(down))
+        elif roll < 0.5 and up:
+            # Pause a node (the leader half the time): it resumes with its old view.
+            leader = self._leader()
+            target = leader if leader is not None and rng.random() < 0.5 else rng.choice(up)
+            self.paused[target] = self.now + rng.uniform(0.2, 0.6)
+            if rng.random() < 0.5:
+                # ... and cut off from hearing the others, so it learns nothing on resuming.
+                self.blocked = {(j, target) for j in self.ids if j != target}
         elif roll < 0.8:
             self._partition()
         else:

@@ -27,6 +27,11 @@ class Summary:
     crashes: int = 0
     partitions: int = 0
     commands: int = 0
+    reads: int = 0
+    elections: int = 0
+    bytes: int = 0
+    max_message: int = 0
+    catchup: float = 0.0  # rejoin: the longest catch-up, simulated seconds
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
 
@@ -35,13 +40,18 @@ class Summary:
         return (
             f"sim {verdict}: {self.seeds} seeds, {self.steps} steps, {self.messages} messages, "
             f"{self.crashes} crashes, {self.partitions} partitions, {self.commands} commands, "
-            f"{self.seconds:.1f}s"
+            f"{self.reads} reads, {self.elections} elections, {self.bytes / 1e6:.1f} MB sent "
+            f"(largest message {self.max_message} B)"
+            + (f", longest catch-up {self.catchup:.2f}s" if self.catchup else "")
+            + f", {self.seconds:.1f}s"
         )
 
 
 def replay_command(seed: int, params: Params) -> str:
     parts = ["python -m consensus.sim", f"--seeds 1 --first-seed {seed} --nodes {params.nodes}"]
     parts += [f"--bug {b}" for b in sorted(params.bugs)]
+    if params.scenario != "faults":
+        parts.append(f"--scenario {params.scenario} --writes {params.rejoin_writes}")
     if params.wire:
         parts.append("--wire")
     return " ".join(parts)
@@ -90,5 +100,10 @@ def run_seeds(
         summary.crashes += result.crashes
         summary.partitions += result.partitions
         summary.commands += result.submitted
+        summary.reads += result.reads
+        summary.elections += result.elections
+        summary.bytes += result.bytes
+        summary.max_message = max(summary.max_message, result.max_message)
+        summary.catchup = max(summary.catchup, result.catchup)
     summary.failures.sort(key=lambda f: (f.seed, f.nodes))
     return summary

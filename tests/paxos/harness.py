@@ -11,6 +11,8 @@ from consensus.paxos import (
     DurableState,
     Message,
     Node,
+    PreVote,
+    PreVoteReply,
     Ready,
     Role,
     commands_to_apply,
@@ -88,6 +90,18 @@ class Harness:
                 if self.nodes[i] is not None:
                     self.tick(i)
             self.deliver(drop=drop)
+
+    def campaign(self, i: str) -> None:
+        """Node i times out (after everyone's lease) and wins its pre-vote: its Prepares
+        are left in flight, everything else delivered so far is dropped."""
+        self.now += 10.0
+        self.tick(i)
+        while any(isinstance(m, (PreVote, PreVoteReply)) for _, _, m in self.in_flight):
+            batch, self.in_flight = self.in_flight, []
+            for src, dst, message in batch:
+                if isinstance(message, (PreVote, PreVoteReply)) and self.nodes[dst] is not None:
+                    self.handle(dst, self.node(dst).on_message(src, message, self.now))
+        assert self.node(i).role is not Role.FOLLOWER, f"{i} lost its pre-vote"
 
     def elect(self, i: str) -> None:
         """Make node i leader: it times out first and everyone hears it."""

@@ -8,17 +8,23 @@ from consensus.paxos import (
     Accepted,
     Ballot,
     Chosen,
+    ChosenAck,
     Command,
     Forward,
     Heartbeat,
     HeartbeatAck,
     Nack,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     ProtocolError,
+    ReadIndexReply,
+    ReadIndexRequest,
     Value,
     decode,
     encode,
+    message_size,
 )
 
 b1 = Ballot(1, "n1")
@@ -26,16 +32,23 @@ b2 = Ballot(2, "n2")
 batch = Value((Command("r1", '{"op": "put"}'), Command("r2", "x")))
 
 EVERY_MESSAGE = [
+    PreVote(b1, 9),
+    PreVoteReply(b1, True),
+    PreVoteReply(b1, False),
     Prepare(b1, 5),
-    Promise(b2, 3, ((3, b1, batch), (4, b1, NOOP))),
+    Promise(b2, 3, ((3, b1, batch), (4, b1, NOOP)), 2, True),
+    Promise(b2, 3, ((5, b1, batch),), 4, False),
     Promise(b2, 3, ()),
     Nack(b1, b2),
     Accept(b2, ((7, batch), (8, NOOP)), 6),
-    Accepted(b2, (7, 8)),
+    Accepted(b2, (7, 8), 7),
     Heartbeat(b2, 6, 42),
     HeartbeatAck(b2, 42, 7),
-    Chosen(((1, batch), (2, NOOP))),
+    Chosen(1, (batch, NOOP)),
+    ChosenAck(3),
     Forward((Command("r3", "y"),), 2),
+    ReadIndexRequest(("q1", "q2")),
+    ReadIndexReply(("q1",), 12),
 ]
 
 
@@ -69,6 +82,19 @@ MALFORMED = [
     {"type": "accepted", "ballot": [1, "n1"], "slots": [1, "2"]},
     {"type": "forward", "commands": "r1", "ttl": 1},
     {"type": "chosen", "entries": [[1, "noop"]]},
+    {"type": "chosen", "first_slot": 1, "values": ["noop"]},
+    {"type": "chosen_ack", "first_unchosen": -1},
+    {"type": "pre_vote_reply", "ballot": [1, "n1"], "granted": 1},
+    {"type": "read_index_request", "read_ids": [""]},
+    {"type": "read_index_reply", "read_ids": ["q"], "index": "3"},
+    {
+        "type": "promise",
+        "ballot": [1, "n1"],
+        "from_slot": 1,
+        "accepted": [],
+        "commit_index": 0,
+        "complete": "yes",
+    },
 ]
 
 
@@ -76,3 +102,11 @@ MALFORMED = [
 def test_malformed_messages_are_rejected_with_protocol_error(data):
     with pytest.raises(ProtocolError):
         decode(data)
+
+
+def test_the_size_estimate_grows_with_the_values_a_message_carries():
+    small = Chosen(1, (NOOP,))
+    large = Chosen(1, (Value((Command("r", "x" * 10_000),)),))
+    assert message_size(small) < 400 < 10_000 < message_size(large)
+    encoded = len(json.dumps(encode(large)))
+    assert encoded <= message_size(large) < encoded + 400

@@ -8,13 +8,18 @@ from consensus.paxos import (
     Accepted,
     Ballot,
     Chosen,
+    ChosenAck,
     Command,
     Config,
     DurableState,
     Forward,
     Heartbeat,
+    HeartbeatAck,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
+    ReadIndexReply,
     Role,
     Value,
 )
@@ -40,7 +45,11 @@ def test_a_node_that_hears_no_leader_runs_phase_one_and_leads():
 def test_the_candidate_persists_its_own_promise_before_sending_prepare():
     h = Harness(3)
     h.now = 10.0
-    ready = h.tick("n1")
+    asked = h.tick("n1")
+    assert [type(m) for _, m in asked.messages] == [PreVote, PreVote] and not asked.must_persist
+    reply = h.node("n2").on_message("n1", asked.messages[0][1], h.now).messages[0][1]
+    assert reply == PreVoteReply(asked.messages[0][1].ballot, True)
+    ready = h.handle("n1", h.node("n1").on_message("n2", reply, h.now))
     prepares = [m for _, m in ready.messages if isinstance(m, Prepare)]
     assert prepares and ready.promised == prepares[0].ballot
 
@@ -92,26 +101,22 @@ def test_no_more_than_window_slots_are_in_flight_and_the_rest_waits():
 
 
 def test_a_new_leader_adopts_the_highest_accepted_value_of_each_open_slot():
-    h = Harness(3)
+    h = Harness(5)
     h.elect("n1")
-    # n1 proposes r1 in slot 1; only n2 accepts; n1's vote plus n2's: chosen, but n3 and
-    # (since we drop the Accepted) n1 never learn it. Then n1 crashes.
+    # n1 proposes r1 in slot 1; only n2 and n3 accept: with n1's vote, chosen, but nobody
+    # learns it (we drop the Accepted). Then n1 crashes.
     h.submit("n1", "r1")
-    h.deliver(drop=lambda s, d, m: d == "n3" or isinstance(m, Accepted))
+    h.deliver(drop=lambda s, d, m: d in ("n4", "n5") or isinstance(m, Accepted))
     h.crash("n1")
-    # n3 becomes leader through n2 and must re-propose r1 in slot 1.
-    h.now += 10
-    h.tick("n3")
-    h.deliver()
-    assert h.node("n3").role is Role.LEADER
-    assert h.applied["n3"] == [(1, ("r1",))]
+    # n4 becomes leader; any quorum of promises holds n2 or n3: it re-proposes r1 in slot 1.
+    h.elect("n4")
+    assert h.applied["n4"] == [(1, ("r1",))]
 
 
 def test_the_highest_ballot_wins_when_promises_report_different_values():
     h = Harness(5)  # quorum of 3: the candidate, n1 and n2
     n3 = h.node("n3")
-    h.now = 10.0
-    h.tick("n3")
+    h.campaign("n3")
     prepare = next(m for _, _, m in h.in_flight if isinstance(m, Prepare))
     h.in_flight = []
     low, high = Ballot(1, "n1"), Ballot(1, "n2")
@@ -138,10 +143,9 @@ def test_a_new_leader_fills_gaps_with_no_ops():
     )
     h.crash("n1")
     h.in_flight = []
-    h.now += 10
-    h.tick("n3")
-    h.deliver()
-    assert h.node("n3").role is Role.LEADER
+    # n2 knows slots 1 and 3 chosen (n1's Accept was n1's vote): it fills slot 2 and
+    # streams n3 the rest.
+    h.elect("n2")
     assert [rids for _, rids in h.applied["n3"]] == [("a",), (), ("c",)]
     assert h.durable["n3"].chosen[2] == NOOP
 
@@ -164,7 +168,7 @@ def test_the_applier_drops_a_request_id_chosen_twice():
     b = h.node("n1").ballot
     n2 = h.node("n2")
     twice = value_of("r1", "r1")
-    h.handle("n2", n2.on_message("n1", Chosen(((1, value_of("r1")), (2, twice))), h.now))
+    h.handle("n2", n2.on_message("n1", Chosen(1, (value_of("r1"), twice)), h.now))
     assert h.applied["n2"] == [(1, ("r1",)), (2, ())]
     assert b == h.node("n1").ballot
 
@@ -202,7 +206,7 @@ def test_a_lagging_follower_catches_up_from_the_leader():
 
 
 def test_a_restarted_node_keeps_its_promise_and_accepted_values():
-    h = Harness(3)
+    h = Harness(5)  # n2's vote and n1's are not a quorum: slot 1 stays open at n2
     h.elect("n1")
     h.submit("n1", "r1")
     h.deliver(drop=lambda s, d, m: isinstance(m, Accepted))
@@ -285,3 +289,121 @@ def test_durable_state_applies_a_ready_in_full():
     assert isinstance(state, DurableState)
     assert state.promised == h.node("n1").ballot
     assert state.chosen == {1: value_of("r1")}
+
+
+# ---------------------------------------------------------------- a node that comes back
+
+
+def test_a_follower_of_a_live_leader_refuses_pre_vote_and_ignores_prepare():
+    h = Harness(3)
+    h.elect("n1")
+    n2 = h.node("n2")
+    ready = n2.on_message("n3", PreVote(Ballot(9, "n3"), 99), h.now)
+    assert [m for _, m in ready.messages] == [PreVoteReply(Ballot(9, "n3"), False)]
+    ready = n2.on_message("n3", Prepare(Ballot(9, "n3"), 1), h.now)
+    assert ready.messages == [] and not ready.must_persist and n2.promised == h.node("n1").ballot
+    # The leader, holding its quorum, ignores it too.
+    leader = h.node("n1")
+    assert leader.on_message("n3", Prepare(Ballot(9, "n3"), 1), h.now).messages == []
+    assert leader.role is Role.LEADER
+
+
+def test_a_node_cut_off_for_long_comes_back_without_an_election_or_a_higher_ballot():
+    h = Harness(3)
+    h.elect("n1")
+    ballot = h.node("n1").ballot
+    h.advance(3.0, drop=lambda s, d, m: "n3" in (s, d))
+    assert h.node("n3").promised == ballot  # pre-votes failed: no ballot climbed
+    h.submit("n1", "r1")
+    h.sent = []
+    h.advance(1.0)
+    assert h.leaders() == ["n1"] and h.node("n1").ballot == ballot
+    assert not [m for _, _, m in h.sent if isinstance(m, Prepare)]
+    assert h.applied["n3"] == h.applied["n1"]
+
+
+def test_a_node_behind_the_others_does_not_win_a_pre_vote():
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n1", "r1")
+    h.deliver(drop=lambda s, d, m: d == "n3")
+    h.crash("n1")
+    h.now += 10
+    ready = h.node("n2").on_message("n3", PreVote(Ballot(5, "n3"), 1), h.now)
+    assert [m.granted for _, m in ready.messages] == [False]  # n2 knows slot 1, n3 does not
+    ready = h.node("n3").on_message("n2", PreVote(Ballot(5, "n2"), 2), h.now)
+    assert [m.granted for _, m in ready.messages] == [True]
+
+
+def test_catch_up_streams_bounded_chunks_with_at_most_the_in_flight_bound_unacknowledged():
+    h = Harness(3, max_catchup=1000, max_chunk_bytes=100, catchup_in_flight=2)
+    h.elect("n1")
+    for k in range(30):
+        h.submit("n1", f"r{k}")
+        h.deliver(drop=lambda s, d, m: d == "n3")
+    leader = h.node("n1")
+    h.in_flight = []
+    ready = leader.on_message("n3", HeartbeatAck(leader.ballot, 1, 1), h.now)
+    chunks = [m for _, m in ready.messages if isinstance(m, Chosen)]
+    assert len(chunks) == 2 and chunks[0].first_slot == 1
+    assert chunks[1].first_slot == 1 + len(chunks[0].values)
+    assert all(sum(v.size for v in c.values) <= 100 for c in chunks)
+    # One acknowledgement, one more chunk; then everything arrives, with no election.
+    ready = leader.on_message("n3", ChosenAck(chunks[1].first_slot), h.now)
+    assert [type(m) for _, m in ready.messages] == [Chosen]
+    h.sent = []
+    h.advance(1.0)
+    assert h.applied["n3"] == h.applied["n1"] and len(h.applied["n3"]) == 30
+    assert not [m for _, _, m in h.sent if isinstance(m, (PreVote, Prepare, Accept))]
+
+
+def test_a_promise_leaves_out_chosen_slots_and_the_candidate_learns_them_before_leading():
+    h = Harness(3)
+    h.elect("n1")
+    for k in range(5):
+        h.submit("n1", f"r{k}")
+        h.deliver(drop=lambda s, d, m: d == "n3")
+    h.crash("n1")
+    n2 = h.node("n2")
+    # n3 asks n2 for promises from slot 1: n2's Promise names its commit index, no values.
+    h.now += 10
+    ready = n2.on_message("n3", Prepare(Ballot(7, "n3"), 1), h.now)
+    promise = next(m for _, m in ready.messages if isinstance(m, Promise))
+    assert promise.commit_index == 5 and promise.accepted == () and promise.complete
+    chunk = next(m for _, m in ready.messages if isinstance(m, Chosen))
+    assert chunk.first_slot == 1
+
+
+def test_a_read_is_answered_after_a_heartbeat_round_a_majority_acknowledged():
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n2", "r1")
+    h.deliver()
+    h.in_flight = []
+    ready = h.handle("n2", h.node("n2").read_index(["q1"], h.now))
+    assert ready.reads == []
+    h.deliver(drop=lambda s, d, m: isinstance(m, ReadIndexReply))
+    leader = h.node("n1")
+    assert leader._reads == []  # confirmed by n2's or n3's ack
+    answer = h.node("n1").read_index(["q2"], h.now)
+    assert answer.reads == [] and any(isinstance(m, Heartbeat) for _, m in answer.messages)
+    h.in_flight = [("n1", to, m) for to, m in answer.messages]
+    h.deliver()
+    got = [r for _, _, m in h.sent if isinstance(m, ReadIndexReply) for r in m.read_ids]
+    assert got == ["q1"]
+
+
+def test_a_leader_cut_off_from_the_others_answers_no_read():
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n1", "r1")
+    h.deliver()
+    cut = lambda s, d, m: "n1" in (s, d)  # noqa: E731
+    ready = h.handle("n1", h.node("n1").read_index(["q1"], h.now))
+    h.deliver(drop=cut)
+    answered = list(ready.reads)
+    for _ in range(20):
+        h.now += 0.01
+        answered += h.tick("n1").reads
+        h.deliver(drop=cut)
+    assert answered == []

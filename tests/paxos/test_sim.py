@@ -55,27 +55,67 @@ def test_a_seed_replays_exactly_in_another_process_with_another_hash_seed():
     assert run_seed(8, Params(nodes=5)).digest != here.digest
 
 
-# Each broken behaviour, and the words of the violation the checks must report for it.
+# Each broken behaviour: the scenario that exposes it, the seeds CI runs for it, and the
+# words of the violation the checks must report (any one of them).
 BROKEN = {
-    "ignore_promise": "below its promise",
-    "no_adopt": "two values chosen",
-    "no_dedup": "twice",
-    "forget_on_restart": "below the",
+    "ignore_promise": ("faults", 300, ("below its promise",)),
+    "no_adopt": ("faults", 300, ("two values chosen",)),
+    "no_dedup": ("faults", 300, ("twice",)),
+    "forget_on_restart": ("faults", 300, ("below the",)),
+    "stale_read": ("faults", 300, ("stale read",)),
+    "catchup_skip": ("faults", 300, ("learned slot", "detected")),
+    "ignore_prevote": ("rejoin", 8, ("disruption",)),
 }
+
+
+def _params(bug: str, nodes: int) -> Params:
+    scenario, _, _ = BROKEN[bug]
+    return Params(nodes=nodes, bugs=frozenset({bug}), scenario=scenario, rejoin_writes=500)
 
 
 @pytest.mark.parametrize("bug", sorted(BROKEN))
 @pytest.mark.parametrize("nodes", [3, 5])
 def test_each_broken_behaviour_is_caught_within_the_ci_seeds(bug, nodes):
-    jobs = [(seed, Params(nodes=nodes, bugs=frozenset({bug}))) for seed in range(1, 301)]
-    summary = run_seeds(jobs)
-    caught = [f for f in summary.failures if BROKEN[bug] in f.reason]
-    assert caught, f"{bug} was not caught in seeds 1-300 on {nodes} nodes"
+    _, seeds, words = BROKEN[bug]
+    caught = []
+    # In blocks, stopping at the first block that catches it: the seeds are the CI's.
+    for start in range(1, seeds + 1, 40):
+        block = range(start, min(start + 40, seeds + 1))
+        summary = run_seeds([(seed, _params(bug, nodes)) for seed in block])
+        caught = [f for f in summary.failures if any(w in f.reason for w in words)]
+        if caught:
+            break
+    assert caught, f"{bug} was not caught in seeds 1-{seeds} on {nodes} nodes"
     # The printed replay reproduces the same violation.
     first = caught[0]
     assert f"--first-seed {first.seed} " in first.replay and f"--bug {bug}" in first.replay
-    again = run_seed(first.seed, Params(nodes=nodes, bugs=frozenset({bug})))
+    again = run_seed(first.seed, _params(bug, nodes))
     assert isinstance(again, Failure) and again.reason == first.reason
+
+
+# The rejoin scenario's CI seeds: a follower away while writes commit, then back.
+REJOIN_SEEDS = 12
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_a_returning_node_causes_no_election_and_catches_up_within_the_bound(nodes):
+    jobs = [
+        (seed, Params(nodes=nodes, scenario="rejoin", rejoin_writes=2000))
+        for seed in range(1, REJOIN_SEEDS + 1)
+    ]
+    summary = run_seeds(jobs)
+    print(f"\n{nodes} nodes, rejoin: {summary.line()}")
+    assert not summary.failures, _failures_text(summary)
+    assert summary.commands == 2000 * REJOIN_SEEDS
+    assert 0 < summary.catchup <= Params.catchup_time
+    # Catch-up came in chunks: no message near the size of what the node lacked.
+    assert summary.max_message <= 300 * 1024
+
+
+def test_reads_are_answered_and_checked_in_the_ci_seeds():
+    summary = run_seeds([(seed, Params(nodes=3)) for seed in range(1, 41)])
+    assert not summary.failures, _failures_text(summary)
+    assert summary.reads > 40 * 50
 
 
 def test_the_command_line_prints_a_replay_line_and_exits_non_zero_on_a_violation():

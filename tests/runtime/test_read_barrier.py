@@ -1,8 +1,8 @@
-"""Linearizable reads share barriers: concurrent readers of one process put one barrier
-through the log between them (one in flight, one pending), and a reader only ever waits
-on a barrier submitted after it arrived. First with the log replaced by a gate the test
+"""Linearizable reads share barriers: concurrent readers of one process ask for one read
+index between them (one in flight, one pending), and a reader only ever waits on a
+barrier asked for after it arrived. First with the read index replaced by a gate the test
 opens, then on a real cluster, where a history of concurrent writes and shared-barrier
-reads is checked for linearizability."""
+reads is checked for linearizability, and where reads leave nothing in the log."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import time
 
 import pytest
 
-from consensus.client import BARRIER_PAYLOAD, Committed, NotConfirmed, Submitter
+from consensus.client import Committed, NotConfirmed, Submitter
 from tests.linearizability.checker import check
 from tests.linearizability.history import OK, PUT, READ, UNKNOWN, Operation
 from tests.runtime.test_cluster import put, wait_converged
 
 
 class GatedSubmitter(Submitter):
-    """A Submitter whose log is a gate: each barrier submitted waits until the test
-    releases it, and every submission is recorded with its time."""
+    """A Submitter whose read index is a gate: each barrier asked for waits until the test
+    releases it, and every request is recorded with its time."""
 
     def __init__(self) -> None:
         super().__init__(node_id="n1", dsn="", broker_url="redis://127.0.0.1:1/0", secret=b"s")
@@ -27,9 +27,7 @@ class GatedSubmitter(Submitter):
         self.gates: list[threading.Event] = []
         self.changed = threading.Condition()
 
-    def submit(self, payload, *, request_id=None, timeout=5.0, fresh=None):
-        assert fresh  # a barrier's id is new: nothing to look up first
-        assert payload == BARRIER_PAYLOAD
+    def _confirm_read(self, request_id, *, timeout):
         gate = threading.Event()
         with self.changed:
             self.submitted.append((request_id, time.monotonic()))
@@ -193,3 +191,30 @@ def test_concurrent_linearizable_reads_share_barriers_and_stay_linearizable(make
     read_calls = sum(cluster.submitter(n).barrier_reads for n in cluster.ids)
     print(f"{read_calls} reads shared {submitted} barriers; {len(writes)} writes")
     assert submitted < read_calls / 2
+
+
+@pytest.mark.cluster
+def test_linearizable_reads_add_no_log_slot_and_no_applied_request(make_cluster):
+    """ReadIndex: 300 barriers on every node (the leader and followers) leave the applied
+    index, the chosen log and the applied requests exactly as they were."""
+    cluster = make_cluster()
+    cluster.wait_for_leader()
+    assert isinstance(put(cluster, cluster.ids[0], "k", "v0"), Committed)
+    wait_converged(cluster)
+
+    def counts(node):
+        return cluster.submitter(node)._query(
+            "SELECT (SELECT applied_index FROM consensus_applied_state), "
+            "(SELECT count(*) FROM consensus_chosen_slot), "
+            "(SELECT count(*) FROM consensus_applied_request)",
+            [],
+        )
+
+    before = {n: counts(n) for n in cluster.ids}
+    for node in cluster.ids:
+        submitter = cluster.submitter(node)
+        outcomes = [submitter.barrier(timeout=10) for _ in range(300)]
+        assert all(isinstance(o, Committed) for o in outcomes), outcomes[:3]
+        # The read index is the log's current end: the slot of the write above or later.
+        assert all(o.slot >= before[node][0] for o in outcomes)
+    assert {n: counts(n) for n in cluster.ids} == before

@@ -1,0 +1,260 @@
+"""python -m benchmarks.rejoin [--writes 5000,20000,50000] [--clients 16] [--probe 0.25]
+
+What a returning node costs a healthy 3-node cluster (issue "A node that comes back must
+not hurt the cluster"), measured on real processes through the web tier's submit API
+(consensus.localcluster, as `manage.py bench`), on the servers named by
+CONFIGSTORE_CLUSTER_DATABASE_URL / _BROKER_URL (else embedded ones):
+
+for each count of writes: a follower's worker is SIGKILLed, that many writes commit
+through the other two nodes (`--clients` threads), then the worker starts again. A probe
+writes at the leader every `--probe` seconds throughout. Printed: leader changes and
+elections seen from the kill until the node caught up, probe writes that failed, the
+probe's p99 before the kill and during catch-up, the catch-up time (worker start until
+its applied index reaches the leader's), with the slots it lacked.
+
+Then restart time (worker start until its core publishes a status) and worker RSS, for the
+smallest and the largest log of the run. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import redis
+
+from consensus.client import Committed
+from consensus.localcluster import LocalCluster
+from consensus.runtime import status_key
+
+#: The issue's figures for today's code (catch-up seconds by writes while down).
+BEFORE = {5000: 34.0, 20000: 178.0, 50000: 142.0}
+
+
+def _payload(key: str, value: int) -> str:
+    return json.dumps(
+        {"op": "put", "key": key, "value": value, "at": datetime.now(UTC).isoformat()}
+    )
+
+
+def _pct(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+class Probe(threading.Thread):
+    """Writes at the leader every `interval` seconds; records (start, latency ms or None)."""
+
+    def __init__(self, cluster: LocalCluster, leader: str, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.leader, self.interval = cluster, leader, interval
+        self.samples: list[tuple[float, float | None]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        submitter = self.cluster.submitter(self.leader)
+        k = 0
+        while not self.stopped.is_set():
+            k += 1
+            started = time.monotonic()
+            outcome = submitter.submit(_payload("probe", k), timeout=5)
+            elapsed = time.monotonic() - started
+            ok = isinstance(outcome, Committed)
+            self.samples.append((started, elapsed * 1000 if ok else None))
+            self.stopped.wait(max(self.interval - elapsed, 0.0))
+
+    def between(self, start: float, end: float) -> tuple[list[float], int]:
+        picked = [lat for at, lat in self.samples if start <= at < end]
+        return [lat for lat in picked if lat is not None], sum(1 for lat in picked if lat is None)
+
+
+class Watcher(threading.Thread):
+    """Polls the cluster's status every 0.25 s: the (leader, ballot) pairs seen."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.seen: list[tuple[float, str, str]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            for node in self.cluster.status()["nodes"]:
+                if node.get("role") == "leader":
+                    pair = (node["node_id"], node.get("ballot", ""))
+                    if not self.seen or self.seen[-1][1:] != pair:
+                        self.seen.append((time.monotonic(), *pair))
+            self.stopped.wait(0.25)
+
+    def changes_between(self, start: float, end: float) -> int:
+        before = [s for s in self.seen if s[0] < start]
+        during = [s for s in self.seen if start <= s[0] < end]
+        last = before[-1][1:] if before else None
+        changes = 0
+        for _, *pair in during:
+            if tuple(pair) != last:
+                changes += 1
+                last = tuple(pair)
+        return changes
+
+
+def applied_index(cluster: LocalCluster, node: str) -> int:
+    return cluster.query(node, "SELECT applied_index FROM consensus_applied_state")[0][0]
+
+
+def write(cluster: LocalCluster, nodes: list[str], count: int, clients: int) -> float:
+    """`count` writes through `nodes`, `clients` threads; returns the seconds it took."""
+    left = [count]
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        submitter = cluster.submitter(nodes[c % len(nodes)])
+        k = 0
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            k += 1
+            submitter.submit(_payload(f"load/{c % 50}", k), timeout=10)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - started
+
+
+def restart(cluster: LocalCluster, node: str) -> tuple[float, float, int]:
+    """SIGKILL and start `node`'s worker: (seconds until its core published a status, its
+    RSS in MB 3 s later, its applied index)."""
+    cluster.kill_worker(node)
+    started = time.monotonic()
+    _start_and_wait_for_core(cluster, node)
+    up = time.monotonic() - started
+    time.sleep(3)
+    rss = _worker_rss(cluster, node)
+    return up, rss, applied_index(cluster, node)
+
+
+def _start_and_wait_for_core(cluster: LocalCluster, node: str) -> None:
+    """Start `node`'s worker and wait until its core has published a status."""
+    broker = redis.Redis.from_url(cluster.broker_url(node))
+    started_wall = time.time()
+    cluster.start_worker(node)
+    while True:
+        raw = broker.get(status_key(node))
+        if raw is not None and json.loads(raw).get("time", 0) > started_wall:
+            return
+        time.sleep(0.01)
+
+
+def _worker_rss(cluster: LocalCluster, node: str) -> float:
+    process = psutil.Process(cluster.processes[node].worker.pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 1e6
+
+
+def rejoin(cluster: LocalCluster, writes: int, clients: int, interval: float) -> str:
+    leader = cluster.wait_for_leader()
+    away = next(i for i in cluster.ids if i != leader)
+    others = [i for i in cluster.ids if i != away]
+    probe, watcher = Probe(cluster, leader, interval), Watcher(cluster)
+    probe.start()
+    watcher.start()
+    time.sleep(8)  # the probe's "before"
+    before_end = time.monotonic()
+    cluster.kill_worker(away)
+    behind_from = applied_index(cluster, away)
+    took = write(cluster, others, writes, clients)
+    target = max(applied_index(cluster, i) for i in others)
+    back = time.monotonic()
+    _start_and_wait_for_core(cluster, away)
+    core_up = time.monotonic()
+    while applied_index(cluster, away) < target:
+        time.sleep(0.05)
+        if time.monotonic() - back > 600:
+            break
+    caught = time.monotonic()
+    caught_up = applied_index(cluster, away) >= target
+    time.sleep(2)  # and nothing happens right after
+    probe.stopped.set()
+    watcher.stopped.set()
+    probe.join(10)
+    watcher.join(10)
+    before, _ = probe.between(before_end - 8, before_end)
+    during, failed_during = probe.between(back, caught)
+    _, failed_all = probe.between(before_end, caught + 2)
+    changes_writing = watcher.changes_between(before_end, back)
+    changes = watcher.changes_between(back, caught + 2)
+    elections = json.loads(
+        redis.Redis.from_url(cluster.broker_url(away)).get(status_key(away)) or "{}"
+    ).get("elections")
+    old = BEFORE.get(writes)
+    return (
+        f"{writes:>6} writes while {away} was down ({target - behind_from} slots behind, "
+        f"written in {took:.0f} s): leader changes after it came back {changes} "
+        f"(while it was down: {changes_writing}), elections by {away} "
+        f"{elections}, failed leader writes {failed_all} ({failed_during} during catch-up), "
+        f"leader write p99 before {_pct(before, 99):.0f} ms / during catch-up "
+        f"{_pct(during, 99):.0f} ms (p50 {statistics.median(during) if during else 0:.0f} "
+        f"ms, {len(during)} probes), catch-up "
+        + (
+            f"{caught - back:.1f} s ({caught - core_up:.1f} s after its core started)"
+            if caught_up
+            else f"NOT DONE after {caught - back:.0f} s"
+        )
+        + (f" (issue's figure for today's code: {old:.0f} s)" if old else "")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.rejoin", description=__doc__)
+    parser.add_argument("--writes", default="5000,20000,50000")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--probe", type=float, default=0.25)
+    args = parser.parse_args(argv)
+    data = Path(tempfile.mkdtemp(prefix="configstore-rejoin-"))
+    data.chmod(0o755)
+    cluster = LocalCluster.from_environment(data, web=False, fresh=True)
+    try:
+        cluster.start()
+        leader = cluster.wait_for_leader()
+        write(cluster, list(cluster.ids), 1000, 1)  # ~1,000 slots: one client, one per slot
+        node = next(i for i in cluster.ids if i != leader)
+        small = restart(cluster, node)
+        print(
+            f"restart at {small[2]} slots: {small[0]:.2f} s until the core runs, "
+            f"worker RSS {small[1]:.0f} MB",
+            flush=True,
+        )
+        for count in [int(w) for w in args.writes.split(",") if w]:
+            print(rejoin(cluster, count, args.clients, args.probe), flush=True)
+        cluster.wait_for_leader()
+        node = next(i for i in cluster.ids if i != cluster.wait_for_leader())
+        large = restart(cluster, node)
+        print(
+            f"restart at {large[2]} slots: {large[0]:.2f} s until the core runs, "
+            f"worker RSS {large[1]:.0f} MB (ratios to {small[2]} slots: time "
+            f"{large[0] / small[0]:.2f}x, RSS {large[1] / small[1]:.2f}x)",
+            flush=True,
+        )
+    finally:
+        cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
