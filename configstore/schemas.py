@@ -98,33 +98,30 @@ def _pattern_error(pattern: str) -> str | None:
     return None
 
 
+def _objects(schema: object):
+    """Every JSON object anywhere in the schema, the schema itself included."""
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
+
+
 def _patterns(schema: object):
     """Every string in a "pattern" position and every "patternProperties" name, anywhere in
     the schema (conservatively: inside any object)."""
-    stack = [schema]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            if isinstance(item.get("pattern"), str):
-                yield item["pattern"]
-            if isinstance(item.get("patternProperties"), dict):
-                yield from item["patternProperties"]
-            stack.extend(item.values())
+    for item in _objects(schema):
+        if isinstance(item.get("pattern"), str):
+            yield item["pattern"]
+        if isinstance(item.get("patternProperties"), dict):
+            yield from item["patternProperties"]
 
 
 def _keywords(schema: object) -> set[str]:
-    found: set[str] = set()
-    stack = [schema]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            found.update(item)
-            stack.extend(item.values())
-    return found
+    return {keyword for item in _objects(schema) for keyword in item}
 
 
 # ------------------------------------------------------------------ bounded keywords

@@ -15,7 +15,7 @@ from configstore.models import Entry, History, Schema
 from configstore.statemachine import apply_command, apply_commands
 from consensus import storage
 from consensus.paxos import Command, Value
-from tests.configstore.conftest import AT, payload, replicated_state
+from tests.configstore.conftest import AT, Log, payload, replicated_state
 
 
 def entry(key: str) -> Entry | None:
@@ -482,13 +482,7 @@ def keyed(op: str, idem: str = "alice:k1", **fields) -> str:
 
 
 def outcome_of(request_id: str) -> tuple[str, dict]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT outcome, result FROM consensus_applied_request WHERE request_id = %s",
-            [request_id],
-        )
-        outcome, result = cursor.fetchone()
-    return outcome, json.loads(result) if isinstance(result, str) else result
+    return Log().outcome(request_id)
 
 
 def test_the_same_request_under_one_key_is_applied_once_and_answered_as_the_first(log):
