@@ -37,7 +37,13 @@ import redis
 import requests
 
 from consensus.localcluster import LocalCluster
-from consensus.transport import DELIVER_TASK, decode_task_message, queue_name, task_message
+from consensus.transport import (
+    DELIVER_TASK,
+    Undeliverable,
+    queue_name,
+    read_task_message,
+    task_message,
+)
 
 PREFIX = "hostile"
 REDOS_PATTERN = "^(a+)+$"
@@ -169,9 +175,10 @@ class Hostile:
                     digest = hashlib.sha256(item).digest()
                     if digest in self.pushed or item in self.captured[node]:
                         continue
-                    drained = decode_task_message(item)
-                    if drained is None:
-                        continue
+                    try:
+                        drained = read_task_message(item, max_bytes=len(item))
+                    except Undeliverable:
+                        continue  # not a task message (e.g. our own poison)
                     with self.lock:  # the poison loop copies the pool
                         self.captured[node].append(item)
                     self.count(f"queue captured {_envelope_kind(drained.envelope)} envelopes")
