@@ -398,13 +398,10 @@ class Node:
         return recent + 1 >= self.config.quorum
 
     def follows_live_leader(self, now: float) -> bool:
-        """Follower only: it heard from its leader within an election timeout (its election
-        deadline has not passed)."""
-        return (
-            self.role is Role.FOLLOWER
-            and self.leader_ballot.node_id != ""
-            and now < self._election_deadline
-        )
+        """Follower only: it heard from its leader within an election timeout. (Not "its
+        election deadline has not passed": a failed pre-vote campaign moves that deadline on
+        while the leader stays silent.)"""
+        return self.role is Role.FOLLOWER and self._leader_is_live(now)
 
     def status(self) -> dict:
         return {

@@ -308,6 +308,20 @@ def test_a_follower_of_a_live_leader_refuses_pre_vote_and_ignores_prepare():
     assert leader.role is Role.LEADER
 
 
+def test_a_follower_cut_off_from_its_leader_stops_claiming_a_live_leader():
+    """What /healthz reports: a follower whose pre-votes keep failing (no quorum) must not
+    go on claiming a live leader because each failed campaign moved its election deadline."""
+    h = Harness(3)
+    h.elect("n1")
+    n3 = h.node("n3")
+    assert n3.follows_live_leader(h.now)
+    h.advance(3.0, drop=lambda s, d, m: "n3" in (s, d))
+    assert n3.leader_id == "n1"  # it remembers whom it followed...
+    assert not n3.follows_live_leader(h.now)  # ...but no longer claims it is alive
+    h.advance(0.5)  # healed: the leader's next heartbeat makes it live again
+    assert n3.follows_live_leader(h.now)
+
+
 def test_a_node_cut_off_for_long_comes_back_without_an_election_or_a_higher_ballot():
     h = Harness(3)
     h.elect("n1")
