@@ -230,8 +230,17 @@ def test_a_restarted_acceptor_never_votes_below_the_promise_it_made_before_the_c
     cluster.kill_worker("n1")
     cluster.kill_worker("n2")
     high = Ballot(1000, "n1")
-    _send_forged(cluster, "n3", "n1", [Prepare(high, 1)])
-    _wait(lambda: _promise(cluster, "n3") >= high, what="n3 to promise 1000.n1")
+    # Leader stickiness: n3 ignores a Prepare while it heard from its leader within an
+    # election timeout, so the forged Prepare is sent again until n3 takes it.
+    sent_at = [0.0]
+
+    def promised_high() -> bool:
+        if time.monotonic() - sent_at[0] >= 0.5:
+            _send_forged(cluster, "n3", "n1", [Prepare(high, 1)])
+            sent_at[0] = time.monotonic()
+        return _promise(cluster, "n3") >= high
+
+    _wait(promised_high, what="n3 to promise 1000.n1")
     cluster.kill_worker("n3", signal.SIGKILL)
     cluster.start_worker("n3")
     _wait(lambda: cluster.status()["nodes"][2]["reachable"], what="n3 to restart")
