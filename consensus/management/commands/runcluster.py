@@ -117,16 +117,17 @@ def stop_leftover_children(timeout: float = 10.0) -> None:
     leading a group of its own (a node process) is stopped with its group."""
     children = psutil.Process().children()
     for child in children:
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(child.pid) == child.pid:
-                os.killpg(child.pid, signal.SIGTERM)
-            else:
-                child.terminate()
+        _signal_child(child, signal.SIGTERM)
     _, alive = psutil.wait_procs(children, timeout=timeout)
     for child in alive:
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(child.pid) == child.pid:
-                os.killpg(child.pid, signal.SIGKILL)
-            else:
-                child.kill()
+        _signal_child(child, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=timeout)
+
+
+def _signal_child(child: psutil.Process, sig: int) -> None:
+    """`sig` to the child's whole group when it leads one, else to the child alone."""
+    with contextlib.suppress(psutil.Error, OSError):
+        if os.getpgid(child.pid) == child.pid:
+            os.killpg(child.pid, sig)
+        else:
+            child.send_signal(sig)
