@@ -7,6 +7,7 @@ embedded PostgreSQL and one embedded Redis are started for the whole session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -75,6 +76,18 @@ def start_cluster(servers, *, prefix: str = "configstore-cluster-", **kwargs) ->
 def stop_cluster(cluster: LocalCluster) -> None:
     cluster.stop()
     shutil.rmtree(cluster.data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def admin_web_cluster(servers, prefix: str):
+    """A fresh cluster with web servers and an admin user (its API token on the cluster),
+    stopped and removed afterwards: what module-scoped API fixtures share."""
+    cluster = start_cluster(servers, prefix=prefix, web=True)
+    try:
+        cluster.ensure_admin()
+        yield cluster
+    finally:
+        stop_cluster(cluster)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -25,7 +25,7 @@ import requests
 
 from consensus.localcluster import free_ports, stop_groups, web_server_args
 from consensus.runtime import status_key
-from tests.conftest import start_cluster, stop_cluster
+from tests.conftest import admin_web_cluster
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -33,12 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 @pytest.fixture(scope="module")
 def cluster(servers):
-    cluster = start_cluster(servers, prefix="configstore-outages-", web=True)
-    try:
-        cluster.ensure_admin()
+    with admin_web_cluster(servers, "configstore-outages-") as cluster:
         yield cluster
-    finally:
-        stop_cluster(cluster)
 
 
 def state(cluster) -> dict:

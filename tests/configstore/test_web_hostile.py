@@ -17,7 +17,7 @@ import requests
 
 from benchmarks.hostile_web import Hostiles, pg_connections
 from configstore.watch import Wait
-from tests.conftest import start_cluster, stop_cluster
+from tests.conftest import admin_web_cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -30,12 +30,8 @@ MOST_CONNECTIONS = 20
 
 @pytest.fixture(scope="module")
 def cluster(servers):
-    cluster = start_cluster(servers, prefix="configstore-hostile-", web=True)
-    try:
-        cluster.ensure_admin()
+    with admin_web_cluster(servers, "configstore-hostile-") as cluster:
         yield cluster
-    finally:
-        stop_cluster(cluster)
 
 
 @pytest.fixture
