@@ -43,6 +43,11 @@ class Applier:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def applied_index(self) -> int | None:
+        """The applied index as this thread last committed it (None: not read yet)."""
+        return self._applied_index
+
     def learned(self, chosen) -> None:
         """Newly chosen (slot, value) entries, from the consensus loop."""
         if self.trace and not self._learned:

@@ -176,6 +176,7 @@ class NodeRuntime:
             return
         with self._lock:
             node = self._core()
+            self._report_applied(node)
             now = time.monotonic()
             ready = Ready()
             for opened in accepted:
@@ -226,7 +227,9 @@ class NodeRuntime:
                 self._step(due)
         with self._lock:
             try:
-                self._handle(self._core().on_tick(time.monotonic()))
+                node = self._core()
+                self._report_applied(node)
+                self._handle(node.on_tick(time.monotonic()))
             except Exception:
                 self.counters["tick_failures"] += 1
                 if time.monotonic() - self._tick_failure_logged > 5.0:
@@ -251,6 +254,8 @@ class NodeRuntime:
                 rng=self._rng,
                 log=storage.ChosenLog(),
             )
+            # What the database holds applied; the applier reports its progress from here.
+            self._node.on_applied(applied)
             log.info(
                 "node %s started: promised %s, %d accepted, %d chosen, applied %d",
                 self.node_id,
@@ -260,6 +265,13 @@ class NodeRuntime:
                 applied,
             )
         return self._node
+
+    def _report_applied(self, node: Node) -> None:
+        """Tell the core how far the applier got (its acks to a leader streaming catch-up
+        carry it, and the leader paces the stream by it)."""
+        applied = self.applier.applied_index
+        if applied is not None:
+            node.on_applied(applied)
 
     def _handle(self, ready: Ready, what: str = "tick") -> None:
         """Persist, then send, then let the applier apply (consensus.storage)."""

@@ -96,11 +96,13 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatAck:
-    """A follower heard heartbeat `seq`; it knows every slot below `first_unchosen`."""
+    """A follower heard heartbeat `seq`; it knows every slot below `first_unchosen` and
+    has applied every slot up to `applied` (None: it does not say; catch-up flow control)."""
 
     ballot: Ballot
     seq: int
     first_unchosen: int
+    applied: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +121,12 @@ class Chosen:
 @dataclass(frozen=True, slots=True)
 class ChosenAck:
     """Catch-up flow control: the receiver of Chosen knows every slot below
-    `first_unchosen`; the sender's next chunk starts there."""
+    `first_unchosen`; the sender's next chunk starts there. `applied`: the receiver has
+    applied every slot up to it (None: it does not say); the sender streams at most
+    Config.catchup_ahead slots beyond it."""
 
     first_unchosen: int
+    applied: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +202,10 @@ def _slot(data) -> int:
     if not isinstance(data, int) or isinstance(data, bool) or data < 0:
         raise ProtocolError(f"bad slot {data!r}")
     return data
+
+
+def _optional_slot(data) -> int | None:
+    return None if data is None else _slot(data)
 
 
 def _bool(data) -> bool:
@@ -280,12 +289,13 @@ def encode(message: Message) -> dict:
                 "commit_index": commit_index,
                 "seq": seq,
             }
-        case HeartbeatAck(ballot, seq, first_unchosen):
+        case HeartbeatAck(ballot, seq, first_unchosen, applied):
             return {
                 "type": "heartbeat_ack",
                 "ballot": ballot.to_json(),
                 "seq": seq,
                 "first_unchosen": first_unchosen,
+                "applied": applied,
             }
         case Chosen(first_slot, values):
             return {
@@ -293,8 +303,8 @@ def encode(message: Message) -> dict:
                 "first_slot": first_slot,
                 "values": [v.to_json() for v in values],
             }
-        case ChosenAck(first_unchosen):
-            return {"type": "chosen_ack", "first_unchosen": first_unchosen}
+        case ChosenAck(first_unchosen, applied):
+            return {"type": "chosen_ack", "first_unchosen": first_unchosen, "applied": applied}
         case Forward(commands, ttl):
             return {"type": "forward", "commands": [c.to_json() for c in commands], "ttl": ttl}
         case ReadIndexRequest(read_ids):
@@ -350,6 +360,7 @@ def decode(data) -> Message:
                     Ballot.from_json(data["ballot"]),
                     _slot(data["seq"]),
                     _slot(data["first_unchosen"]),
+                    _optional_slot(data.get("applied")),
                 )
             case "chosen":
                 return Chosen(
@@ -357,7 +368,7 @@ def decode(data) -> Message:
                     tuple(Value.from_json(v) for v in _list(data["values"], "values")),
                 )
             case "chosen_ack":
-                return ChosenAck(_slot(data["first_unchosen"]))
+                return ChosenAck(_slot(data["first_unchosen"]), _optional_slot(data.get("applied")))
             case "forward":
                 commands = tuple(Command.from_json(c) for c in _list(data["commands"], "commands"))
                 return Forward(commands, _slot(data["ttl"]))

@@ -86,6 +86,9 @@ KNOWN_BUGS = frozenset(
         "stale_read",
         # a catch-up chunk leaves out one slot (so the rest land one slot early)
         "catchup_skip",
+        # catch-up streams without regard to the peer's applied index (its applier's
+        # backlog grows with the gap)
+        "catchup_unpaced",
     }
 )
 
@@ -127,6 +130,10 @@ class Config:
     max_chunk_bytes: int = 256 * 1024
     #: Catch-up chunks sent to one peer and not yet acknowledged, at most.
     catchup_in_flight: int = 4
+    #: Slots streamed to a peer beyond the index it reports applied, at most: catch-up
+    #: goes at the pace of the peer's applier, and what it holds learned but unapplied
+    #: stays bounded.
+    catchup_ahead: int = 1024
     #: A message larger than this (message_size) is dropped on receipt.
     max_message_bytes: int = 8 << 20
     #: Chosen values kept in memory at and below the applied index (older ones are read
@@ -193,11 +200,12 @@ def _chunks(items: list, size_of, max_bytes: int) -> list[list]:
 class _Stream:
     """Catch-up of one peer: chunks go out from `next`; `in_flight` holds (last slot,
     sent at) of the chunks not yet acknowledged; `match` is the peer's last reported
-    first unchosen slot."""
+    first unchosen slot, `applied` the last index it reported applied."""
 
     next: int
     match: int
     heard: float
+    applied: int
     in_flight: deque = field(default_factory=deque)
 
 
@@ -230,6 +238,9 @@ class Node:
         self.first_unchosen = applied_index + 1
         self._advance_first_unchosen()
         self.applied_index = applied_index
+        #: What the host reports applied (on_applied); None: the host applies what it is
+        #: handed (Ready.committed) before the next input, so applied_index is it.
+        self._host_applied: int | None = None
         self._forgotten_through = applied_index
         self._votes: dict[int, dict[Ballot, set[str]]] = {}
         self._proposed: dict[int, dict[Ballot, Value]] = {}
@@ -315,7 +326,9 @@ class Node:
             case Chosen():
                 self._on_chosen(sender, message, now)
             case ChosenAck():
-                self._report(sender, message.first_unchosen, now, open_stream=False)
+                self._report(
+                    sender, message.first_unchosen, now, open_stream=False, applied=message.applied
+                )
             case Forward():
                 self._on_forward(sender, message)
             case ReadIndexRequest():
@@ -403,6 +416,18 @@ class Node:
         while the leader stays silent.)"""
         return self.role is Role.FOLLOWER and self._leader_is_live(now)
 
+    def on_applied(self, index: int) -> None:
+        """The host's state machine has applied every slot up to `index` (a host whose
+        applier runs behind what the core hands it reports this; peers streaming it
+        catch-up pace themselves by it). No Ready: nothing to persist or send."""
+        if self._host_applied is None or index > self._host_applied:
+            self._host_applied = min(index, self.applied_index)
+
+    @property
+    def applied(self) -> int:
+        """The applied index as the host reports it (`on_applied`), else as handed out."""
+        return self.applied_index if self._host_applied is None else self._host_applied
+
     def status(self) -> dict:
         return {
             "node_id": self.id,
@@ -411,7 +436,8 @@ class Node:
             "ballot": str(self.ballot if self.role is not Role.FOLLOWER else self.leader_ballot),
             "promised": str(self.promised),
             "commit_index": self.commit_index,
-            "applied_index": self.applied_index,
+            "applied_index": self.applied,
+            "handed_out_index": self.applied_index,
             "pending": len(self._pending) + len(self._unsent),
             "catching_up": sorted(self._streams),
             "elections": self.elections,
@@ -538,7 +564,9 @@ class Node:
             return
         self._follow(msg.ballot, now)
         self._learn_commit_index(msg.ballot, msg.commit_index)
-        self._send(sender, HeartbeatAck(msg.ballot, msg.seq, self.first_unchosen), now)
+        self._send(
+            sender, HeartbeatAck(msg.ballot, msg.seq, self.first_unchosen, self.applied), now
+        )
 
     def _follow(self, ballot: Ballot, now: float) -> None:
         """`ballot`'s leader is alive: follow it (stepping down if it outranks us)."""
@@ -696,7 +724,7 @@ class Node:
         if msg.seq > self._acked_seq.get(sender, 0):
             self._acked_seq[sender] = msg.seq
             self._confirm_reads()
-        self._report(sender, msg.first_unchosen, now, open_stream=True)
+        self._report(sender, msg.first_unchosen, now, open_stream=True, applied=msg.applied)
 
     def _on_forward(self, sender: str, msg: Forward) -> None:
         if self.role is Role.LEADER:
@@ -868,11 +896,21 @@ class Node:
     def _on_chosen(self, sender: str, msg: Chosen, now: float) -> None:
         for slot, value in msg.entries:
             self._learn(slot, value)
-        self._send(sender, ChosenAck(self.first_unchosen), now)
+        self._send(sender, ChosenAck(self.first_unchosen, self.applied), now)
 
-    def _report(self, peer: str, first_unchosen: int, now: float, *, open_stream: bool) -> None:
-        """`peer` knows every slot below `first_unchosen`: stream it what it lacks (when a
-        stream is open, or `open_stream`), at most `catchup_in_flight` chunks ahead."""
+    def _report(
+        self,
+        peer: str,
+        first_unchosen: int,
+        now: float,
+        *,
+        open_stream: bool,
+        applied: int | None = None,
+    ) -> None:
+        """`peer` knows every slot below `first_unchosen` (and has applied up to `applied`,
+        when it says): stream it what it lacks (when a stream is open, or `open_stream`),
+        at most `catchup_in_flight` chunks and `catchup_ahead` slots past its applied
+        index ahead."""
         if first_unchosen >= self.first_unchosen:
             self._streams.pop(peer, None)
             return
@@ -880,9 +918,15 @@ class Node:
         if stream is None:
             if not open_stream:
                 return
-            stream = self._streams[peer] = _Stream(first_unchosen, first_unchosen, now)
+            stream = self._streams[peer] = _Stream(
+                first_unchosen, first_unchosen, now, first_unchosen - 1
+            )
         stream.heard = now
         stream.match = first_unchosen
+        # A stream opens on the guess that the peer applied what it learned; only what the
+        # peer says it applied moves it on (an Accepted says what it learned, not that).
+        if applied is not None:
+            stream.applied = max(stream.applied, applied)
         while stream.in_flight and stream.in_flight[0][0] < first_unchosen:
             stream.in_flight.popleft()
         if first_unchosen > stream.next or not stream.in_flight:
@@ -891,12 +935,15 @@ class Node:
 
     def _pump(self, peer: str, stream: _Stream, now: float) -> None:
         config = self.config
-        while (
-            len(stream.in_flight) < config.catchup_in_flight and stream.next < self.first_unchosen
-        ):
+        while len(stream.in_flight) < config.catchup_in_flight:
             first = stream.next
+            end = min(self.first_unchosen, stream.applied + config.catchup_ahead + 1)
+            if "catchup_unpaced" in self._bugs:
+                end = self.first_unchosen
+            if first >= end:
+                return
             values = self._chosen_values(
-                first, min(config.max_catchup, self.first_unchosen - first), config.max_chunk_bytes
+                first, min(config.max_catchup, end - first), config.max_chunk_bytes
             )
             if not values:
                 return  # not durable here yet: the next report or tick tries again

@@ -25,6 +25,7 @@ import hashlib
 import heapq
 import json
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from consensus.paxos import (
@@ -124,12 +125,21 @@ class Simulation:
                     (200, 4096, 256 * 1024) if not rejoin else (4096, 1 << 18)
                 ),
                 catchup_in_flight=rng.choice((1, 2, 4) if not rejoin else (2, 4)),
+                catchup_ahead=rng.choice((8, 64, 1024) if not rejoin else (64, 256)),
                 kept_chosen=rng.choice((4, 64, 1024)),
                 forward_interval=rng.choice((0.0, 0.005, 0.02)),
                 bugs=core_bugs,
             )
             for i in self.ids
         }
+        # Applier lag: a node's state machine applies at most this many committed slots per
+        # tick (0: at once, in the step) and reports its index to its core (on_applied), as
+        # the runtime's applier thread does; peers streaming it catch-up pace themselves.
+        self.applier_rate = {
+            i: rng.choice((32, 128) if rejoin else (0, 0, 4, 64)) for i in self.ids
+        }
+        self.unapplied: dict[str, deque] = {i: deque() for i in self.ids}
+        self.most_unapplied = dict.fromkeys(self.ids, 0)
         self.now = 0.0
         self.durable = {i: DurableState() for i in self.ids}
         self.machines = {i: StateMachine() for i in self.ids}
@@ -255,6 +265,7 @@ class Simulation:
             raise Violation(f"rejoin: {len(self.outstanding)} writes not applied")
         # Back.
         back_at = self.now
+        self.most_unapplied[away] = 0
         if isolate:
             self.blocked.clear()
         else:
@@ -274,6 +285,13 @@ class Simulation:
             raise Violation(
                 f"disruption: {away} {how} while {p.rejoin_writes} writes committed; "
                 f"{elections} elections and {changes} leader changes since (leader {leader})"
+            )
+        config = self.configs[leader]  # the leader paces the stream, by its own config
+        bound = config.catchup_ahead + config.window
+        if self.most_unapplied[away] > bound:
+            raise Violation(
+                f"unpaced catch-up: {away} held {self.most_unapplied[away]} slots learned and "
+                f"not applied (bound {bound}: catchup_ahead + the window)"
             )
         if not caught_up:
             raise Violation(
@@ -303,12 +321,15 @@ class Simulation:
             now=self.now,
             rng=random.Random(self.rng.getrandbits(64)),
         )
+        if self.applier_rate[i]:
+            self.nodes[i].on_applied(sm.applied_index)
         self._at(self.now + self.rng.uniform(0, TICK), "tick", i, self.incarnation[i])
 
     def _crash(self, i: str) -> None:
         if self.nodes[i] is None:
             return
         self.nodes[i] = None
+        self.unapplied[i].clear()  # handed out, not applied: lost with the process
         self.stats.crashes += 1
         if "forget_on_restart" in self.params.bugs:
             self.durable[i] = DurableState()
@@ -351,9 +372,26 @@ class Simulation:
         self._apply(i, ready)
 
     def _apply(self, i: str, ready: Ready) -> None:
+        if self.applier_rate[i]:
+            self.unapplied[i].extend(ready.committed)
+            self.most_unapplied[i] = max(self.most_unapplied[i], len(self.unapplied[i]))
+        else:
+            self._apply_committed(i, ready.committed)
+
+    def _run_applier(self, i: str) -> None:
+        """A lagging applier's turn (each tick): apply up to its rate, report the index."""
+        queue = self.unapplied[i]
+        if queue:
+            self._apply_committed(
+                i, [queue.popleft() for _ in range(min(self.applier_rate[i], len(queue)))]
+            )
+        if self.applier_rate[i]:
+            self.nodes[i].on_applied(self.machines[i].applied_index)
+
+    def _apply_committed(self, i: str, committed) -> None:
         sm = self.machines[i]
         dedup = "no_dedup" not in self.params.bugs
-        for slot, value in ready.committed:
+        for slot, value in committed:
             fresh = commands_to_apply(value, sm.applied_ids, dedup=dedup)
             self.checker.on_apply(i, sm.applied_index, slot, value, fresh, sm.applied_ids)
             for command in fresh:
@@ -431,6 +469,7 @@ class Simulation:
             return
         if self._paused(i, "tick", i, incarnation):
             return
+        self._run_applier(i)
         self._step(i, lambda node: node.on_tick(self.now))
         self._at(self.now + TICK, "tick", i, incarnation)
 

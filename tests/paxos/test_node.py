@@ -371,6 +371,48 @@ def test_catch_up_streams_bounded_chunks_with_at_most_the_in_flight_bound_unackn
     assert not [m for _, _, m in h.sent if isinstance(m, (PreVote, Prepare, Accept))]
 
 
+def test_catch_up_goes_at_the_pace_of_the_peers_applier():
+    """A peer whose applier runs behind what it learned reports its applied index in its
+    acks: the leader streams at most catchup_ahead slots beyond it, and goes on when the
+    index moves."""
+    h = Harness(3, max_catchup=4, catchup_in_flight=8, catchup_ahead=8)
+    h.elect("n1")
+    for k in range(40):
+        h.submit("n1", f"r{k}")
+        h.deliver(drop=lambda s, d, m: d == "n3")
+    leader = h.node("n1")
+    h.in_flight = []
+
+    def streamed(ready) -> list[int]:
+        return [
+            c.first_slot + i
+            for _, c in ready.messages
+            if isinstance(c, Chosen)
+            for i in range(len(c.values))
+        ]
+
+    # n3 applied nothing yet: slots 1..8 (two chunks of 4), not the 8 chunks in flight.
+    ready = leader.on_message("n3", HeartbeatAck(leader.ballot, 1, 1, applied=0), h.now)
+    assert streamed(ready) == list(range(1, 9))
+    # It learned them but applied only 2: nothing more (9 > 2 + 8 is not allowed)...
+    ready = leader.on_message("n3", ChosenAck(9, applied=2), h.now)
+    assert streamed(ready) == list(range(9, 11))
+    ready = leader.on_message("n3", HeartbeatAck(leader.ballot, 2, 11, applied=2), h.now)
+    assert streamed(ready) == []
+    # ...until its applier moves on.
+    ready = leader.on_message("n3", HeartbeatAck(leader.ballot, 3, 11, applied=10), h.now)
+    assert streamed(ready) == list(range(11, 19))
+    # A node reports what its host applied, not what it handed out.
+    n3 = h.node("n3")
+    assert n3.applied == n3.applied_index == 0
+    n3.on_applied(0)
+    ready = n3.on_message("n1", Chosen(1, tuple(leader.chosen[s] for s in range(1, 5))), h.now)
+    assert n3.applied_index == 4 and n3.applied == 0
+    assert [m for _, m in ready.messages] == [ChosenAck(5, 0)]
+    n3.on_applied(3)
+    assert n3.applied == 3 and n3.status()["applied_index"] == 3
+
+
 def test_a_promise_leaves_out_chosen_slots_and_the_candidate_learns_them_before_leading():
     h = Harness(3)
     h.elect("n1")

@@ -65,6 +65,7 @@ BROKEN = {
     "stale_read": ("faults", 300, ("stale read",)),
     "catchup_skip": ("faults", 300, ("learned slot", "detected")),
     "ignore_prevote": ("rejoin", 8, ("disruption",)),
+    "catchup_unpaced": ("rejoin", 8, ("unpaced catch-up",)),
 }
 
 
