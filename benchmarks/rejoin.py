@@ -1,4 +1,4 @@
-"""python -m benchmarks.rejoin [--writes 5000,20000,50000] [--clients 16] [--probe 0.25]
+"""python -m benchmarks.rejoin [--writes 5000,20000,50000] [--clients 16] [--probe 0.05] [--detail]
 
 What a returning node costs a healthy 3-node cluster (issue "A node that comes back must
 not hurt the cluster"), measured on real processes through the web tier's submit API
@@ -166,7 +166,9 @@ def _worker_rss(cluster: LocalCluster, node: str) -> float:
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 1e6
 
 
-def rejoin(cluster: LocalCluster, writes: int, clients: int, interval: float) -> str:
+def rejoin(
+    cluster: LocalCluster, writes: int, clients: int, interval: float, detail: bool = False
+) -> str:
     leader = cluster.wait_for_leader()
     away = next(i for i in cluster.ids if i != leader)
     others = [i for i in cluster.ids if i != away]
@@ -201,6 +203,16 @@ def rejoin(cluster: LocalCluster, writes: int, clients: int, interval: float) ->
     elections = json.loads(
         redis.Redis.from_url(cluster.broker_url(away)).get(status_key(away)) or "{}"
     ).get("elections")
+    if detail:
+        print(
+            "  probes from the kill (s after the worker start: ms): "
+            + ", ".join(
+                f"{at - back:+.2f}:{'FAIL' if lat is None else f'{lat:.0f}'}"
+                for at, lat in probe.samples
+                if back - 1 <= at < caught + 2
+            ),
+            flush=True,
+        )
     old = BEFORE.get(writes)
     return (
         f"{writes:>6} writes while {away} was down ({target - behind_from} slots behind, "
@@ -223,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rejoin", description=__doc__)
     parser.add_argument("--writes", default="5000,20000,50000")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--probe", type=float, default=0.25)
+    parser.add_argument("--probe", type=float, default=0.05)
+    parser.add_argument(
+        "--detail", action="store_true", help="print every probe around the catch-up"
+    )
     args = parser.parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="configstore-rejoin-"))
     data.chmod(0o755)
@@ -240,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         for count in [int(w) for w in args.writes.split(",") if w]:
-            print(rejoin(cluster, count, args.clients, args.probe), flush=True)
+            print(rejoin(cluster, count, args.clients, args.probe, args.detail), flush=True)
         cluster.wait_for_leader()
         node = next(i for i in cluster.ids if i != cluster.wait_for_leader())
         large = restart(cluster, node)

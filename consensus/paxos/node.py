@@ -934,8 +934,11 @@ class Node:
         self._pump(peer, stream, now)
 
     def _pump(self, peer: str, stream: _Stream, now: float) -> None:
+        """One more chunk, if the bounds allow: one per acknowledgement or tick, so that
+        no single step of the sender reads and sends more than one chunk (the leader's
+        own writes wait behind its steps)."""
         config = self.config
-        while len(stream.in_flight) < config.catchup_in_flight:
+        if len(stream.in_flight) < config.catchup_in_flight:
             first = stream.next
             end = min(self.first_unchosen, stream.applied + config.catchup_ahead + 1)
             if "catchup_unpaced" in self._bugs:
@@ -974,6 +977,8 @@ class Node:
                 stream.in_flight.clear()
                 stream.next = stream.match
                 self._pump(peer, stream, now)
+            else:
+                self._pump(peer, stream, now)  # the window fills up, one chunk a tick
 
     # ------------------------------------------------------------------ learner side
 

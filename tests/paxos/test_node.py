@@ -357,8 +357,15 @@ def test_catch_up_streams_bounded_chunks_with_at_most_the_in_flight_bound_unackn
         h.deliver(drop=lambda s, d, m: d == "n3")
     leader = h.node("n1")
     h.in_flight = []
+    # One chunk per acknowledgement or tick (a step reads one chunk from the log at most);
+    # the ticks fill the window up to the in-flight bound, and no further.
     ready = leader.on_message("n3", HeartbeatAck(leader.ballot, 1, 1), h.now)
     chunks = [m for _, m in ready.messages if isinstance(m, Chosen)]
+    assert len(chunks) == 1
+    for _ in range(3):
+        h.now += 0.001
+        ready = leader.on_tick(h.now)
+        chunks += [m for _, m in ready.messages if isinstance(m, Chosen)]
     assert len(chunks) == 2 and chunks[0].first_slot == 1
     assert chunks[1].first_slot == 1 + len(chunks[0].values)
     assert all(sum(v.size for v in c.values) <= 100 for c in chunks)
@@ -393,7 +400,11 @@ def test_catch_up_goes_at_the_pace_of_the_peers_applier():
 
     # n3 applied nothing yet: slots 1..8 (two chunks of 4), not the 8 chunks in flight.
     ready = leader.on_message("n3", HeartbeatAck(leader.ballot, 1, 1, applied=0), h.now)
-    assert streamed(ready) == list(range(1, 9))
+    assert streamed(ready) == list(range(1, 5))
+    ready = leader.on_message("n3", HeartbeatAck(leader.ballot, 1, 1, applied=0), h.now)
+    assert streamed(ready) == list(range(5, 9))
+    ready = leader.on_tick(h.now + 0.001)
+    assert streamed(ready) == []
     # It learned them but applied only 2: nothing more (9 > 2 + 8 is not allowed)...
     ready = leader.on_message("n3", ChosenAck(9, applied=2), h.now)
     assert streamed(ready) == list(range(9, 11))
@@ -401,7 +412,9 @@ def test_catch_up_goes_at_the_pace_of_the_peers_applier():
     assert streamed(ready) == []
     # ...until its applier moves on.
     ready = leader.on_message("n3", HeartbeatAck(leader.ballot, 3, 11, applied=10), h.now)
-    assert streamed(ready) == list(range(11, 19))
+    assert streamed(ready) == list(range(11, 15))
+    ready = leader.on_tick(h.now + 0.002)
+    assert streamed(ready) == list(range(15, 19))
     # A node reports what its host applied, not what it handed out.
     n3 = h.node("n3")
     assert n3.applied == n3.applied_index == 0
