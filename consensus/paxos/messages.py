@@ -78,11 +78,14 @@ class Accept:
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """Phase 2b: the sender durably accepted `ballot`'s value at each of `slots`; it knows
-    every slot below `first_unchosen` (the leader starts catch-up when that lags)."""
+    every slot below `first_unchosen` (the leader starts catch-up when that lags) and has
+    applied every slot up to `applied` (None: it does not say; catch-up's pace: under
+    load a follower answers Accepts, not heartbeats, so this is what the leader hears)."""
 
     ballot: Ballot
     slots: tuple[int, ...]
     first_unchosen: int = 0
+    applied: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,12 +278,13 @@ def encode(message: Message) -> dict:
                 "entries": [[s, v.to_json()] for s, v in entries],
                 "commit_index": commit_index,
             }
-        case Accepted(ballot, slots, first_unchosen):
+        case Accepted(ballot, slots, first_unchosen, applied):
             return {
                 "type": "accepted",
                 "ballot": ballot.to_json(),
                 "slots": list(slots),
                 "first_unchosen": first_unchosen,
+                "applied": applied,
             }
         case Heartbeat(ballot, commit_index, seq):
             return {
@@ -348,6 +352,7 @@ def decode(data) -> Message:
                     Ballot.from_json(data["ballot"]),
                     tuple(_slot(s) for s in _list(data["slots"], "slots")),
                     _slot(data["first_unchosen"]),
+                    _optional_slot(data.get("applied")),
                 )
             case "heartbeat":
                 return Heartbeat(

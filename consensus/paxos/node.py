@@ -715,7 +715,7 @@ class Node:
             if slot not in self.chosen and slot >= self.first_unchosen:
                 self._vote(slot, msg.ballot, sender)
         if self.role is Role.LEADER and msg.ballot == self.ballot and msg.first_unchosen:
-            self._report(sender, msg.first_unchosen, now, open_stream=True)
+            self._report(sender, msg.first_unchosen, now, open_stream=True, applied=msg.applied)
 
     def _on_heartbeat_ack(self, sender: str, msg: HeartbeatAck, now: float) -> None:
         if self.role is not Role.LEADER or msg.ballot != self.ballot:
@@ -1080,7 +1080,7 @@ class Node:
         if self._accepted_out:
             for ballot, slots in self._accepted_out.items():
                 leader = ballot.node_id
-                message = Accepted(ballot, tuple(slots), self.first_unchosen)
+                message = Accepted(ballot, tuple(slots), self.first_unchosen, self.applied)
                 self._send(leader, message, now)
                 if self.config.quorum > 2:
                     for peer in self.config.peers:

@@ -271,6 +271,11 @@ class Simulation:
         else:
             self._start(away)
         target = max(self.machines[i].applied_index for i in others)
+        # A client keeps writing at the leader meanwhile (as the real benchmark's probe):
+        # the leader then sends Accepts rather than heartbeats, so what the returning node
+        # reports must reach it in its Accepted too.
+        self.probes = 0
+        self._at(self.now, "probe", leader, back_at + p.catchup_time)
         self._run_until(
             back_at + p.catchup_time,
             stop=lambda: self.machines[away].applied_index >= target,
@@ -287,11 +292,14 @@ class Simulation:
                 f"{elections} elections and {changes} leader changes since (leader {leader})"
             )
         config = self.configs[leader]  # the leader paces the stream, by its own config
-        bound = config.catchup_ahead + config.window
+        # Besides the stream, the returning node learns the probe's slots, whose Accepts it
+        # held, at once when the stream reaches them.
+        bound = config.catchup_ahead + config.window + self.probes
         if self.most_unapplied[away] > bound:
             raise Violation(
                 f"unpaced catch-up: {away} held {self.most_unapplied[away]} slots learned and "
-                f"not applied (bound {bound}: catchup_ahead + the window)"
+                f"not applied (bound {bound}: catchup_ahead + the window + {self.probes} "
+                "probe writes)"
             )
         if not caught_up:
             raise Violation(
@@ -299,6 +307,19 @@ class Simulation:
                 f"{target} slots {p.catchup_time}s after it came back"
             )
         return self._finish_stats()
+
+    def _ev_probe(self, leader: str, until: float) -> None:
+        if self.now >= until or self.nodes[leader] is None:
+            return
+        self._next_request += 1
+        rid = f"p-{self._next_request}"
+        command = Command(rid, f"set probe {self._next_request}")
+        self.checker.on_submit(command)
+        self.outstanding[rid] = (command, float("inf"))
+        self.stats.submitted += 1
+        self.probes += 1
+        self._step(leader, lambda node: node.submit([command], self.now))
+        self._at(self.now + 0.02, "probe", leader, until)
 
     def _leader(self) -> str | None:
         leaders = [
