@@ -107,7 +107,8 @@ def test_a_returning_node_causes_no_election_and_catches_up_within_the_bound(nod
     summary = run_seeds(jobs)
     print(f"\n{nodes} nodes, rejoin: {summary.line()}")
     assert not summary.failures, _failures_text(summary)
-    assert summary.commands == 2000 * REJOIN_SEEDS
+    # The writes, and the probe's writes during each catch-up (one per 20 ms).
+    assert 2000 * REJOIN_SEEDS < summary.commands < 2000 * REJOIN_SEEDS + 250 * REJOIN_SEEDS
     assert 0 < summary.catchup <= Params.catchup_time
     # Catch-up came in chunks: no message near the size of what the node lacked.
     assert summary.max_message <= 300 * 1024
