@@ -146,6 +146,8 @@ CONFIGSTORE_PAXOS = {
     "window": int(env("CONFIGSTORE_WINDOW", "2")),
     "forward_interval": float(env("CONFIGSTORE_FORWARD_MS", "5")) / 1000,
     "max_batch": int(env("CONFIGSTORE_MAX_BATCH", "512")),
+    # Catch-up streamed to a returning node, at most (0: unlimited; see the README).
+    "catchup_bytes_per_second": float(env("CONFIGSTORE_CATCHUP_KB_PER_S", "128")) * 1024,
 }
 # Celery in the node's worker: fire-and-forget Paxos envelopes only.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 16

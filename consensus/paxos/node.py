@@ -134,6 +134,11 @@ class Config:
     #: goes at the pace of the peer's applier, and what it holds learned but unapplied
     #: stays bounded.
     catchup_ahead: int = 1024
+    #: Bytes of catch-up values per second streamed to one peer, at most (0: no limit). A
+    #: returning node's catch-up costs the sender reads and sends, and the returning node's
+    #: own applying; on hosts it shares with the cluster, this bounds how much of them it
+    #: takes (as Kafka's replication throttle). Bursts up to one chunk.
+    catchup_bytes_per_second: float = 128 * 1024
     #: A message larger than this (message_size) is dropped on receipt.
     max_message_bytes: int = 8 << 20
     #: Chosen values kept in memory at and below the applied index (older ones are read
@@ -207,6 +212,9 @@ class _Stream:
     heard: float
     applied: int
     in_flight: deque = field(default_factory=deque)
+    #: Token bucket of catchup_bytes_per_second: bytes that may go now, as of `refilled`.
+    budget: float = 0.0
+    refilled: float = 0.0
 
 
 class Node:
@@ -938,6 +946,14 @@ class Node:
         no single step of the sender reads and sends more than one chunk (the leader's
         own writes wait behind its steps)."""
         config = self.config
+        rate = config.catchup_bytes_per_second
+        if rate:
+            stream.budget = min(
+                float(config.max_chunk_bytes), stream.budget + (now - stream.refilled) * rate
+            )
+            stream.refilled = now
+            if stream.budget < 0:
+                return
         if len(stream.in_flight) < config.catchup_in_flight:
             first = stream.next
             end = min(self.first_unchosen, stream.applied + config.catchup_ahead + 1)
@@ -952,6 +968,7 @@ class Node:
                 return  # not durable here yet: the next report or tick tries again
             stream.next = first + len(values)
             stream.in_flight.append((stream.next - 1, now))
+            stream.budget -= sum(v.size for v in values)
             if "catchup_skip" in self._bugs and len(values) > 2:
                 values = values[:1] + values[2:]
             self._send(peer, Chosen(first, tuple(values)), now)

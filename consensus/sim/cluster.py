@@ -126,6 +126,7 @@ class Simulation:
                 ),
                 catchup_in_flight=rng.choice((1, 2, 4) if not rejoin else (2, 4)),
                 catchup_ahead=rng.choice((8, 64, 1024) if not rejoin else (64, 256)),
+                catchup_bytes_per_second=rng.choice((0.0, 0.0, 20_000.0) if not rejoin else (0.0,)),
                 kept_chosen=rng.choice((4, 64, 1024)),
                 forward_interval=rng.choice((0.0, 0.005, 0.02)),
                 bugs=core_bugs,
