@@ -6,11 +6,13 @@ not hurt the cluster"), measured on real processes through the web tier's submit
 CONFIGSTORE_CLUSTER_DATABASE_URL / _BROKER_URL (else embedded ones):
 
 for each count of writes: a follower's worker is SIGKILLed, that many writes commit
-through the other two nodes (`--clients` threads), then the worker starts again. A probe
-writes at the leader every `--probe` seconds throughout. Printed: leader changes and
-elections seen from the kill until the node caught up, probe writes that failed, the
-probe's p99 before the kill and during catch-up, the catch-up time (worker start until
-its applied index reaches the leader's), with the slots it lacked.
+through the other two nodes (`--clients` threads), the two are left SETTLE seconds to
+digest them, then the worker starts again. A probe writes at the leader every `--probe`
+seconds throughout. Printed: leader changes and elections seen from the kill until the
+node caught up, probe writes that failed, the probe's p99 before the kill (8 s), just
+before the return (the last SETTLE/2 s), from the worker's start and from its core's start
+until it caught up; the catch-up time (worker start until its applied index reaches the
+leader's), with the slots it lacked.
 
 Then restart time (worker start until its core publishes a status) and worker RSS, for the
 smallest and the largest log of the run. Prints figures; asserts nothing.
@@ -37,6 +39,9 @@ from consensus.runtime import status_key
 
 #: The issue's figures for today's code (catch-up seconds by writes while down).
 BEFORE = {5000: 34.0, 20000: 178.0, 50000: 142.0}
+#: Seconds the cluster is left alone after the writes, before the node returns; the second
+#: half of it is the "before the return" baseline.
+SETTLE = 16.0
 
 
 def _payload(key: str, value: int) -> str:
@@ -109,7 +114,8 @@ class Watcher(threading.Thread):
 
 
 def applied_index(cluster: LocalCluster, node: str) -> int:
-    return cluster.query(node, "SELECT applied_index FROM consensus_applied_state")[0][0]
+    rows = cluster.query(node, "SELECT applied_index FROM consensus_applied_state")
+    return rows[0][0] if rows else 0  # no row before the first slot is applied
 
 
 def write(cluster: LocalCluster, nodes: list[str], count: int, clients: int) -> float:
@@ -180,6 +186,12 @@ def rejoin(
     cluster.kill_worker(away)
     behind_from = applied_index(cluster, away)
     took = write(cluster, others, writes, clients)
+    # Let the two nodes digest the writes (their appliers' backlogs, autovacuum), then take
+    # a second baseline: the same cluster, the node still down, just before it returns.
+    settle = time.monotonic()
+    while len({applied_index(cluster, i) for i in others}) > 1 and time.monotonic() - settle < 60:
+        time.sleep(0.1)
+    time.sleep(SETTLE)
     target = max(applied_index(cluster, i) for i in others)
     back = time.monotonic()
     _start_and_wait_for_core(cluster, away)
@@ -196,7 +208,9 @@ def rejoin(
     probe.join(10)
     watcher.join(10)
     before, _ = probe.between(before_end - 8, before_end)
+    before_return, _ = probe.between(back - SETTLE / 2, back)
     during, failed_during = probe.between(back, caught)
+    streaming, _ = probe.between(core_up, caught)
     _, failed_all = probe.between(before_end, caught + 2)
     changes_writing = watcher.changes_between(before_end, back)
     changes = watcher.changes_between(back, caught + 2)
@@ -219,9 +233,15 @@ def rejoin(
         f"written in {took:.0f} s): leader changes after it came back {changes} "
         f"(while it was down: {changes_writing}), elections by {away} "
         f"{elections}, failed leader writes {failed_all} ({failed_during} during catch-up), "
-        f"leader write p99 before {_pct(before, 99):.0f} ms / during catch-up "
-        f"{_pct(during, 99):.0f} ms (p50 {statistics.median(during) if during else 0:.0f} "
-        f"ms, {len(during)} probes), catch-up "
+        f"leader write p99 before the kill {_pct(before, 99):.0f} ms (p50 "
+        f"{statistics.median(before) if before else 0:.0f} ms, {len(before)} probes) / "
+        f"before the return {_pct(before_return, 99):.0f} ms (p50 "
+        f"{statistics.median(before_return) if before_return else 0:.0f} ms, "
+        f"{len(before_return)} probes) / from "
+        f"the worker's start until caught up {_pct(during, 99):.0f} ms (p50 "
+        f"{statistics.median(during) if during else 0:.0f} ms, {len(during)} probes) / "
+        f"from its core's start (the stream) {_pct(streaming, 99):.0f} ms "
+        f"({len(streaming)} probes), catch-up "
         + (
             f"{caught - back:.1f} s ({caught - core_up:.1f} s after its core started)"
             if caught_up

@@ -17,14 +17,19 @@ slots above the applied index only): this prints whether that holds. Asserts not
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.rejoin import _start_and_wait_for_core, _worker_rss, applied_index, write
+from benchmarks.rejoin import (
+    _payload,
+    _start_and_wait_for_core,
+    _worker_rss,
+    applied_index,
+    write,
+)
 from consensus.client import Committed
 from consensus.localcluster import LocalCluster
 
@@ -49,9 +54,7 @@ def _restart_once(
     started = time.monotonic()
     _start_and_wait_for_core(cluster, node)
     up = time.monotonic() - started
-    outcome = cluster.submitter(leader).submit(
-        json.dumps({"op": "put", "key": f"restart/{k}", "value": k}), timeout=30
-    )
+    outcome = cluster.submitter(leader).submit(_payload(f"restart/{k}", k), timeout=30)
     if not isinstance(outcome, Committed):
         raise SystemExit(f"the write after the restart did not commit: {outcome}")
     target = applied_index(cluster, leader)

@@ -334,9 +334,8 @@ class LocalCluster:
         if self.fresh:
             for i in self.ids:
                 redis.Redis.from_url(self._broker_urls[i]).flushdb()
-            template = self._migrated_template(self._db_urls[self.ids[0]])
-            for i in self.ids:
-                self._recreate(self._db_urls[i], template)
+            for i in self.ids:  # a template on each node's server (built once per server)
+                self._recreate(self._db_urls[i], self._migrated_template(self._db_urls[i]))
             return
         for i in self.ids:
             self._create_if_missing(self._db_urls[i])
