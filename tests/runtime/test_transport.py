@@ -194,3 +194,23 @@ def test_the_capped_parser_throws_an_oversized_item_away_and_keeps_the_connectio
     assert capped.ping() and capped.llen(queue) == 0
     capped.close()
     pool.disconnect()
+
+
+def test_a_peer_whose_broker_cannot_be_reached_is_skipped_for_a_second(broker):
+    """The README's claim: after a failed publish the peer is not tried again for BACKOFF
+    (1 s), so a dead broker costs one connection attempt per second, not one per message,
+    and the other peers are served meanwhile."""
+    url, live = broker
+    transport = CeleryTransport({"dead": "redis://127.0.0.1:1/0", live: url})
+    assert transport.send("dead", {"n": 1}) is False
+    assert transport.send_errors == 1
+    started = time.monotonic()
+    for k in range(50):
+        assert transport.send("dead", {"n": k}) is False
+        assert transport.send(live, {"n": k}) is True
+    assert time.monotonic() - started < 1.0
+    assert transport.send_errors == 1  # skipped, not tried
+    assert len(_pushed(url, live)) == 50
+    time.sleep(max(0.0, started + 1.05 - time.monotonic()))
+    assert transport.send("dead", {"n": 51}) is False
+    assert transport.send_errors == 2  # tried again after the second
