@@ -20,6 +20,7 @@ from consensus.paxos import (
     PreVoteReply,
     Promise,
     ReadIndexReply,
+    Ready,
     Role,
     Value,
 )
@@ -165,12 +166,11 @@ def test_a_retried_request_is_applied_once():
 def test_the_applier_drops_a_request_id_chosen_twice():
     h = Harness(3)
     h.elect("n1")
-    b = h.node("n1").ballot
     n2 = h.node("n2")
     twice = value_of("r1", "r1")
     h.handle("n2", n2.on_message("n1", Chosen(1, (value_of("r1"), twice)), h.now))
+    # Slot 2 chose r1 again (twice over): it is applied once, in slot 1, and never again.
     assert h.applied["n2"] == [(1, ("r1",)), (2, ())]
-    assert b == h.node("n1").ballot
 
 
 def test_a_follower_whose_leader_is_gone_forwards_after_the_next_election():
@@ -285,10 +285,20 @@ def test_durable_state_applies_a_ready_in_full():
     h.elect("n1")
     h.submit("n1", "r1")
     h.deliver()
-    state = h.durable["n2"]
-    assert isinstance(state, DurableState)
-    assert state.promised == h.node("n1").ballot
-    assert state.chosen == {1: value_of("r1")}
+    ballot = h.node("n1").ballot
+    for node in ("n1", "n2", "n3"):  # the leader's own acceptor and both followers'
+        state = h.durable[node]
+        assert state.promised == ballot
+        assert state.accepted == {1: (ballot, value_of("r1"))}
+        assert state.chosen == {1: value_of("r1")}
+    # A Ready's writes, applied to a fresh DurableState, are exactly what it says.
+    fresh = DurableState()
+    fresh.apply(Ready(promised=Ballot(3, "n2"), accepted=[(7, Ballot(3, "n2"), value_of("x"))]))
+    assert (fresh.promised, fresh.accepted, fresh.chosen) == (
+        Ballot(3, "n2"),
+        {7: (Ballot(3, "n2"), value_of("x"))},
+        {},
+    )
 
 
 # ---------------------------------------------------------------- a node that comes back
