@@ -88,6 +88,7 @@ class Stats:
     elections: int = 0
     leader_changes: int = 0
     bytes: int = 0  # estimated (message_size); exact in wire mode
+    wire_messages: int = 0  # messages round-tripped through their JSON form (--wire)
     max_message: int = 0
     #: rejoin: simulated seconds from the node's return until it applied everything.
     catchup: float = 0.0
@@ -436,6 +437,7 @@ class Simulation:
                     f"above its estimate {size}"
                 )
             message = decode(json.loads(text))
+            self.stats.wire_messages += 1
         rng = self.rng
         if (src, dst) in self.blocked or rng.random() < self.loss:
             return

@@ -24,6 +24,7 @@ class Summary:
     seeds: int = 0
     steps: int = 0
     messages: int = 0
+    wire_messages: int = 0
     crashes: int = 0
     partitions: int = 0
     commands: int = 0
@@ -97,6 +98,7 @@ def run_seeds(
             continue
         summary.steps += result.steps
         summary.messages += result.messages
+        summary.wire_messages += result.wire_messages
         summary.crashes += result.crashes
         summary.partitions += result.partitions
         summary.commands += result.submitted

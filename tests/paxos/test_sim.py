@@ -35,6 +35,9 @@ def test_seeds_with_every_message_round_tripped_through_json():
     ]
     summary = run_seeds(jobs)
     assert not summary.failures, _failures_text(summary)
+    # The seeds ran, and every message of them went through its JSON form.
+    assert summary.seeds == WIRE_SEEDS and summary.commands > 20 * WIRE_SEEDS
+    assert summary.wire_messages == summary.messages > 0
 
 
 def _digest_in_subprocess(seed: int, hashseed: str) -> str:
