@@ -89,6 +89,9 @@ KNOWN_BUGS = frozenset(
         # catch-up streams without regard to the peer's applied index (its applier's
         # backlog grows with the gap)
         "catchup_unpaced",
+        # forwarded commands are dropped (commands submitted at a follower are never
+        # chosen: only the liveness check can see it)
+        "ignore_forward",
     }
 )
 
@@ -735,6 +738,8 @@ class Node:
         self._report(sender, msg.first_unchosen, now, open_stream=True, applied=msg.applied)
 
     def _on_forward(self, sender: str, msg: Forward) -> None:
+        if "ignore_forward" in self._bugs:
+            return
         if self.role is Role.LEADER:
             self._enqueue(list(msg.commands))
         elif msg.ttl > 0 and self.leader_id not in (None, sender):

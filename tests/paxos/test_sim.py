@@ -69,6 +69,7 @@ BROKEN = {
     "catchup_skip": ("faults", 300, ("learned slot", "detected")),
     "ignore_prevote": ("rejoin", 8, ("disruption",)),
     "catchup_unpaced": ("rejoin", 8, ("unpaced catch-up",)),
+    "ignore_forward": ("faults", 300, ("liveness",)),
 }
 
 

@@ -204,9 +204,7 @@ def is_worker(node: str) -> Callable[[list[str]], bool]:
 
 
 def is_web_master(port: int) -> Callable[[list[str]], bool]:
-    return lambda argv: (
-        any("granian" in a for a in argv) and "--port" in argv and str(port) in argv
-    )
+    return lambda argv: any("granian" in a for a in argv) and "--port" in argv and str(port) in argv
 
 
 @pytest.fixture(scope="module")
