@@ -224,6 +224,7 @@ class NodeRuntime:
             due = [(task, env) for eta, task, env in self._delayed if eta <= now]
             self._delayed = [d for d in self._delayed if d[0] > now]
             if due:
+                self.counters["delayed_released"] += len(due)
                 self._step(due)
         with self._lock:
             try:
