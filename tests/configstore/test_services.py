@@ -103,8 +103,9 @@ REFUSED_TXNS = [
 @pytest.mark.parametrize("kwargs, error", REFUSED_TXNS)
 def test_a_refused_txn_changes_nothing(log, kwargs, error):
     before = replicated_state()
-    with pytest.raises(error):
+    with pytest.raises(error) as refused:
         services.entry_txn(actor="alice", **kwargs)
+    assert type(refused.value) is error  # not merely a subclass of it
     assert replicated_state() == before
 
 
