@@ -15,6 +15,7 @@ from consensus.paxos import (
     Forward,
     Heartbeat,
     HeartbeatAck,
+    Node,
     Prepare,
     PreVote,
     PreVoteReply,
@@ -359,14 +360,20 @@ def test_a_node_behind_the_others_does_not_win_a_pre_vote():
     assert [m.granted for _, m in ready.messages] == [True]
 
 
-def test_catch_up_streams_bounded_chunks_with_at_most_the_in_flight_bound_unacknowledged():
-    h = Harness(3, max_catchup=1000, max_chunk_bytes=100, catchup_in_flight=2)
+def _leader_with_n3_behind(h: Harness, writes: int) -> Node:
+    """n1 leads and commits `writes` one-command slots that n3 never hears of; nothing is
+    left in flight. Returns the leader."""
     h.elect("n1")
-    for k in range(30):
+    for k in range(writes):
         h.submit("n1", f"r{k}")
         h.deliver(drop=lambda s, d, m: d == "n3")
-    leader = h.node("n1")
     h.in_flight = []
+    return h.node("n1")
+
+
+def test_catch_up_streams_bounded_chunks_with_at_most_the_in_flight_bound_unacknowledged():
+    h = Harness(3, max_catchup=1000, max_chunk_bytes=100, catchup_in_flight=2)
+    leader = _leader_with_n3_behind(h, 30)
     # One chunk per acknowledgement or tick (a step reads one chunk from the log at most);
     # the ticks fill the window up to the in-flight bound, and no further.
     ready = leader.on_message("n3", HeartbeatAck(leader.ballot, 1, 1), h.now)
@@ -393,12 +400,7 @@ def test_catch_up_goes_at_the_pace_of_the_peers_applier():
     acks: the leader streams at most catchup_ahead slots beyond it, and goes on when the
     index moves."""
     h = Harness(3, max_catchup=4, catchup_in_flight=8, catchup_ahead=8)
-    h.elect("n1")
-    for k in range(40):
-        h.submit("n1", f"r{k}")
-        h.deliver(drop=lambda s, d, m: d == "n3")
-    leader = h.node("n1")
-    h.in_flight = []
+    leader = _leader_with_n3_behind(h, 40)
 
     def streamed(ready) -> list[int]:
         return [
@@ -439,12 +441,7 @@ def test_catch_up_goes_at_the_pace_of_the_peers_applier():
 def test_catch_up_streams_at_most_its_byte_rate():
     """catchup_bytes_per_second: a burst of one chunk, then chunks as the budget refills."""
     h = Harness(3, max_catchup=1000, max_chunk_bytes=100, catchup_bytes_per_second=200.0)
-    h.elect("n1")
-    for k in range(60):
-        h.submit("n1", f"r{k}")
-        h.deliver(drop=lambda s, d, m: d == "n3")
-    leader = h.node("n1")
-    h.in_flight = []
+    leader = _leader_with_n3_behind(h, 60)
     sent: list[tuple[float, int]] = []
 
     def record(ready) -> None:
