@@ -140,7 +140,8 @@ class Config:
     #: Bytes of catch-up values per second streamed to one peer, at most (0: no limit). A
     #: returning node's catch-up costs the sender reads and sends, and the returning node's
     #: own applying; on hosts it shares with the cluster, this bounds how much of them it
-    #: takes (as Kafka's replication throttle). Bursts up to one chunk.
+    #: takes (as Kafka's replication throttle). The bucket holds 0.1 s of the rate: a
+    #: stream opens with one chunk, not a burst.
     catchup_bytes_per_second: float = 128 * 1024
     #: A message larger than this (message_size) is dropped on receipt.
     max_message_bytes: int = 8 << 20
@@ -953,9 +954,9 @@ class Node:
         config = self.config
         rate = config.catchup_bytes_per_second
         if rate:
-            stream.budget = min(
-                float(config.max_chunk_bytes), stream.budget + (now - stream.refilled) * rate
-            )
+            # The bucket holds a tenth of a second of the rate: a stream opens with one chunk
+            # (which may overdraw it), not a burst of them.
+            stream.budget = min(rate / 10, stream.budget + (now - stream.refilled) * rate)
             stream.refilled = now
             if stream.budget < 0:
                 return
