@@ -281,7 +281,7 @@ class ReplicatedAdmin(admin.ModelAdmin):
             add=add,
             key=key,
             document=document,
-            actor=request.user.get_username(),
+            actor=services.actor_of(request),
             reason=data["reason"],
             description=data["description"],
             expected_version=None if add else expected,
@@ -426,7 +426,7 @@ class ReplicatedAdmin(admin.ModelAdmin):
                     self._precheck(user, rid, key, data["expected_version"])
                     deleted = self.delete(
                         key=key,
-                        actor=user.get_username(),
+                        actor=services.actor_of(request),
                         reason=data["reason"],
                         expected_version=data["expected_version"],
                         idempotency_key=rid,
@@ -537,7 +537,7 @@ class ReplicatedAdmin(admin.ModelAdmin):
                         add=False,
                         key=key,
                         document=row.new_value,
-                        actor=user.get_username(),
+                        actor=services.actor_of(request),
                         reason=data["reason"],
                         description=None,
                         expected_version=expected,

@@ -14,6 +14,13 @@ class ConfigstoreConfig(AppConfig):
         # A worker with DEBUG off does not start with a development secret.
         signals.worker_init.connect(_refuse_insecure_worker, weak=False)
 
+        # Users are replicated state, written only by the applier: a login must not write
+        # this node's copy of the user (Django records last_login by default).
+        from django.contrib.auth import user_logged_in
+        from django.contrib.auth.models import update_last_login
+
+        user_logged_in.disconnect(update_last_login, dispatch_uid="update_last_login")
+
 
 def _refuse_insecure_worker(**kwargs) -> None:
     """Celery logs and ignores exceptions of signal handlers: exit instead."""

@@ -20,6 +20,27 @@ namespaced by the actor: "<actor>:<client's key>"):
     {"op": "delete_schema", "key": target, "expected_version": int | null}
     {"op": "noop"}                                    a read barrier: changes nothing
 
+Access commands (identities: configstore.identity applies them; null fields keep the
+current value, or take the default on create):
+    {"op": "put_user", "username": u, "password": <Django password hash> | null,
+     "is_active", "is_staff", "is_superuser": bool | null, "email", "first_name",
+     "last_name": str | null, "groups": [name] | null, "permissions": [perm] | null,
+     "create_only": bool, "must_exist": bool}
+    {"op": "delete_user", "username": u}
+    {"op": "put_group", "name": g, "permissions": [perm] | null,
+     "prefixes": [{"prefix", "view", "change", "delete"}] | null, "create_only": bool}
+    {"op": "delete_group", "name": g}
+    {"op": "put_token", "token_id": id, "username": u, "name": str, "key_hash": sha256 hex,
+     "scope": "read" | "write", "prefix": str | null, "expires_at": ISO 8601 | null}
+    {"op": "delete_token", "token_id": id}
+    perm: one of GRANTABLE ("configstore.view_entry", ...).
+
+"auth" (optional, every command but noop): the credential the request was authorised
+with, "session" or "token:<token id>". The applier checks it again against the replicated
+identities in force at the command's log index (configstore.identity): a command whose
+credential was revoked, expired or lacks the right meanwhile is rejected (forbidden).
+Commands without it come from the operator's own tools (manage.py), not from a request.
+
 An expected version of 0 means "must not exist". Pure: no Django, no I/O.
 
 `fingerprint` is what makes two commands "the same request" for an idempotency key: a hash
@@ -31,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -42,6 +64,7 @@ from configstore.validation import (
     check_text,
     key_error,
     schema_target_error,
+    validate_prefix,
 )
 
 MAX_ACTOR_LENGTH = 150  # Entry.updated_by, and Django's username
@@ -54,7 +77,28 @@ MAX_IDEMPOTENCY_KEY_LENGTH = MAX_ACTOR_LENGTH + 1 + MAX_CLIENT_KEY_LENGTH
 
 WRITE_OPS = ("put", "delete", "txn")
 SCHEMA_OPS = ("put_schema", "delete_schema")
-OPS = (*WRITE_OPS, *SCHEMA_OPS, "noop")
+ACCESS_OPS = ("put_user", "delete_user", "put_group", "delete_group", "put_token", "delete_token")
+OPS = (*WRITE_OPS, *SCHEMA_OPS, *ACCESS_OPS, "noop")
+
+#: The permissions an access command may grant a user or a group (all of the config store:
+#: the rest of Django's are not used by it).
+GRANTABLE = (
+    "configstore.view_entry",
+    "configstore.change_entry",
+    "configstore.delete_entry",
+    "configstore.change_schema",
+    "configstore.delete_schema",
+    "configstore.manage_access",
+)
+MAX_USERNAME_LENGTH = 150
+MAX_GROUP_NAME_LENGTH = 150
+MAX_TOKEN_ID_LENGTH = 32
+MAX_TOKEN_NAME_LENGTH = 100
+MAX_PASSWORD_HASH_LENGTH = 128
+MAX_NAMES = 1000  # groups of a user, permissions, prefixes of a group
+_USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
+_TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_KEY_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 class Malformed(ValueError):
@@ -79,6 +123,9 @@ class Origin:
     reason: str = ""
     node: str = ""
     idempotency_key: str | None = None
+    #: the credential the request was authorised with: "session", "token:<id>", or None
+    #: (an operator's tool: not checked again at apply)
+    auth: str | None = None
 
     def to_json(self) -> dict:
         data = {
@@ -89,7 +136,13 @@ class Origin:
         }
         if self.idempotency_key is not None:
             data["idempotency_key"] = self.idempotency_key
+        if self.auth is not None:
+            data["auth"] = self.auth
         return data
+
+    @property
+    def token_id(self) -> str | None:
+        return self.auth[len("token:") :] if self.auth and self.auth.startswith("token:") else None
 
 
 @dataclass(frozen=True)
@@ -139,7 +192,24 @@ class Noop:
     op: Literal["noop"] = "noop"
 
 
-Command = WriteCommand | SchemaCommand | Noop
+@dataclass(frozen=True)
+class AccessCommand:
+    """A change to the replicated identities (see the module's docstring for each op's
+    fields). `subject` is the username, group name or token id it changes; `fields` the
+    op's other fields, validated."""
+
+    op: str
+    subject: str
+    origin: Origin
+    fields: dict = field(default_factory=dict)
+
+    @property
+    def subject_label(self) -> str:
+        kind = {"user": "user", "group": "group", "token": "token"}[self.op.split("_", 1)[1]]
+        return f"{kind}:{self.subject}"
+
+
+Command = WriteCommand | SchemaCommand | AccessCommand | Noop
 
 
 @dataclass
@@ -210,6 +280,12 @@ def _origin(r: _Reader) -> Origin:
         when = None
     if when is None or when.tzinfo is None:
         r.fail("at must be an ISO 8601 time with a timezone")
+    auth = r.data.get("auth")
+    if auth is not None and not (
+        auth == "session"
+        or (isinstance(auth, str) and auth.startswith("token:") and _TOKEN_ID.fullmatch(auth[6:]))
+    ):
+        r.fail('auth must be "session" or "token:<token id>"')
     return Origin(
         at=when,
         actor=r.text("actor", MAX_ACTOR_LENGTH),
@@ -217,6 +293,7 @@ def _origin(r: _Reader) -> Origin:
         node=r.text("node", MAX_NODE_LENGTH),
         idempotency_key=r.text("idempotency_key", MAX_IDEMPOTENCY_KEY_LENGTH, optional=True)
         or None,
+        auth=auth,
     )
 
 
@@ -237,6 +314,8 @@ def decode(payload: str) -> Command:
     if isinstance(data.get("key"), str) and key_error(data["key"].rstrip("/")) is None:
         r.key = data["key"]
     r.origin = _origin(r)
+    if op in ACCESS_OPS:
+        return _decode_access(r)
     if op in SCHEMA_OPS:
         return _decode_schema(r)
     if op == "txn":
@@ -308,6 +387,120 @@ def _decode_schema(r: _Reader) -> SchemaCommand:
     return SchemaCommand("put_schema", key, r.origin, schema, description, expected)
 
 
+def _decode_access(r: _Reader) -> AccessCommand:
+    kind = r.op.split("_", 1)[1]
+    name = {"user": "username", "group": "name", "token": "token_id"}[kind]
+    subject = r.data.get(name)
+    if kind == "user":
+        ok = isinstance(subject, str) and _USERNAME.fullmatch(subject)
+        what = "a username of 1-150 letters, digits and _ . @ + -"
+    elif kind == "group":
+        ok = isinstance(subject, str) and 0 < len(subject) <= MAX_GROUP_NAME_LENGTH
+        ok = ok and subject.isprintable() and subject.strip() == subject
+        what = f"a group name of 1-{MAX_GROUP_NAME_LENGTH} printable characters"
+    else:
+        ok = isinstance(subject, str) and _TOKEN_ID.fullmatch(subject)
+        what = "a token id of 1-32 letters, digits, _ and -"
+    if not ok:
+        r.fail(f"{name} must be {what}")
+    fields: dict[str, Any] = {}
+    if r.op == "put_user":
+        password = r.text("password", MAX_PASSWORD_HASH_LENGTH, optional=True)
+        fields["password"] = password
+        for flag in ("is_active", "is_staff", "is_superuser"):
+            fields[flag] = None if r.data.get(flag) is None else r.flag(flag)
+        for text in ("email", "first_name", "last_name"):
+            fields[text] = r.text(text, 254 if text == "email" else 150, optional=True)
+        fields["groups"] = _names(r, "groups", MAX_GROUP_NAME_LENGTH)
+        fields["permissions"] = _permissions(r)
+        fields["create_only"] = r.flag("create_only")
+        fields["must_exist"] = r.flag("must_exist")
+        if fields["create_only"] and fields["must_exist"]:
+            r.fail("create_only and must_exist exclude each other")
+    elif r.op == "put_group":
+        fields["permissions"] = _permissions(r)
+        fields["prefixes"] = _prefixes(r)
+        fields["create_only"] = r.flag("create_only")
+    elif r.op == "put_token":
+        username = r.data.get("username")
+        if not (isinstance(username, str) and _USERNAME.fullmatch(username)):
+            r.fail("username must be a username")
+        fields["username"] = username
+        fields["name"] = r.text("name", MAX_TOKEN_NAME_LENGTH)
+        key_hash = r.data.get("key_hash")
+        if not (isinstance(key_hash, str) and _KEY_HASH.fullmatch(key_hash)):
+            r.fail("key_hash must be a SHA-256 in lowercase hex")
+        fields["key_hash"] = key_hash
+        scope = r.data.get("scope", "write")
+        if scope not in ("read", "write"):
+            r.fail('scope must be "read" or "write"')
+        fields["scope"] = scope
+        prefix = r.data.get("prefix")
+        if prefix is not None:
+            try:
+                validate_prefix(prefix)
+            except InvalidValue as error:
+                r.fail(f"prefix: {error}")
+        fields["prefix"] = prefix
+        expires = r.data.get("expires_at")
+        if expires is not None:
+            try:
+                when = datetime.fromisoformat(expires) if isinstance(expires, str) else None
+            except ValueError:
+                when = None
+            if when is None or when.tzinfo is None:
+                r.fail("expires_at must be an ISO 8601 time with a timezone, or null")
+            expires = when.isoformat()
+        fields["expires_at"] = expires
+    return AccessCommand(r.op, subject, r.origin, fields)
+
+
+def _names(r: _Reader, name: str, max_length: int) -> list[str] | None:
+    value = r.data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_NAMES:
+        r.fail(f"{name} must be a list of at most {MAX_NAMES} names, or null")
+    for item in value:
+        if not (isinstance(item, str) and 0 < len(item) <= max_length and item.isprintable()):
+            r.fail(f"{name}: {item!r} is not a name")
+    return sorted(set(value))
+
+
+def _permissions(r: _Reader) -> list[str] | None:
+    names = _names(r, "permissions", 100)
+    for perm in names or ():
+        if perm not in GRANTABLE:
+            r.fail(f"permissions: {perm!r} is not one of {', '.join(GRANTABLE)}")
+    return names
+
+
+def _prefixes(r: _Reader) -> list[dict] | None:
+    value = r.data.get("prefixes")
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_NAMES:
+        r.fail(f"prefixes must be a list of at most {MAX_NAMES} objects, or null")
+    seen: dict[str, dict] = {}
+    for i, item in enumerate(value):
+        sub = _Reader(item if isinstance(item, dict) else {}, op=r.op, where=f"prefixes[{i}]: ")
+        if not isinstance(item, dict) or not isinstance(item.get("prefix"), str):
+            sub.fail('each prefix must be an object {"prefix", "view", "change", "delete"}')
+        try:
+            validate_prefix(item["prefix"])
+        except InvalidValue as error:
+            sub.fail(str(error))
+        if item["prefix"] in seen:
+            r.fail(f"prefixes: {item['prefix']!r} is given twice")
+        seen[item["prefix"]] = {
+            "prefix": item["prefix"],
+            "view": sub.flag("view") if "view" in item else True,
+            "change": sub.flag("change"),
+            "delete": sub.flag("delete"),
+        }
+    return [seen[p] for p in sorted(seen)]
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
@@ -317,7 +510,11 @@ def encode(command: Command) -> str:
     if isinstance(command, Noop):
         return json.dumps({"op": "noop"})
     data: dict[str, Any] = {"op": command.op}
-    if isinstance(command, SchemaCommand):
+    if isinstance(command, AccessCommand):
+        kind = command.op.split("_", 1)[1]
+        data[{"user": "username", "group": "name", "token": "token_id"}[kind]] = command.subject
+        data.update(command.fields)
+    elif isinstance(command, SchemaCommand):
         data["key"] = command.key
         if command.op == "put_schema":
             data["schema"] = command.schema
@@ -347,10 +544,10 @@ def encode(command: Command) -> str:
 
 
 #: What a fingerprint leaves out: where and when the request was taken, and the key itself.
-_NOT_FINGERPRINTED = ("at", "node", "idempotency_key")
+_NOT_FINGERPRINTED = ("at", "node", "idempotency_key", "auth")
 
 
-def fingerprint(command: WriteCommand | SchemaCommand) -> str:
+def fingerprint(command: WriteCommand | SchemaCommand | AccessCommand) -> str:
     """The SHA-256 (hex) of the canonical JSON of what `command` asks for: equal for a retry
     of the same request through any node at any time, different if anything it asks differs
     (an operation, a key, a value, a condition, the description, the actor or the reason)."""

@@ -121,6 +121,19 @@ class NotFound(ConfigstoreError):
         return {"key": self.key} if self.key else {}
 
 
+class Forbidden(ConfigstoreError):
+    """The applier refused the command: its credential no longer allowed it at the
+    command's log index (revoked, deactivated, expired or narrowed meanwhile)."""
+
+    code = "forbidden"
+
+
+class Conflict(ConfigstoreError):
+    """An access command met a state it cannot apply to (the user exists already, ...)."""
+
+    code = "conflict"
+
+
 class TxnFailed(ConfigstoreError):
     """A txn's checks failed (or it deleted a key that does not exist): nothing applied.
     `failed` lists {"key", "expected_version", "current_version"} per failed check."""

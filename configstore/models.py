@@ -2,10 +2,13 @@
 Written only by the applier (configstore.statemachine), identically on every node; never
 save these models from anywhere else (configstore.services submits commands instead).
 
-PrefixPermission is not replicated: like users, groups and tokens, it lives in each
-node's own database.
+Identities are replicated too (configstore.access): Django's users, groups and their
+permissions, PrefixPermission and ApiToken are written only by the applier, from access
+commands, with a row in AccessHistory for each change. TokenUse is the one node-local table
+here (when this node last saw a token used).
 """
 
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -193,3 +196,78 @@ class PrefixPermission(models.Model):
             if on
         ]
         return f"{self.group}: {self.prefix or '*'} ({', '.join(rights) or 'nothing'})"
+
+
+class ApiToken(models.Model):
+    """An API token. Only the SHA-256 of its secret is stored (the secret is shown once, when
+    it is created); `token_id` is its public name in the API, the admin and the history.
+    `scope` "read" allows reads only; `prefix`, when not null, restricts the token to keys
+    under it (on top of its user's own rights, never beyond them); after `expires_at` it
+    authenticates nothing. Replicated: written only by the applier."""
+
+    READ, WRITE = "read", "write"
+    SCOPES = [(READ, "read-only"), (WRITE, "read-write")]
+
+    token_id = models.CharField(max_length=32, primary_key=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="configstore_tokens"
+    )
+    name = models.CharField(max_length=100)
+    key_hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the secret")
+    scope = models.CharField(max_length=8, choices=SCOPES, default=WRITE)
+    prefix = models.CharField(
+        max_length=257, null=True, blank=True, help_text="only keys under it (null: any)"
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    created_index = models.BigIntegerField()
+
+    class Meta:
+        db_table = "configstore_api_token"
+        ordering = ["user__username", "name", "token_id"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.token_id})"
+
+
+class TokenUse(models.Model):
+    """When this node last authenticated a request with a token (node-local, not replicated;
+    written at most once a minute per token and web process)."""
+
+    token_id = models.CharField(max_length=32, primary_key=True)
+    last_used_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "configstore_token_use"
+
+
+class AccessHistory(models.Model):
+    """The audit history of identities: one immutable row per access command applied
+    (committed or rejected): who changed whose access, what (old and new, never a password
+    hash or a token secret), why, at which log index. Like History, append-only."""
+
+    id = models.BigAutoField(primary_key=True)
+    index = models.BigIntegerField()
+    request_id = models.TextField()
+    command = models.CharField(max_length=16, help_text="put_user, delete_user, put_group, ...")
+    subject = models.CharField(max_length=200, help_text="user:NAME, group:NAME or token:ID")
+    old = models.JSONField(null=True, blank=True)
+    new = models.JSONField(null=True, blank=True)
+    actor = models.CharField(max_length=150, blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+    node = models.CharField(max_length=64, blank=True, default="")
+    outcome = models.CharField(max_length=16, choices=History.OUTCOMES)
+    error = models.CharField(max_length=32, blank=True, default="")
+    detail = models.TextField(blank=True, default="")
+    at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "configstore_access_history"
+        ordering = ["index", "id"]
+        verbose_name_plural = "access history"
+        indexes = [models.Index(fields=["index"], name="configstore_access_index")]
+        permissions = [("manage_access", "Can manage users, groups, tokens and permissions")]
+
+    def __str__(self) -> str:
+        return f"{self.index} {self.command} {self.subject} ({self.outcome})"

@@ -10,6 +10,10 @@ Rights are additive, as Django's are:
 
 Schemas: reading one needs the right to read its key (for a namespace "a/", the keys under
 it); writing needs the global configstore.change_schema / delete_schema.
+
+A request authenticated by an API token is held to the token's limits too (its scope and
+prefix: configstore.identity.TokenLimits, set on the user by configstore.api.auth). The
+applier checks the same rules again at apply (configstore.identity.Rights).
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ def _prefixes(user) -> dict[str, list[str]]:
     return cached
 
 
+def _token(user):
+    return getattr(user, "_configstore_token", None)
+
+
 def _global(user, action: str) -> bool:
     if user.has_perm(f"configstore.{action}_entry"):
         return True
@@ -58,6 +66,9 @@ def has_key_permission(user, action: str, key: str) -> bool:
         return True
     if user is None or not user.is_authenticated or not user.is_active:
         return False
+    token = _token(user)
+    if token is not None and not token.allows_key(action, key):
+        return False
     if _global(user, action):
         return True
     return any(key.startswith(prefix) for prefix in _prefixes(user)[action])
@@ -69,9 +80,16 @@ def readable_prefixes(user) -> list[str] | None:
         return None
     if user is None or not user.is_authenticated or not user.is_active:
         return []
-    if _global(user, VIEW):
-        return None
-    return sorted(set(_prefixes(user)[VIEW]))
+    prefixes = None if _global(user, VIEW) else sorted(set(_prefixes(user)[VIEW]))
+    token = _token(user)
+    if token is None or token.prefix is None:
+        return prefixes
+    if prefixes is None:
+        return [token.prefix]
+    # Under both the token's prefix and one of the user's.
+    narrowed = {p for p in prefixes if p.startswith(token.prefix)}
+    narrowed |= {token.prefix for p in prefixes if token.prefix.startswith(p)}
+    return sorted(narrowed)
 
 
 def may_read_anything(user) -> bool:
@@ -84,4 +102,18 @@ def has_schema_permission(user, action: str, key: str) -> bool:
         return has_key_permission(user, VIEW, key)
     if user is None or not user.is_authenticated or not user.is_active:
         return False
+    token = _token(user)
+    if token is not None and not token.allows_key(action, key):
+        return False
     return user.has_perm(f"configstore.{action}_schema")
+
+
+def may_manage_access(user) -> bool:
+    """Users, groups, tokens and prefix permissions: superusers and configstore.manage_access
+    (with a token: a read-write one without a prefix)."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    token = _token(user)
+    if token is not None and (token.scope != "write" or token.prefix):
+        return False
+    return user.has_perm("configstore.manage_access")

@@ -41,6 +41,7 @@ from consensus import client
 from consensus.cluster import node_has_quorum
 
 __all__ = [
+    "Actor",
     "Check",
     "EntryDeleted",
     "EntryWritten",
@@ -48,6 +49,7 @@ __all__ = [
     "SchemaWritten",
     "TxnCommitted",
     "Write",
+    "actor_of",
     "entry_delete",
     "entry_put",
     "entry_txn",
@@ -57,6 +59,25 @@ __all__ = [
     "schema_delete",
     "schema_put",
 ]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks: a username, and the credential the request was authorised with ("session",
+    "token:<id>"; None for the operator's own tools), which the applier checks again."""
+
+    name: str
+    auth: str | None = None
+
+
+def actor_of(request) -> Actor:
+    from configstore.api.auth import credential
+
+    return Actor(request.user.get_username(), credential(request))
+
+
+def _actor_parts(actor: str | Actor) -> tuple[str, str | None]:
+    return (actor.name, actor.auth) if isinstance(actor, Actor) else (actor, None)
 
 
 @dataclass(frozen=True)
@@ -107,7 +128,7 @@ def entry_put(
     *,
     key: str,
     value: Any,
-    actor: str,
+    actor: str | Actor,
     reason: str = "",
     description: str | None = None,
     expected_version: int | None = None,
@@ -150,7 +171,7 @@ def _written(model, key: str, done: _Done, origin: Origin, **content):
 def entry_delete(
     *,
     key: str,
-    actor: str,
+    actor: str | Actor,
     reason: str = "",
     expected_version: int | None = None,
     idempotency_key: str | None = None,
@@ -172,7 +193,7 @@ def entry_txn(
     *,
     ops: Sequence[Write],
     checks: Sequence[Check] = (),
-    actor: str,
+    actor: str | Actor,
     reason: str = "",
     idempotency_key: str | None = None,
     timeout: float | None = None,
@@ -235,7 +256,7 @@ def schema_put(
     *,
     key: str,
     schema: Any,
-    actor: str,
+    actor: str | Actor,
     reason: str = "",
     description: str | None = None,
     expected_version: int | None = None,
@@ -261,7 +282,7 @@ def schema_put(
 def schema_delete(
     *,
     key: str,
-    actor: str,
+    actor: str | Actor,
     reason: str = "",
     expected_version: int | None = None,
     idempotency_key: str | None = None,
@@ -311,11 +332,11 @@ def request_outcome(request_id: str) -> client.Committed | client.Rejected | Non
 
 
 def idempotent_outcome(
-    *, actor: str, idempotency_key: str
+    *, actor: str | Actor, idempotency_key: str
 ) -> client.Committed | client.Rejected | None:
     """The outcome of the first command `actor` had applied under `idempotency_key`, as this
     node has applied it (live: within the window), or None."""
-    record = _recorded(_namespaced(actor, idempotency_key))
+    record = _recorded(_namespaced(_actor_parts(actor)[0], idempotency_key))
     return None if record is None else _recorded_outcome(record)
 
 
@@ -430,10 +451,15 @@ def rejection_error(result: dict) -> exceptions.ConfigstoreError:
         return exceptions.TxnFailed(detail, failed=result.get("failed", []))
     if code == "idempotency_key_reused":
         return exceptions.IdempotencyKeyReused(detail)
+    if code == "forbidden":
+        return exceptions.Forbidden(detail)
+    if code == "conflict":
+        return exceptions.Conflict(detail)
     return exceptions.InvalidInput(detail)
 
 
-def _origin(actor: str, reason: str, idempotency_key: str | None = None) -> Origin:
+def _origin(actor: str | Actor, reason: str, idempotency_key: str | None = None) -> Origin:
+    actor, auth = _actor_parts(actor)
     _text(actor, "actor", commands.MAX_ACTOR_LENGTH)
     _text(reason, "reason", commands.MAX_REASON_LENGTH)
     if idempotency_key is not None:
@@ -449,6 +475,7 @@ def _origin(actor: str, reason: str, idempotency_key: str | None = None) -> Orig
         reason=reason,
         node=settings.CONFIGSTORE_NODE_ID,
         idempotency_key=idempotency_key,
+        auth=auth,
     )
 
 

@@ -176,7 +176,7 @@ CONFIGSTORE_MAX_ENVELOPE_BYTES = int(env("CONFIGSTORE_MAX_ENVELOPE_BYTES", str(1
 # --- config store API ---
 # The REST API (configstore.api) and the config store's own settings (configstore/conf.py
 # has the defaults). Every error is JSON {"error", "detail"} (configstore.api.errors).
-INSTALLED_APPS += ["rest_framework.authtoken", "drf_spectacular", "drf_spectacular_sidecar"]
+INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
 REST_FRAMEWORK = {
     # Token first: a request without credentials gets 401 with WWW-Authenticate: Token.
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -214,3 +214,6 @@ CONFIGSTORE_ANONYMOUS_READS = env("CONFIGSTORE_ANONYMOUS_READS", "0") == "1"
 # Request bodies up to a whole txn: escaped JSON may be larger than its compact size. Past
 # this, the API answers 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * CONFIGSTORE_MAX_TXN_BYTES + 1024 * 1024
+
+# Logins check the replicated users without ever writing them (configstore.auth_backend).
+AUTHENTICATION_BACKENDS = ["configstore.auth_backend.ReplicatedUserBackend"]

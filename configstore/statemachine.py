@@ -46,8 +46,9 @@ from __future__ import annotations
 
 import json
 
-from configstore import schemas
+from configstore import identity, schemas
 from configstore.commands import (
+    AccessCommand,
     Malformed,
     Noop,
     Origin,
@@ -158,8 +159,13 @@ def apply_command(cursor, slot: int, command: Command, node_id: str) -> tuple[st
         return _reject_malformed(cursor, slot, command.request_id, error)
     if isinstance(decoded, Noop):
         return COMMITTED, {}
+    refusal = identity.authorize(cursor, decoded)
+    if refusal is not None:
+        return _reject(cursor, slot, command.request_id, decoded, refusal)
     if isinstance(decoded, WriteCommand):
         return _apply_writes(cursor, slot, command.request_id, decoded)
+    if isinstance(decoded, AccessCommand):
+        return _apply_access(cursor, slot, command.request_id, decoded)
     return _apply_schema(cursor, slot, command.request_id, decoded)
 
 
@@ -169,7 +175,8 @@ def apply_commands(
     """Apply a slot's commands in order; the outcomes in the same order. Same results as
     `apply_command` on each, but a slot of writes reads the state it needs once, up front,
     and keeps it current in memory as it writes: one round trip per slot, not per command
-    (the applier's hot path). A slot with a schema command goes one command at a time."""
+    (the applier's hot path). A slot with a schema or an access command goes one command at
+    a time (an access command may change the rights of the commands after it)."""
     if slot % IDEMPOTENCY_PRUNE_EVERY == 0:
         cursor.execute(_PRUNE_IDEMPOTENCY, [slot - IDEMPOTENCY_WINDOW])
     decoded = []
@@ -179,18 +186,39 @@ def apply_commands(
         except Malformed as error:
             decoded.append(error)
     writes = [d for d in decoded if isinstance(d, WriteCommand)]
-    if not writes or any(isinstance(d, SchemaCommand) for d in decoded):
+    if not writes or any(isinstance(d, SchemaCommand | AccessCommand) for d in decoded):
         return [apply_command(cursor, slot, c, node_id) for c in commands]
-    state = _read_state(cursor, writes)
+    rights: dict = {}  # no access command in this slot: rights do not change within it
+    allowed = [d for d in writes if identity.authorize(cursor, d, rights) is None]
+    state = _read_state(cursor, allowed) if allowed else ({}, {}, {})
     outcomes = []
     for command, d in zip(commands, decoded, strict=True):
         if isinstance(d, Malformed):
             outcomes.append(_reject_malformed(cursor, slot, command.request_id, d))
         elif isinstance(d, Noop):
             outcomes.append((COMMITTED, {}))
+        elif (refusal := identity.authorize(cursor, d, rights)) is not None:
+            outcomes.append(_reject(cursor, slot, command.request_id, d, refusal))
         else:
             outcomes.append(_apply_writes(cursor, slot, command.request_id, d, state))
     return outcomes
+
+
+def _reject(cursor, slot: int, request_id: str, cmd, refusal: dict) -> tuple[str, dict]:
+    """A command refused as a whole (forbidden, idempotency_key_reused): its rows in the
+    history, nothing else changed."""
+    if isinstance(cmd, AccessCommand):
+        identity.record(cursor, slot, request_id, cmd, REJECTED, refusal=refusal)
+    elif isinstance(cmd, SchemaCommand):
+        _record_rejected_schema(cursor, slot, request_id, cmd, refusal)
+    else:
+        for write in cmd.writes:
+            _record_rejected(cursor, slot, request_id, cmd.op, write, cmd.origin, refusal)
+    return REJECTED, refusal
+
+
+def _apply_access(cursor, slot: int, request_id: str, cmd: AccessCommand) -> tuple[str, dict]:
+    return _apply_one(cursor, slot, request_id, cmd, identity.apply_access)
 
 
 # ---------------------------------------------------------------------------------- writes
@@ -390,12 +418,7 @@ def _idempotent(
         "new request",
         **first,
     }
-    if isinstance(cmd, SchemaCommand):
-        _record_rejected_schema(cursor, slot, request_id, cmd, refusal)
-    else:
-        for write in cmd.writes:
-            _record_rejected(cursor, slot, request_id, cmd.op, write, cmd.origin, refusal)
-    return REJECTED, refusal
+    return _reject(cursor, slot, request_id, cmd, refusal)
 
 
 def _remember(
@@ -464,6 +487,11 @@ def _like_prefix(prefix: str) -> str:
 
 
 def _apply_schema(cursor, slot: int, request_id: str, cmd: SchemaCommand) -> tuple[str, dict]:
+    return _apply_one(cursor, slot, request_id, cmd, _change_schema)
+
+
+def _apply_one(cursor, slot: int, request_id: str, cmd, change) -> tuple[str, dict]:
+    """A schema or access command, one at a time, under its idempotency key if any."""
     records: dict = {}
     if cmd.origin.idempotency_key:
         cursor.execute(f"SELECT {_IDEMPOTENCY_RECORDS}", [[cmd.origin.idempotency_key]])
@@ -471,7 +499,7 @@ def _apply_schema(cursor, slot: int, request_id: str, cmd: SchemaCommand) -> tup
     decided = _idempotent(cursor, slot, request_id, cmd, records)
     if decided is not None:
         return decided
-    outcome, result = _change_schema(cursor, slot, request_id, cmd)
+    outcome, result = change(cursor, slot, request_id, cmd)
     _remember(cursor, slot, request_id, cmd, outcome, result, records)
     return outcome, result
 

@@ -700,12 +700,14 @@ class LocalCluster:
         write_faults(self.faults_file)
 
     def ensure_admin(self, username: str = "admin") -> str:
-        """A superuser with the same password and API token on every node (users are per
-        node database). Both are generated once and kept in the data folder; the token is
+        """A superuser with an API token, created through consensus (identities are
+        replicated: run on one node, it holds on every node). The password and the token's
+        secret are generated once and kept in the data folder; the secret is
         `self.api_token`."""
         password = self._kept_secret("admin-password")[:16]
         self.api_token = self._kept_secret("api-token")[:40]
-        self._run_all(
+        node = self.ids[0]
+        self._check_run(
             [
                 "manage.py",
                 "ensure_admin",
@@ -716,9 +718,53 @@ class LocalCluster:
                 "--token",
                 self.api_token,
             ],
-            "ensure_admin",
+            {**os.environ, **self.env(node)},
+            f"ensure_admin on {node}",
+        )
+        self._wait_everywhere(
+            "SELECT 1 FROM configstore_api_token WHERE key_hash = %s",
+            [hashlib.sha256(self.api_token.encode()).hexdigest()],
         )
         return password
+
+    def manage(self, node_id: str, *args: str, stdin: str | None = None) -> str:
+        """Run `manage.py ARGS` as node `node_id`; its output (RuntimeError if it fails)."""
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env={**os.environ, **self.env(node_id)},
+            input=stdin,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args)} on {node_id} failed:\n{done.stderr}")
+        return done.stdout
+
+    def add_user(self, username: str, *options: str, node_id: str | None = None) -> str:
+        """A user (with `manage.py access user` options, e.g. "--perm",
+        "configstore.view_entry") and a read-write API token, through consensus and applied
+        on every node when this returns; the token's secret."""
+        node_id = node_id or self.ids[0]
+        self.manage(node_id, "access", "user", username, *options)
+        out = self.manage(node_id, "access", "token", username, "--name", "test")
+        secret = json.loads(out.strip().splitlines()[-1])["secret"]
+        self._wait_everywhere(
+            "SELECT 1 FROM configstore_api_token WHERE key_hash = %s",
+            [hashlib.sha256(secret.encode()).hexdigest()],
+        )
+        return secret
+
+    def _wait_everywhere(self, sql: str, params, timeout: float = 30.0) -> None:
+        """Until `sql` finds a row in every node's database (a replicated change applied
+        everywhere), for callers that go on with any node at once."""
+        deadline = time.monotonic() + timeout
+        for i in self.ids:
+            with psycopg.connect(self._db_urls[i], autocommit=True) as conn:
+                while conn.execute(sql, params).fetchone() is None:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{i} did not apply it within {timeout}s")
+                    time.sleep(0.05)
 
     # ------------------------------------------------------------------ observing
 

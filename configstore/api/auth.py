@@ -1,52 +1,107 @@
-"""Token authentication for the API, in one raw statement per request.
+"""Token authentication for the API: `Authorization: Token <secret>` (or `Bearer <secret>`).
 
-The rules are DRF's TokenAuthentication's (an unknown token or an inactive user: 401 with
-the same message); only the lookup differs: one SQL statement over the token and its user
-instead of an ORM query, whose compilation cost about as much as the rest of a read."""
+Tokens are replicated identities (configstore.models.ApiToken, configstore.identity): only
+the SHA-256 of a secret is stored, so a request's secret is hashed and looked up, with its
+user, in one raw SQL statement (an ORM query's compilation costs about as much as the rest
+of a read). An unknown, revoked or expired token, or an inactive user: 401, the same answer
+for each. `request.auth` is the token's limits (configstore.identity.TokenLimits); they
+also ride on the user (configstore.permissions reads them there), and its `origin.auth`
+("token:<id>") goes into every command the request submits, to be checked again at apply.
+
+Last use is recorded in this node's configstore_token_use at most once a minute per token
+and process: no write per request.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
+from datetime import UTC, datetime
 from functools import cache
 
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
-from rest_framework.authtoken.models import Token
+
+from configstore.identity import TokenLimits
+from configstore.models import ApiToken
+
+TOKEN_ATTRIBUTE = "_configstore_token"
+LAST_USE_EVERY = 60.0  # seconds between two writes of a token's last use, per process
+_last_use: dict[str, float] = {}
+_last_use_lock = threading.Lock()
+_LAST_USE_KEPT = 10_000
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 @cache
-def _lookup() -> tuple[str, list[str], list[str]]:
-    """(the SQL, the user's field names, the token's field names)."""
+def _lookup() -> tuple[str, list[str]]:
+    """(the SQL, the user's field names)."""
     user_model = get_user_model()
     quote = connection.ops.quote_name
     user_fields = [f.attname for f in user_model._meta.concrete_fields]
     user_columns = [f"u.{quote(f.column)}" for f in user_model._meta.concrete_fields]
-    token_fields = [f.attname for f in Token._meta.concrete_fields]
-    token_columns = [f"t.{quote(f.column)}" for f in Token._meta.concrete_fields]
-    user_pk = quote(user_model._meta.pk.column)
-    token_user = quote(Token._meta.get_field("user").column)
-    token_key = quote(Token._meta.get_field("key").column)
     sql = (
-        f"SELECT {', '.join(user_columns + token_columns)} "
-        f"FROM {quote(Token._meta.db_table)} t "
-        f"JOIN {quote(user_model._meta.db_table)} u ON u.{user_pk} = t.{token_user} "
-        f"WHERE t.{token_key} = %s"
+        f"SELECT {', '.join(user_columns)}, t.token_id, t.scope, t.prefix, t.expires_at "
+        f"FROM {quote(ApiToken._meta.db_table)} t "
+        f"JOIN {quote(user_model._meta.db_table)} u ON u.{quote(user_model._meta.pk.column)} "
+        "= t.user_id WHERE t.key_hash = %s"
     )
-    return sql, user_fields, token_fields
+    return sql, user_fields
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).split()
+        if header and header[0].lower() == b"bearer":  # the same tokens, as OAuth clients send
+            header[0] = self.keyword.encode()
+            request.META["HTTP_AUTHORIZATION"] = b" ".join(header).decode("latin-1")
+        return super().authenticate(request)
+
     def authenticate_credentials(self, key):
-        sql, user_fields, token_fields = _lookup()
+        sql, user_fields = _lookup()
         with connection.cursor() as cursor:
-            cursor.execute(sql, [key])
+            cursor.execute(sql, [hash_secret(key)])
             row = cursor.fetchone()
+        invalid = exceptions.AuthenticationFailed(_("Invalid token."))
         if row is None:
-            raise exceptions.AuthenticationFailed(_("Invalid token."))
+            raise invalid
         user = get_user_model().from_db(connection.alias, user_fields, row[: len(user_fields)])
-        token = Token.from_db(connection.alias, token_fields, row[len(user_fields) :])
-        token.user = user
+        token = TokenLimits(*row[len(user_fields) :])
+        if token.expires_at is not None and token.expires_at <= datetime.now(UTC):
+            raise invalid
         if not user.is_active:
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
+        setattr(user, TOKEN_ATTRIBUTE, token)
+        _note_use(token.token_id)
         return user, token
+
+
+def _note_use(token_id: str) -> None:
+    now = time.monotonic()
+    with _last_use_lock:
+        if now - _last_use.get(token_id, -LAST_USE_EVERY) < LAST_USE_EVERY:
+            return
+        if len(_last_use) >= _LAST_USE_KEPT:
+            _last_use.clear()
+        _last_use[token_id] = now
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO configstore_token_use (token_id, last_used_at) VALUES (%s, now()) "
+            "ON CONFLICT (token_id) DO UPDATE SET last_used_at = EXCLUDED.last_used_at",
+            [token_id],
+        )
+
+
+def credential(request) -> str | None:
+    """The credential a request was authorised with, for its commands' `origin.auth`."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    token = getattr(user, TOKEN_ATTRIBUTE, None)
+    return f"token:{token.token_id}" if token is not None else "session"

@@ -36,7 +36,8 @@ STATUS = [
     (exceptions.VersionConflict, 412),
     (exceptions.NotFound, 404),
     (exceptions.TxnFailed, 409),
-    (exceptions.IdempotencyKeyReused, 409),
+    (exceptions.Forbidden, 403),
+    (exceptions.Conflict, 409),
     (exceptions.Unavailable, 503),
     (exceptions.DependencyUnavailable, 503),
 ]

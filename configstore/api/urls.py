@@ -3,6 +3,7 @@ by the views: an invalid key is a 400, not a 404)."""
 
 from django.urls import path
 
+from configstore.api import access_views as access
 from configstore.api import views
 
 urlpatterns = [
@@ -15,4 +16,11 @@ urlpatterns = [
     path("schemas/<path:key>", views.SchemaDetailView.as_view(), name="schema"),
     path("requests/<path:request_id>", views.RequestOutcomeView.as_view(), name="request"),
     path("cluster/", views.ClusterView.as_view(), name="cluster"),
+    path("access/users/", access.UserListView.as_view(), name="access-users"),
+    path("access/users/<str:username>", access.UserDetailView.as_view(), name="access-user"),
+    path("access/groups/", access.GroupListView.as_view(), name="access-groups"),
+    path("access/groups/<str:name>", access.GroupDetailView.as_view(), name="access-group"),
+    path("access/tokens/", access.TokenListView.as_view(), name="access-tokens"),
+    path("access/tokens/<str:token_id>", access.TokenDetailView.as_view(), name="access-token"),
+    path("access/history/", access.AccessHistoryView.as_view(), name="access-history"),
 ]

@@ -251,8 +251,8 @@ def _idempotency_key(request) -> str | None:
     return key
 
 
-def _actor(request) -> str:
-    return request.user.get_username()
+def _actor(request) -> services.Actor:
+    return services.actor_of(request)
 
 
 def _data(request, serializer_class, *, allow_empty: bool = False) -> dict:
@@ -800,6 +800,8 @@ class RequestOutcomeView(ApiView):
                 f"request {request_id} has not been applied on this node (yet)"
             )
         result = outcome.result
+        if "subject" in result and not permissions.may_manage_access(request.user):
+            raise drf.PermissionDenied("the outcome of an access change is for access managers")
         keys = [result["key"]] if result.get("key") else []
         keys += [r["key"] for r in result.get("results", []) + result.get("failed", [])]
         for key in keys:  # the outcome names keys and versions: only for their readers

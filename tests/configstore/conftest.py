@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 import pytest
 from django.contrib.auth.models import Group, Permission, User
 from django.db import connection
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from configstore import watch
-from configstore.models import PrefixPermission
+from configstore.access import new_secret
+from configstore.models import ApiToken, PrefixPermission
 from configstore.statemachine import apply_commands
 from consensus import storage
 from consensus.paxos import Command, Value
@@ -133,11 +133,26 @@ def make_user(username: str, *perms: str, groups=(), superuser: bool = False) ->
     return User.objects.get(pk=user.pk)  # fresh: no permission cache
 
 
-def client_for(user: User | None) -> APIClient:
+def make_token(user: User, **fields) -> str:
+    """A token for `user` written straight into this test database (set-up, as make_user);
+    returns its secret."""
+    token_id, secret, key_hash = new_secret()
+    ApiToken.objects.create(
+        token_id=token_id,
+        user=user,
+        name=fields.pop("name", "test"),
+        key_hash=key_hash,
+        created_at=now(),
+        created_index=0,
+        **fields,
+    )
+    return secret
+
+
+def client_for(user: User | None, **token_fields) -> APIClient:
     client = APIClient()
     if user is not None:
-        token = Token.objects.create(user=user)
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        client.credentials(HTTP_AUTHORIZATION=f"Token {make_token(user, **token_fields)}")
     return client
 
 

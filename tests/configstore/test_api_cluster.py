@@ -20,8 +20,8 @@ pytestmark = pytest.mark.cluster
 
 
 class Api:
-    """One client per node, each with the admin's token on that node (users are per node;
-    ensure_admin gives the admin the same token on every node)."""
+    """One client per node, each with the admin's token (identities are replicated: the
+    same token works on every node)."""
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
@@ -276,24 +276,8 @@ def _replicated_state(cluster, node: str) -> tuple:
 
 
 def _user_without_rights(cluster) -> str:
-    """A user with a token and no permission at all, on every node (users are per node)."""
-    token = secrets.token_hex(20)
-    name = unique("nobody").replace("/", "-")
-    for node in cluster.ids:
-        cluster.query(
-            node,
-            "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, "
-            "email, is_staff, is_active, date_joined) "
-            "VALUES ('!', false, %s, '', '', '', false, true, now()) RETURNING id",
-            [name],
-        )
-        cluster.query(
-            node,
-            "INSERT INTO authtoken_token (key, created, user_id) "
-            "SELECT %s, now(), id FROM auth_user WHERE username = %s RETURNING key",
-            [token, name],
-        )
-    return token
+    """A user with a token and no permission at all, on every node."""
+    return cluster.add_user(unique("nobody").replace("/", "-"))
 
 
 def _settled(api, key: str) -> None:

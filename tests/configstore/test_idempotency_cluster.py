@@ -3,9 +3,9 @@ Celery workers, web servers): racing requests with one key, retries through anot
 and two users with one key. The outcome of a key is decided in the replicated state machine,
 so every node holds the same answer.
 
-Users are per node database here, as in production until identities are replicated: each
-test user is created on every node with the same username and token but a different
-database id, which is what used to namespace the keys."""
+Each test user is written straight into every node's database with the same username and
+token but a different database id (as a cluster converted from per-node users may hold
+them: ids are node-local), which is what used to namespace the keys."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import threading
 import pytest
 import requests
 
+from configstore.api.auth import hash_secret
 from consensus.localcluster import LocalCluster
 from tests.conftest import start_cluster, stop_cluster
 
@@ -43,9 +44,10 @@ class Cluster:
                 )
                 cluster.query(
                     node,
-                    "INSERT INTO authtoken_token (key, user_id, created) VALUES (%s, %s, now()) "
-                    "RETURNING key",
-                    [self.tokens[name], ids[index]],
+                    "INSERT INTO configstore_api_token (token_id, user_id, name, key_hash, scope, "
+                    "created_at, created_index) VALUES (%s, %s, 'test', %s, 'write', now(), 0) "
+                    "RETURNING token_id",
+                    [f"t-{name}", ids[index], hash_secret(self.tokens[name])],
                 )
 
     def put(self, node: str, user: str, key: str, value, idempotency_key: str, **body):

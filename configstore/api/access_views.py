@@ -1,0 +1,404 @@
+"""/api/v1/access/: the replicated identities over REST -- users, groups (with their
+permissions and prefix permissions), API tokens, and the access history. Superusers and
+holders of configstore.manage_access only (a token: read-write, without a prefix). Every
+change goes through configstore.access (consensus), as the admin's and manage.py's do.
+
+Reads are of this node's applied state, like the stale reads of keys; `X-Configstore-Index`
+says which index they reflect. A change answers once this node has applied it, with the
+log index it committed at."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import Group, User
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import exceptions as drf
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from configstore import access, exceptions, permissions, selectors
+from configstore.api import serializers as s
+from configstore.api.views import INDEX_HEADER, REQUEST_ID_HEADER, ApiView, _actor, _data, _error
+from configstore.commands import GRANTABLE, MAX_REASON_LENGTH
+from configstore.models import AccessHistory, ApiToken, TokenUse
+
+ACCESS_PAGE_SIZE = 100
+MAX_ACCESS_PAGE_SIZE = 1000
+
+_ERRORS = {
+    400: _error("invalid body or parameter"),
+    401: _error("no credentials, or unknown ones"),
+    403: _error("not a superuser nor a holder of configstore.manage_access"),
+    503: _error("unavailable: no_quorum / not_confirmed (with request_id); Retry-After"),
+}
+_CHANGE_ERRORS = {
+    **_ERRORS,
+    404: _error("no such user, group or token (nothing written)"),
+    409: _error("conflict: it exists already (create), or another reason it cannot apply"),
+}
+
+
+def _manager(request) -> None:
+    if not permissions.may_manage_access(request.user):
+        if not request.user.is_authenticated:
+            raise drf.NotAuthenticated()
+        raise drf.PermissionDenied("only superusers and configstore.manage_access may do this")
+
+
+def _changed(done: access.AccessChanged, status: int = 200, **extra) -> Response:
+    body = {"subject": done.subject, "index": done.index, **extra}
+    if done.new is not None:
+        body["new"] = done.new
+    return Response(
+        body,
+        status=status,
+        headers={INDEX_HEADER: str(done.index), REQUEST_ID_HEADER: done.request_id},
+    )
+
+
+def _read(body: dict) -> Response:
+    return Response(body, headers={INDEX_HEADER: str(selectors.applied_index())})
+
+
+def _reason(request) -> str:
+    reason = request.query_params.get("reason", "")
+    if len(reason) > MAX_REASON_LENGTH or "\x00" in reason:
+        raise exceptions.InvalidInput("reason: too long or not text", field="reason")
+    return reason
+
+
+# ---------------------------------------------------------------------------- serializers
+
+_NAME = {"max_length": 150, "min_length": 1}
+
+
+class PrefixRightSerializer(s.StrictSerializer):
+    prefix = s.StrictCharField(allow_blank=True, max_length=257, trim_whitespace=False)
+    view = serializers.BooleanField(required=False, default=True)
+    change = serializers.BooleanField(required=False, default=False)
+    delete = serializers.BooleanField(required=False, default=False)
+
+
+class UserSerializer(s.StrictSerializer):
+    """A user to create (POST: username required) or change (PATCH: absent fields kept)."""
+
+    username = s.StrictCharField(required=False, **_NAME)
+    password = s.StrictCharField(required=False, max_length=4096, trim_whitespace=False)
+    is_active = serializers.BooleanField(required=False)
+    is_staff = serializers.BooleanField(required=False)
+    is_superuser = serializers.BooleanField(required=False)
+    email = s.StrictCharField(required=False, allow_blank=True, max_length=254)
+    first_name = s.StrictCharField(required=False, allow_blank=True, max_length=150)
+    last_name = s.StrictCharField(required=False, allow_blank=True, max_length=150)
+    groups = serializers.ListField(child=s.StrictCharField(**_NAME), required=False)
+    permissions = serializers.ListField(
+        child=serializers.ChoiceField(choices=GRANTABLE), required=False
+    )
+    reason = s.StrictCharField(required=False, allow_blank=True, max_length=MAX_REASON_LENGTH)
+
+
+class GroupSerializer(s.StrictSerializer):
+    name = s.StrictCharField(required=False, **_NAME)
+    permissions = serializers.ListField(
+        child=serializers.ChoiceField(choices=GRANTABLE), required=False
+    )
+    prefixes = PrefixRightSerializer(many=True, required=False)
+    reason = s.StrictCharField(required=False, allow_blank=True, max_length=MAX_REASON_LENGTH)
+
+
+class TokenSerializer(s.StrictSerializer):
+    username = s.StrictCharField(**_NAME)
+    name = s.StrictCharField(max_length=100, min_length=1)
+    scope = serializers.ChoiceField(choices=["read", "write"], required=False, default="write")
+    prefix = s.StrictCharField(
+        required=False, allow_null=True, allow_blank=True, max_length=257, default=None
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    reason = s.StrictCharField(required=False, allow_blank=True, max_length=MAX_REASON_LENGTH)
+
+
+# ---------------------------------------------------------------------------- snapshots
+
+
+def user_data(user: User) -> dict:
+    return {
+        "username": user.username,
+        "is_active": user.is_active,
+        "is_staff": user.is_staff,
+        "is_superuser": user.is_superuser,
+        "email": user.email,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "groups": sorted(g.name for g in user.groups.all()),
+        "permissions": sorted(
+            f"configstore.{p.codename}"
+            for p in user.user_permissions.all()
+            if p.content_type.app_label == "configstore"
+        ),
+        "has_usable_password": user.has_usable_password(),
+    }
+
+
+def group_data(group: Group) -> dict:
+    return {
+        "name": group.name,
+        "permissions": sorted(
+            f"configstore.{p.codename}"
+            for p in group.permissions.all()
+            if p.content_type.app_label == "configstore"
+        ),
+        "prefixes": [
+            {"prefix": p.prefix, "view": p.can_view, "change": p.can_change, "delete": p.can_delete}
+            for p in group.configstore_prefixes.order_by("prefix")
+        ],
+    }
+
+
+def token_data(token: ApiToken, last_used=None) -> dict:
+    return {
+        "token_id": token.token_id,
+        "username": token.user.username,
+        "name": token.name,
+        "scope": token.scope,
+        "prefix": token.prefix,
+        "expires_at": token.expires_at.isoformat() if token.expires_at else None,
+        "created_at": token.created_at.isoformat(),
+        "created_index": token.created_index,
+        "last_used_on_this_node": last_used.isoformat() if last_used else None,
+    }
+
+
+def _users():
+    return User.objects.prefetch_related("groups", "user_permissions__content_type")
+
+
+def _groups():
+    return Group.objects.prefetch_related("permissions__content_type", "configstore_prefixes")
+
+
+_NAME_PARAM = OpenApiParameter("name", str, OpenApiParameter.PATH)
+_USERNAME_PARAM = OpenApiParameter("username", str, OpenApiParameter.PATH)
+_REASON = OpenApiParameter("reason", str, description="why (kept in the access history)")
+
+
+# ---------------------------------------------------------------------------- views
+
+
+class UserListView(ApiView):
+    @extend_schema(summary="Every user", responses={200: OpenApiTypes.OBJECT, **_ERRORS})
+    def get(self, request):
+        _manager(request)
+        return _read({"results": [user_data(u) for u in _users().order_by("username")]})
+
+    @extend_schema(
+        summary="Create a user (through consensus)",
+        request=UserSerializer,
+        responses={201: OpenApiTypes.OBJECT, **_CHANGE_ERRORS},
+    )
+    def post(self, request):
+        _manager(request)
+        body = dict(_data(request, UserSerializer))
+        username = body.pop("username", None)
+        if not username:
+            raise exceptions.InvalidInput("username is required", field="username")
+        reason = body.pop("reason", "")
+        done = access.put_user(
+            username=username, actor=_actor(request), reason=reason, create_only=True, **body
+        )
+        return _changed(done, 201)
+
+
+class UserDetailView(ApiView):
+    @extend_schema(
+        summary="One user",
+        parameters=[_USERNAME_PARAM],
+        responses={200: OpenApiTypes.OBJECT, 404: _error("no such user"), **_ERRORS},
+    )
+    def get(self, request, username: str):
+        _manager(request)
+        user = _users().filter(username=username).first()
+        if user is None:
+            raise exceptions.NotFound(f"no user {username!r}")
+        return _read(user_data(user))
+
+    @extend_schema(
+        summary="Change a user: the fields given (password, is_active, groups, ...)",
+        parameters=[_USERNAME_PARAM],
+        request=UserSerializer,
+        responses={200: OpenApiTypes.OBJECT, **_CHANGE_ERRORS},
+    )
+    def patch(self, request, username: str):
+        _manager(request)
+        body = dict(_data(request, UserSerializer))
+        if body.pop("username", username) != username:
+            raise exceptions.InvalidInput("a user cannot be renamed", field="username")
+        reason = body.pop("reason", "")
+        done = access.put_user(
+            username=username, actor=_actor(request), reason=reason, must_exist=True, **body
+        )
+        return _changed(done)
+
+    @extend_schema(
+        summary="Delete a user (and its tokens)",
+        parameters=[_USERNAME_PARAM, _REASON],
+        responses={204: OpenApiResponse(description="deleted"), **_CHANGE_ERRORS},
+    )
+    def delete(self, request, username: str):
+        _manager(request)
+        done = access.delete_user(username=username, actor=_actor(request), reason=_reason(request))
+        return Response(status=204, headers={INDEX_HEADER: str(done.index)})
+
+
+class GroupListView(ApiView):
+    @extend_schema(summary="Every group", responses={200: OpenApiTypes.OBJECT, **_ERRORS})
+    def get(self, request):
+        _manager(request)
+        return _read({"results": [group_data(g) for g in _groups().order_by("name")]})
+
+
+class GroupDetailView(ApiView):
+    @extend_schema(
+        summary="One group",
+        parameters=[_NAME_PARAM],
+        responses={200: OpenApiTypes.OBJECT, 404: _error("no such group"), **_ERRORS},
+    )
+    def get(self, request, name: str):
+        _manager(request)
+        group = _groups().filter(name=name).first()
+        if group is None:
+            raise exceptions.NotFound(f"no group {name!r}")
+        return _read(group_data(group))
+
+    @extend_schema(
+        summary="Create or replace a group's permissions and prefix permissions",
+        parameters=[_NAME_PARAM],
+        request=GroupSerializer,
+        responses={200: OpenApiTypes.OBJECT, 201: OpenApiTypes.OBJECT, **_CHANGE_ERRORS},
+    )
+    def put(self, request, name: str):
+        _manager(request)
+        body = dict(_data(request, GroupSerializer))
+        if body.pop("name", name) != name:
+            raise exceptions.InvalidInput("the body's name differs from the URL's", field="name")
+        done = access.put_group(
+            name=name,
+            actor=_actor(request),
+            reason=body.get("reason", ""),
+            permissions=body.get("permissions", []),
+            prefixes=[dict(p) for p in body.get("prefixes", [])],
+        )
+        return _changed(done, 201 if done.old is None else 200)
+
+    @extend_schema(
+        summary="Delete a group",
+        parameters=[_NAME_PARAM, _REASON],
+        responses={204: OpenApiResponse(description="deleted"), **_CHANGE_ERRORS},
+    )
+    def delete(self, request, name: str):
+        _manager(request)
+        done = access.delete_group(name=name, actor=_actor(request), reason=_reason(request))
+        return Response(status=204, headers={INDEX_HEADER: str(done.index)})
+
+
+class TokenListView(ApiView):
+    @extend_schema(
+        summary="Every API token (never their secrets)",
+        parameters=[OpenApiParameter("username", str, description="only this user's")],
+        responses={200: OpenApiTypes.OBJECT, **_ERRORS},
+    )
+    def get(self, request):
+        _manager(request)
+        tokens = ApiToken.objects.select_related("user").order_by("user__username", "name")
+        if "username" in request.query_params:
+            tokens = tokens.filter(user__username=request.query_params["username"])
+        tokens = list(tokens)
+        used = dict(
+            TokenUse.objects.filter(token_id__in=[t.token_id for t in tokens]).values_list(
+                "token_id", "last_used_at"
+            )
+        )
+        return _read({"results": [token_data(t, used.get(t.token_id)) for t in tokens]})
+
+    @extend_schema(
+        summary="Create a token: its secret is in this answer and nowhere else",
+        request=TokenSerializer,
+        responses={201: OpenApiTypes.OBJECT, **_CHANGE_ERRORS},
+    )
+    def post(self, request):
+        _manager(request)
+        body = _data(request, TokenSerializer)
+        done = access.create_token(
+            username=body["username"],
+            name=body["name"],
+            scope=body["scope"],
+            prefix=body["prefix"],
+            expires_at=body["expires_at"],
+            actor=_actor(request),
+            reason=body.get("reason", ""),
+        )
+        return _changed(done, 201, secret=done.secret)
+
+
+class TokenDetailView(ApiView):
+    @extend_schema(
+        summary="Revoke a token",
+        parameters=[OpenApiParameter("token_id", str, OpenApiParameter.PATH), _REASON],
+        responses={204: OpenApiResponse(description="revoked"), **_CHANGE_ERRORS},
+    )
+    def delete(self, request, token_id: str):
+        _manager(request)
+        done = access.delete_token(
+            token_id=token_id, actor=_actor(request), reason=_reason(request)
+        )
+        return Response(status=204, headers={INDEX_HEADER: str(done.index)})
+
+
+class AccessHistoryView(ApiView):
+    @extend_schema(
+        summary="The access history: every change to users, groups and tokens",
+        parameters=[
+            OpenApiParameter("subject", str, description="user:NAME, group:NAME or token:ID"),
+            OpenApiParameter("after", int, description="rows after this log index"),
+            OpenApiParameter("limit", int, description=f"at most {MAX_ACCESS_PAGE_SIZE}"),
+        ],
+        responses={200: OpenApiTypes.OBJECT, **_ERRORS},
+    )
+    def get(self, request):
+        _manager(request)
+        rows = AccessHistory.objects.order_by("index", "id")
+        if "subject" in request.query_params:
+            rows = rows.filter(subject=request.query_params["subject"])
+        after = _int(request, "after", 0)
+        limit = min(_int(request, "limit", ACCESS_PAGE_SIZE), MAX_ACCESS_PAGE_SIZE)
+        rows = list(rows.filter(index__gt=after)[: max(limit, 1)])
+        return _read(
+            {
+                "results": [
+                    {
+                        "index": r.index,
+                        "request_id": r.request_id,
+                        "command": r.command,
+                        "subject": r.subject,
+                        "old": r.old,
+                        "new": r.new,
+                        "actor": r.actor,
+                        "reason": r.reason,
+                        "node": r.node,
+                        "outcome": r.outcome,
+                        "error": r.error,
+                        "detail": r.detail,
+                        "at": r.at.isoformat() if r.at else None,
+                    }
+                    for r in rows
+                ]
+            }
+        )
+
+
+def _int(request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise exceptions.InvalidInput(f"{name} must be a non-negative integer", field=name)
+    return int(raw)
