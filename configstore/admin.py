@@ -2,7 +2,8 @@
 
 Entries and schemas are replicated: their add, change, delete, history and revert pages
 submit commands through consensus (configstore.admin_views), never save a row. The audit
-history is read-only. Prefix permissions are node-local configuration, like users and groups.
+history is read-only. Users, groups (with their prefix permissions), API tokens and the
+access history are configstore.admin_access's pages: replicated too, through consensus.
 The cluster page (admin_views.cluster_view, at /admin/cluster/) is linked from the index.
 """
 
@@ -253,23 +254,32 @@ class HistoryAdmin(admin.ModelAdmin):
 
 @admin.register(PrefixPermission)
 class PrefixPermissionAdmin(admin.ModelAdmin):
+    """Every prefix permission, read-only: they are edited on their group's page, and
+    committed with the group through consensus (configstore.admin_access)."""
+
     list_display = ("group", "prefix_shown", "can_view", "can_change", "can_delete")
     list_filter = ("group",)
     search_fields = ("prefix", "group__name")
-    fieldsets = [
-        (
-            None,
-            {
-                "description": "Node-local configuration: a prefix permission is stored in "
-                "this node's own database, like users and groups, and is NOT replicated. "
-                "Give every node the same permissions. A group may view, change or delete "
-                "every key that starts with the prefix (empty: every key), in addition to its "
-                "global entry permissions.",
-                "fields": ("group", "prefix", "can_view", "can_change", "can_delete"),
-            },
-        )
-    ]
+    actions = None
 
     @admin.display(description="prefix", ordering="prefix")
     def prefix_shown(self, row: PrefixPermission) -> str:
         return row.prefix or "(every key)"
+
+    def has_module_permission(self, request) -> bool:
+        return permissions.may_manage_access(request.user)
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return permissions.may_manage_access(request.user)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+from configstore import admin_access  # noqa: E402,F401 - registers the identities' pages

@@ -4,11 +4,12 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from configstore import admin_views
+from configstore import admin_access, admin_views
 from configstore.api import errors, views
 
 urlpatterns = [
     path("admin/cluster/", admin.site.admin_view(admin_views.cluster_view), name="admin-cluster"),
+    path("admin/password_change/", admin.site.admin_view(admin_access.password_change)),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi"),

@@ -146,3 +146,68 @@ def test_edit_see_the_index_read_the_diff_and_lose_the_quorum(make_cluster, page
     shots(page, "no-quorum")
     rows = cluster.query("n1", "SELECT value, version FROM configstore_entry WHERE key = %s", [KEY])
     assert rows == [({"ms": 300, "retries": 3}, 3)]
+
+
+def test_a_user_made_in_the_admin_on_n1_signs_in_on_n2_with_its_prefix_permission(
+    make_cluster, page, shots
+):
+    """An operator creates a group with a prefix permission, then a staff user in it, in
+    n1's admin; that user signs in to n2's admin and may edit keys under the prefix only."""
+    cluster = make_cluster(web=True)
+    password = cluster.ensure_admin()
+    seed(cluster, "team/limit", 5)
+    seed(cluster, "other/limit", 7)
+    n1, n2 = cluster.web_url("n1"), cluster.web_url("n2")
+
+    page.goto(f"{n1}/admin/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    page.goto(f"{n1}/admin/auth/group/add/")
+    page.fill("#id_name", "team")
+    page.fill("#id_configstore_prefixes-0-prefix", "team/")
+    page.check("#id_configstore_prefixes-0-can_view")
+    page.check("#id_configstore_prefixes-0-can_change")
+    shots(page, "group-add")
+    page.click("input[name=_save]")
+    expect(page.locator("ul.messagelist li.info")).to_contain_text("Committed through the cluster")
+    shots(page, "group-saved")
+
+    page.goto(f"{n1}/admin/auth/user/add/")
+    page.fill("#id_username", "tess")
+    page.fill("#id_password1", "tess-secret-password-1")
+    page.fill("#id_password2", "tess-secret-password-1")
+    page.click("input[name=_save]")  # then the change page: staff, and the group
+    expect(page.locator("ul.messagelist li.info")).to_contain_text("log index")
+    page.check("#id_is_staff")
+    page.locator("#id_groups_from option", has_text="team").dblclick()  # into "Chosen"
+    expect(page.locator("#id_groups_to option")).to_have_text(["team"])
+    shots(page, "user-change")
+    page.click("input[name=_save]")
+    expect(page.locator("ul.messagelist li.info")).to_contain_text("log index")
+    shots(page, "user-saved")
+    cluster._wait_everywhere(
+        "SELECT 1 FROM auth_user u JOIN auth_user_groups ug ON ug.user_id = u.id "
+        "WHERE u.username = 'tess' AND u.is_staff",
+        [],
+    )
+
+    other = page.context.browser.new_context().new_page()  # no session of n1's admin
+    other.goto(f"{n2}/admin/")
+    other.fill("#id_username", "tess")
+    other.fill("#id_password", "tess-secret-password-1")
+    other.click("input[type=submit]")
+    expect(other.locator("#site-name")).to_be_visible()
+    other.goto(f"{n2}/admin/configstore/entry/")
+    expect(other.locator("#result_list")).to_contain_text("team/limit")
+    expect(other.locator("#result_list")).not_to_contain_text("other/limit")
+    shots(other, "tess-on-n2")
+    assert other.goto(f"{n2}/admin/auth/user/").status == 403  # not an access manager
+    rows = cluster.query(
+        "n2", "SELECT command, subject, actor FROM configstore_access_history ORDER BY index"
+    )
+    assert ("put_group", "group:team", "admin") in rows
+    assert [r for r in rows if r[1] == "user:tess"] == [
+        ("put_user", "user:tess", "admin"),
+        ("put_user", "user:tess", "admin"),
+    ]

@@ -14,7 +14,7 @@ from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 
 from configstore.admin_diff import DiffLine, preview, value_diff
-from configstore.models import History, PrefixPermission
+from configstore.models import AccessHistory, History, PrefixPermission
 from tests.configstore.admin_html import Page
 from tests.configstore.conftest import payload, replicated_state
 
@@ -447,9 +447,70 @@ def test_schemas_are_written_through_the_services(seeded, people):
     assert people["pay"].get("/admin/configstore/schema/add/").status_code == 403
 
 
-def test_prefix_permissions_say_they_are_node_local(seeded, people):
-    form = page(people["admin"].get("/admin/configstore/prefixpermission/add/"))
-    assert "Node-local configuration" in form.text and "NOT replicated" in form.text
+def identities() -> tuple:
+    return (
+        list(User.objects.order_by("username").values_list("username", "password", "is_active")),
+        list(Group.objects.order_by("name").values_list("name", flat=True)),
+        list(PrefixPermission.objects.order_by("prefix").values_list("group__name", "prefix")),
+        AccessHistory.objects.count(),
+    )
+
+
+def test_identity_pages_commit_through_the_cluster_and_without_quorum_change_nothing(
+    seeded, people
+):
+    before = identities()
+    admin = people["admin"]
+    added = admin.post(
+        "/admin/auth/user/add/",
+        {
+            "username": "newbie",
+            "usable_password": "true",
+            "password1": "a-long-pw-123",
+            "password2": "a-long-pw-123",
+        },
+        follow=True,
+    )
+    assert "Nothing was committed: the cluster has no quorum." in added.content.decode()
+    group = admin.post(
+        "/admin/auth/group/add/",
+        {
+            "name": "ops",
+            "configstore_prefixes-TOTAL_FORMS": "1",
+            "configstore_prefixes-INITIAL_FORMS": "0",
+            "configstore_prefixes-0-prefix": "ops/",
+            "configstore_prefixes-0-can_view": "on",
+        },
+        follow=True,
+    )
+    assert "Nothing was committed: the cluster has no quorum." in group.content.decode()
+    pay = User.objects.get(username="pay")
+    password = admin.post(
+        f"/admin/auth/user/{pay.pk}/password/",
+        {
+            "password1": "another-pw-456",
+            "password2": "another-pw-456",
+            "usable_password": "true",
+            "set_usable_password": "true",
+        },
+    )
+    assert "Nothing was committed: the cluster has no quorum." in password.content.decode()
+    deleted = admin.post(f"/admin/auth/user/{pay.pk}/delete/", {"post": "yes"}, follow=True)
+    assert "Nothing was committed: the cluster has no quorum." in deleted.content.decode()
+    assert identities() == before
+    # Prefix permissions are edited on their group's page only.
+    assert admin.get("/admin/configstore/prefixpermission/add/").status_code == 403
+
+
+def test_only_access_managers_see_the_identity_pages(seeded, people):
+    for path in (
+        "/admin/auth/user/",
+        "/admin/auth/group/",
+        "/admin/configstore/apitoken/",
+        "/admin/configstore/accesshistory/",
+    ):
+        assert people["admin"].get(path).status_code == 200, path
+        assert people["viewer"].get(path).status_code == 403, path
 
 
 def test_the_cluster_page_shows_every_node_and_the_index_links_it(seeded, people, settings):
