@@ -91,12 +91,12 @@ GRANTABLE = (
     "configstore.manage_access",
 )
 MAX_USERNAME_LENGTH = 150
-MAX_GROUP_NAME_LENGTH = 150
 MAX_TOKEN_ID_LENGTH = 32
 MAX_TOKEN_NAME_LENGTH = 100
 MAX_PASSWORD_HASH_LENGTH = 128
 MAX_NAMES = 1000  # groups of a user, permissions, prefixes of a group
 _USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
+_PERMISSION = re.compile(r"[a-z_]{1,50}\.[a-z_]{1,100}")
 _TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _KEY_HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -395,9 +395,8 @@ def _decode_access(r: _Reader) -> AccessCommand:
         ok = isinstance(subject, str) and _USERNAME.fullmatch(subject)
         what = "a username of 1-150 letters, digits and _ . @ + -"
     elif kind == "group":
-        ok = isinstance(subject, str) and 0 < len(subject) <= MAX_GROUP_NAME_LENGTH
-        ok = ok and subject.isprintable() and subject.strip() == subject
-        what = f"a group name of 1-{MAX_GROUP_NAME_LENGTH} printable characters"
+        ok = isinstance(subject, str) and _USERNAME.fullmatch(subject)
+        what = "a group name of 1-150 letters, digits and _ . @ + -"
     else:
         ok = isinstance(subject, str) and _TOKEN_ID.fullmatch(subject)
         what = "a token id of 1-32 letters, digits, _ and -"
@@ -411,7 +410,7 @@ def _decode_access(r: _Reader) -> AccessCommand:
             fields[flag] = None if r.data.get(flag) is None else r.flag(flag)
         for text in ("email", "first_name", "last_name"):
             fields[text] = r.text(text, 254 if text == "email" else 150, optional=True)
-        fields["groups"] = _names(r, "groups", MAX_GROUP_NAME_LENGTH)
+        fields["groups"] = _names(r, "groups", _USERNAME)
         fields["permissions"] = _permissions(r)
         fields["create_only"] = r.flag("create_only")
         fields["must_exist"] = r.flag("must_exist")
@@ -455,20 +454,20 @@ def _decode_access(r: _Reader) -> AccessCommand:
     return AccessCommand(r.op, subject, r.origin, fields)
 
 
-def _names(r: _Reader, name: str, max_length: int) -> list[str] | None:
+def _names(r: _Reader, name: str, pattern: re.Pattern) -> list[str] | None:
     value = r.data.get(name)
     if value is None:
         return None
     if not isinstance(value, list) or len(value) > MAX_NAMES:
         r.fail(f"{name} must be a list of at most {MAX_NAMES} names, or null")
     for item in value:
-        if not (isinstance(item, str) and 0 < len(item) <= max_length and item.isprintable()):
+        if not (isinstance(item, str) and pattern.fullmatch(item)):
             r.fail(f"{name}: {item!r} is not a name")
     return sorted(set(value))
 
 
 def _permissions(r: _Reader) -> list[str] | None:
-    names = _names(r, "permissions", 100)
+    names = _names(r, "permissions", _PERMISSION)
     for perm in names or ():
         if perm not in GRANTABLE:
             r.fail(f"permissions: {perm!r} is not one of {', '.join(GRANTABLE)}")

@@ -39,6 +39,12 @@ class InvalidInput(ConfigstoreError):
         return {"field": self.field} if self.field else {}
 
 
+class InvalidTime(InvalidInput):
+    """A time of the right form that does not exist (February 30th)."""
+
+    code = "invalid_time"
+
+
 class InvalidKey(InvalidInput):
     code = "invalid_key"
 

@@ -9,6 +9,9 @@ log index it committed at."""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
+
 from django.contrib.auth.models import Group, User
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -17,6 +20,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from configstore import access, exceptions, permissions, selectors
+from configstore.api import openapi as spec
 from configstore.api import serializers as s
 from configstore.api.views import INDEX_HEADER, REQUEST_ID_HEADER, ApiView, _actor, _data, _error
 from configstore.commands import GRANTABLE, MAX_REASON_LENGTH
@@ -67,54 +71,95 @@ def _reason(request) -> str:
     return reason
 
 
+def _matching(value: str, pattern: str, what: str) -> str:
+    if not re.fullmatch(pattern, value):
+        raise exceptions.InvalidInput(f"{what} must match {pattern}", field=what)
+    return value
+
+
+def _time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    _matching(text, spec.TIME_PATTERN, "expires_at")
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise exceptions.InvalidTime(f"expires_at: {text!r} is no such time") from None
+
+
 # ---------------------------------------------------------------------------- serializers
 
-_NAME = {"max_length": 150, "min_length": 1}
+
+def _name_field():
+    return s.StrictCharField(max_length=150, trim_whitespace=False)
+
+
+def _reason_field():
+    return s.StrictCharField(
+        required=False, allow_blank=True, max_length=MAX_REASON_LENGTH, trim_whitespace=False
+    )
+
+
+def _text_field(max_length: int):
+    return s.StrictCharField(required=False, allow_blank=True, max_length=max_length)
+
+
+def _permissions_field():
+    return serializers.ListField(
+        child=serializers.ChoiceField(choices=GRANTABLE), required=False, max_length=1000
+    )
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON true or false, not 0, 1 or "yes" turned into one (DRF's BooleanField would)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
 
 
 class PrefixRightSerializer(s.StrictSerializer):
     prefix = s.StrictCharField(allow_blank=True, max_length=257, trim_whitespace=False)
-    view = serializers.BooleanField(required=False, default=True)
-    change = serializers.BooleanField(required=False, default=False)
-    delete = serializers.BooleanField(required=False, default=False)
+    view = StrictBooleanField(required=False, default=True)
+    change = StrictBooleanField(required=False, default=False)
+    delete = StrictBooleanField(required=False, default=False)
 
 
-class UserSerializer(s.StrictSerializer):
-    """A user to create (POST: username required) or change (PATCH: absent fields kept)."""
+class UserChangeSerializer(s.StrictSerializer):
+    """A change to a user (PATCH): absent fields are kept."""
 
-    username = s.StrictCharField(required=False, **_NAME)
     password = s.StrictCharField(required=False, max_length=4096, trim_whitespace=False)
-    is_active = serializers.BooleanField(required=False)
-    is_staff = serializers.BooleanField(required=False)
-    is_superuser = serializers.BooleanField(required=False)
-    email = s.StrictCharField(required=False, allow_blank=True, max_length=254)
-    first_name = s.StrictCharField(required=False, allow_blank=True, max_length=150)
-    last_name = s.StrictCharField(required=False, allow_blank=True, max_length=150)
-    groups = serializers.ListField(child=s.StrictCharField(**_NAME), required=False)
-    permissions = serializers.ListField(
-        child=serializers.ChoiceField(choices=GRANTABLE), required=False
-    )
-    reason = s.StrictCharField(required=False, allow_blank=True, max_length=MAX_REASON_LENGTH)
+    is_active = StrictBooleanField(required=False)
+    is_staff = StrictBooleanField(required=False)
+    is_superuser = StrictBooleanField(required=False)
+    email = _text_field(254)
+    first_name = _text_field(150)
+    last_name = _text_field(150)
+    groups = serializers.ListField(child=_name_field(), required=False, max_length=1000)
+    permissions = _permissions_field()
+    reason = _reason_field()
+
+
+class NewUserSerializer(UserChangeSerializer):
+    username = _name_field()
 
 
 class GroupSerializer(s.StrictSerializer):
-    name = s.StrictCharField(required=False, **_NAME)
-    permissions = serializers.ListField(
-        child=serializers.ChoiceField(choices=GRANTABLE), required=False
-    )
-    prefixes = PrefixRightSerializer(many=True, required=False)
-    reason = s.StrictCharField(required=False, allow_blank=True, max_length=MAX_REASON_LENGTH)
+    permissions = _permissions_field()
+    prefixes = PrefixRightSerializer(many=True, required=False, max_length=1000)
+    reason = _reason_field()
 
 
 class TokenSerializer(s.StrictSerializer):
-    username = s.StrictCharField(**_NAME)
-    name = s.StrictCharField(max_length=100, min_length=1)
+    username = _name_field()
+    name = s.StrictCharField(max_length=100, trim_whitespace=False)
     scope = serializers.ChoiceField(choices=["read", "write"], required=False, default="write")
     prefix = s.StrictCharField(
         required=False, allow_null=True, allow_blank=True, max_length=257, default=None
     )
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    reason = s.StrictCharField(required=False, allow_blank=True, max_length=MAX_REASON_LENGTH)
+    expires_at = s.StrictCharField(required=False, allow_null=True, default=None)
+    reason = _reason_field()
 
 
 # ---------------------------------------------------------------------------- snapshots
@@ -176,9 +221,10 @@ def _groups():
     return Group.objects.prefetch_related("permissions__content_type", "configstore_prefixes")
 
 
-_NAME_PARAM = OpenApiParameter("name", str, OpenApiParameter.PATH)
-_USERNAME_PARAM = OpenApiParameter("username", str, OpenApiParameter.PATH)
-_REASON = OpenApiParameter("reason", str, description="why (kept in the access history)")
+_NAME_PARAM = OpenApiParameter("name", spec.NAME, OpenApiParameter.PATH)
+_USERNAME_PARAM = OpenApiParameter("username", spec.NAME, OpenApiParameter.PATH)
+_TOKEN_PARAM = OpenApiParameter("token_id", spec.TOKEN_ID, OpenApiParameter.PATH)
+_REASON = OpenApiParameter("reason", spec.REASON, description="why (kept in the access history)")
 
 
 # ---------------------------------------------------------------------------- views
@@ -192,15 +238,13 @@ class UserListView(ApiView):
 
     @extend_schema(
         summary="Create a user (through consensus)",
-        request=UserSerializer,
+        request=NewUserSerializer,
         responses={201: OpenApiTypes.OBJECT, **_CHANGE_ERRORS},
     )
     def post(self, request):
         _manager(request)
-        body = dict(_data(request, UserSerializer))
-        username = body.pop("username", None)
-        if not username:
-            raise exceptions.InvalidInput("username is required", field="username")
+        body = dict(_data(request, NewUserSerializer))
+        username = _matching(body.pop("username"), spec.NAME_PATTERN, "username")
         reason = body.pop("reason", "")
         done = access.put_user(
             username=username, actor=_actor(request), reason=reason, create_only=True, **body
@@ -216,6 +260,7 @@ class UserDetailView(ApiView):
     )
     def get(self, request, username: str):
         _manager(request)
+        _matching(username, spec.NAME_PATTERN, "username")
         user = _users().filter(username=username).first()
         if user is None:
             raise exceptions.NotFound(f"no user {username!r}")
@@ -224,14 +269,13 @@ class UserDetailView(ApiView):
     @extend_schema(
         summary="Change a user: the fields given (password, is_active, groups, ...)",
         parameters=[_USERNAME_PARAM],
-        request=UserSerializer,
+        request=UserChangeSerializer,
         responses={200: OpenApiTypes.OBJECT, **_CHANGE_ERRORS},
     )
     def patch(self, request, username: str):
         _manager(request)
-        body = dict(_data(request, UserSerializer))
-        if body.pop("username", username) != username:
-            raise exceptions.InvalidInput("a user cannot be renamed", field="username")
+        _matching(username, spec.NAME_PATTERN, "username")
+        body = dict(_data(request, UserChangeSerializer))
         reason = body.pop("reason", "")
         done = access.put_user(
             username=username, actor=_actor(request), reason=reason, must_exist=True, **body
@@ -245,6 +289,7 @@ class UserDetailView(ApiView):
     )
     def delete(self, request, username: str):
         _manager(request)
+        _matching(username, spec.NAME_PATTERN, "username")
         done = access.delete_user(username=username, actor=_actor(request), reason=_reason(request))
         return Response(status=204, headers={INDEX_HEADER: str(done.index)})
 
@@ -264,6 +309,7 @@ class GroupDetailView(ApiView):
     )
     def get(self, request, name: str):
         _manager(request)
+        _matching(name, spec.NAME_PATTERN, "name")
         group = _groups().filter(name=name).first()
         if group is None:
             raise exceptions.NotFound(f"no group {name!r}")
@@ -277,9 +323,8 @@ class GroupDetailView(ApiView):
     )
     def put(self, request, name: str):
         _manager(request)
+        _matching(name, spec.NAME_PATTERN, "name")
         body = dict(_data(request, GroupSerializer))
-        if body.pop("name", name) != name:
-            raise exceptions.InvalidInput("the body's name differs from the URL's", field="name")
         done = access.put_group(
             name=name,
             actor=_actor(request),
@@ -296,6 +341,7 @@ class GroupDetailView(ApiView):
     )
     def delete(self, request, name: str):
         _manager(request)
+        _matching(name, spec.NAME_PATTERN, "name")
         done = access.delete_group(name=name, actor=_actor(request), reason=_reason(request))
         return Response(status=204, headers={INDEX_HEADER: str(done.index)})
 
@@ -303,14 +349,15 @@ class GroupDetailView(ApiView):
 class TokenListView(ApiView):
     @extend_schema(
         summary="Every API token (never their secrets)",
-        parameters=[OpenApiParameter("username", str, description="only this user's")],
+        parameters=[OpenApiParameter("username", spec.NAME, description="only this user's")],
         responses={200: OpenApiTypes.OBJECT, **_ERRORS},
     )
     def get(self, request):
         _manager(request)
         tokens = ApiToken.objects.select_related("user").order_by("user__username", "name")
         if "username" in request.query_params:
-            tokens = tokens.filter(user__username=request.query_params["username"])
+            username = _matching(request.query_params["username"], spec.NAME_PATTERN, "username")
+            tokens = tokens.filter(user__username=username)
         tokens = list(tokens)
         used = dict(
             TokenUse.objects.filter(token_id__in=[t.token_id for t in tokens]).values_list(
@@ -322,17 +369,21 @@ class TokenListView(ApiView):
     @extend_schema(
         summary="Create a token: its secret is in this answer and nowhere else",
         request=TokenSerializer,
-        responses={201: OpenApiTypes.OBJECT, **_CHANGE_ERRORS},
+        responses={
+            201: OpenApiTypes.OBJECT,
+            422: _error("invalid_time: expires_at is of the right form but no such time"),
+            **_CHANGE_ERRORS,
+        },
     )
     def post(self, request):
         _manager(request)
         body = _data(request, TokenSerializer)
         done = access.create_token(
-            username=body["username"],
+            username=_matching(body["username"], spec.NAME_PATTERN, "username"),
             name=body["name"],
             scope=body["scope"],
             prefix=body["prefix"],
-            expires_at=body["expires_at"],
+            expires_at=_time(body["expires_at"]),
             actor=_actor(request),
             reason=body.get("reason", ""),
         )
@@ -342,11 +393,12 @@ class TokenListView(ApiView):
 class TokenDetailView(ApiView):
     @extend_schema(
         summary="Revoke a token",
-        parameters=[OpenApiParameter("token_id", str, OpenApiParameter.PATH), _REASON],
+        parameters=[_TOKEN_PARAM, _REASON],
         responses={204: OpenApiResponse(description="revoked"), **_CHANGE_ERRORS},
     )
     def delete(self, request, token_id: str):
         _manager(request)
+        _matching(token_id, spec.TOKEN_ID_PATTERN, "token_id")
         done = access.delete_token(
             token_id=token_id, actor=_actor(request), reason=_reason(request)
         )
@@ -357,9 +409,17 @@ class AccessHistoryView(ApiView):
     @extend_schema(
         summary="The access history: every change to users, groups and tokens",
         parameters=[
-            OpenApiParameter("subject", str, description="user:NAME, group:NAME or token:ID"),
-            OpenApiParameter("after", int, description="rows after this log index"),
-            OpenApiParameter("limit", int, description=f"at most {MAX_ACCESS_PAGE_SIZE}"),
+            OpenApiParameter(
+                "subject",
+                {"type": "string", "pattern": spec.SUBJECT_PATTERN},
+                description="user:NAME, group:NAME or token:ID",
+            ),
+            OpenApiParameter("after", spec.INDEX, description="rows after this log index"),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": MAX_ACCESS_PAGE_SIZE},
+                description=f"rows (at most; {ACCESS_PAGE_SIZE} by default)",
+            ),
         ],
         responses={200: OpenApiTypes.OBJECT, **_ERRORS},
     )
@@ -367,10 +427,11 @@ class AccessHistoryView(ApiView):
         _manager(request)
         rows = AccessHistory.objects.order_by("index", "id")
         if "subject" in request.query_params:
-            rows = rows.filter(subject=request.query_params["subject"])
-        after = _int(request, "after", 0)
-        limit = min(_int(request, "limit", ACCESS_PAGE_SIZE), MAX_ACCESS_PAGE_SIZE)
-        rows = list(rows.filter(index__gt=after)[: max(limit, 1)])
+            subject = _matching(request.query_params["subject"], spec.SUBJECT_PATTERN, "subject")
+            rows = rows.filter(subject=subject)
+        after = _int(request, "after", 0, spec.MAX_BIGINT)
+        limit = _int(request, "limit", ACCESS_PAGE_SIZE, MAX_ACCESS_PAGE_SIZE, minimum=1)
+        rows = list(rows.filter(index__gt=after)[:limit])
         return _read(
             {
                 "results": [
@@ -395,10 +456,12 @@ class AccessHistoryView(ApiView):
         )
 
 
-def _int(request, name: str, default: int) -> int:
+def _int(request, name: str, default: int, maximum: int, *, minimum: int = 0) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise exceptions.InvalidInput(f"{name} must be a non-negative integer", field=name)
+    if not raw.isascii() or not raw.isdigit() or not minimum <= int(raw) <= maximum:
+        raise exceptions.InvalidInput(
+            f"{name} must be an integer from {minimum} to {maximum}", field=name
+        )
     return int(raw)

@@ -30,6 +30,7 @@ from configstore import exceptions
 STATUS = [
     (exceptions.TooLarge, 413),
     (exceptions.SchemaViolation, 422),
+    (exceptions.InvalidTime, 422),
     (exceptions.IdempotencyKeyReused, 409),
     (exceptions.PreconditionFailed, 412),
     (exceptions.InvalidInput, 400),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter
 
-from configstore.commands import MAX_DESCRIPTION_LENGTH, MAX_REASON_LENGTH
+from configstore.commands import GRANTABLE, MAX_DESCRIPTION_LENGTH, MAX_REASON_LENGTH
 from configstore.validation import MAX_KEY_LENGTH
 
 #: The largest index or version PostgreSQL stores (bigint).
@@ -26,6 +26,17 @@ PREFIX_PATTERN = r"^(?:[A-Za-z0-9._-]+/)*(?:[A-Za-z0-9._-]+)?$"
 IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._:~+/=-]{1,100}$"
 VERSION_TAG = r'(?:W/)?"?[0-9]{1,18}"?'
 NO_NUL = r"^[^\u0000]*$"
+#: A username or a group name (configstore.commands), a token id.
+NAME_PATTERN = r"^[A-Za-z0-9_.@+-]{1,150}$"
+TOKEN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
+SUBJECT_PATTERN = (
+    r"^(?:user:[A-Za-z0-9_.@+-]{1,150}|group:[A-Za-z0-9_.@+-]{1,150}|token:[A-Za-z0-9_-]{1,32})$"
+)
+#: An ISO 8601 time with a timezone, as the API reads one (a date that does not exist: 422).
+TIME_PATTERN = (
+    r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]"
+    r"(?::[0-5][0-9](?:\.[0-9]{1,6})?)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
+)
 #: An index in a query: ASCII digits (what the server parses), at most PostgreSQL's bigint.
 INDEX = {"type": "integer", "minimum": 0, "maximum": MAX_BIGINT}
 
@@ -34,6 +45,8 @@ SCHEMA_KEY = {"type": "string", "pattern": SCHEMA_KEY_PATTERN, "maxLength": MAX_
 PREFIX = {"type": "string", "pattern": PREFIX_PATTERN, "maxLength": MAX_KEY_LENGTH + 1}
 TEXT = {"type": "string", "pattern": NO_NUL}
 REASON = {"type": "string", "pattern": NO_NUL, "maxLength": MAX_REASON_LENGTH}
+NAME = {"type": "string", "pattern": NAME_PATTERN}
+TOKEN_ID = {"type": "string", "pattern": TOKEN_ID_PATTERN}
 #: Any JSON value the store keeps: strings and object keys without NUL (see
 #: configstore.validation.check_json; nesting and size limits are 400 and 413).
 JSON_VALUE = {"$ref": "#/components/schemas/JsonValue"}
@@ -176,7 +189,7 @@ _DESCRIPTION = {
     "maxLength": MAX_DESCRIPTION_LENGTH,
 }
 #: The request bodies, exactly as the API's serializers and the services check them.
-INPUTS = {
+INPUTS: dict = {
     "PutEntry": _strict(
         {
             "value": {**JSON_VALUE_COMPONENT, "description": "any JSON value (null included)"},
@@ -226,6 +239,73 @@ INPUTS = {
             ),
         ],
     },
+    "UserChange": _strict(
+        {
+            "password": {
+                "type": "string",
+                "pattern": NO_NUL,
+                "minLength": 1,
+                "maxLength": 4096,
+                "writeOnly": True,
+                "description": "hashed by the node that takes it; only the hash is kept",
+            },
+            "is_active": {"type": "boolean"},
+            "is_staff": {"type": "boolean", "description": "may sign in to the admin"},
+            "is_superuser": {"type": "boolean"},
+            "email": {"type": "string", "pattern": NO_NUL, "maxLength": 254},
+            "first_name": {"type": "string", "pattern": NO_NUL, "maxLength": 150},
+            "last_name": {"type": "string", "pattern": NO_NUL, "maxLength": 150},
+            "groups": {"type": "array", "items": NAME, "maxItems": 1000},
+            "permissions": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(GRANTABLE)},
+                "maxItems": 1000,
+            },
+            "reason": REASON,
+        },
+        [],
+    ),
+    "PrefixRight": _strict(
+        {
+            "prefix": PREFIX,
+            "view": {"type": "boolean", "default": True},
+            "change": {"type": "boolean", "default": False},
+            "delete": {"type": "boolean", "default": False},
+        },
+        ["prefix"],
+    ),
+    "Group": _strict(
+        {
+            "permissions": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(GRANTABLE)},
+                "maxItems": 1000,
+            },
+            "prefixes": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/PrefixRight"},
+                "maxItems": 1000,
+                "description": "each prefix at most once (a 400 otherwise)",
+                "x-unique-by": "prefix",
+            },
+            "reason": REASON,
+        },
+        [],
+    ),
+    "Token": _strict(
+        {
+            "username": NAME,
+            "name": {"type": "string", "pattern": NO_NUL, "minLength": 1, "maxLength": 100},
+            "scope": {"type": "string", "enum": ["read", "write"], "default": "write"},
+            "prefix": {**PREFIX, "type": ["string", "null"], "description": "only keys under it"},
+            "expires_at": {
+                "anyOf": [{"type": "string", "pattern": TIME_PATTERN}, {"type": "null"}],
+                "description": "ISO 8601 with a timezone; null: never",
+            },
+            "reason": REASON,
+        },
+        ["username", "name"],
+    ),
     "Txn": _strict(
         {
             "checks": {
@@ -246,3 +326,11 @@ INPUTS = {
         ["ops"],
     ),
 }
+
+
+INPUTS["NewUser"] = {
+    **INPUTS["UserChange"],
+    "properties": {"username": NAME, **INPUTS["UserChange"]["properties"]},
+    "required": ["username"],
+}
+INPUTS["PatchedUserChange"] = INPUTS["UserChange"]  # drf-spectacular's name for PATCH

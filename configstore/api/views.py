@@ -173,15 +173,19 @@ def _consistent_read(request) -> dict[str, str]:
     """?consistency=linearizable (default): a barrier through the log first, shared with the
     concurrent readers of this process (services.read_barrier); stale: none, and the headers
     that say how far behind this node may be (_staleness_headers) are returned to be sent."""
+    if _consistency(request) == "linearizable":
+        services.read_barrier()
+        return {}
+    return _staleness_headers()
+
+
+def _consistency(request) -> str:
     consistency = request.query_params.get("consistency", "linearizable")
     if consistency not in ("linearizable", "stale"):
         raise exceptions.InvalidInput(
             "consistency must be linearizable or stale", field="consistency"
         )
-    if consistency == "linearizable":
-        services.read_barrier()
-        return {}
-    return _staleness_headers()
+    return consistency
 
 
 def _staleness_headers() -> dict[str, str]:
@@ -378,6 +382,7 @@ class KeyDetailView(ApiView):
         _require(request, VIEW, key)
         wait_index = _int_param(request, "wait_index")
         timeout = _timeout(request)  # checked even where unused: a bad value is a 400
+        _consistency(request)  # likewise
         staleness = {}
         if wait_index is not None:
             parked = watch.wait_for_key(request, key, wait_index, timeout)
