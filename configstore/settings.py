@@ -105,6 +105,12 @@ DATABASES = {
         )
     )
 }
+# Least privilege (consensus/dbroles.py): when set, `manage.py migrate` (run as the tables'
+# owner) creates this role and grants it row access only, the audit history append-only;
+# the web server and the worker then connect as it (their DATABASE_URL names it).
+CONFIGSTORE_APP_DB_ROLE = env("CONFIGSTORE_APP_DB_ROLE")
+# Set on that role at each migrate when given (servers that require passwords).
+CONFIGSTORE_APP_DB_PASSWORD = env("CONFIGSTORE_APP_DB_PASSWORD")
 
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en-us"

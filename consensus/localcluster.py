@@ -11,6 +11,11 @@ are started in the data folder, so the cluster's data survive a restart.
     database_url template: "postgresql://postgres@127.0.0.1:5432/configstore_{node}"
     broker_url template:   "redis://127.0.0.1:6379/{index}"   (index = 1, 2, 3, ...)
 
+Database roles (consensus/dbroles.py): the database URL's user owns the tables; this class
+migrates, creates and drops databases as it. The node processes connect as the app role
+(APP_ROLE, created on each server used), which has row access only and the audit history
+append-only: the same URL with the user replaced (``app_database_url``).
+
 Supervision (``supervise=True``, as runcluster runs it): a thread of this process restarts any
 node process (worker, web server) or embedded server (PostgreSQL, Redis) that exits without
 having been stopped through this class, after a backoff delay (see ``Backoff``), and reports
@@ -55,6 +60,7 @@ import redis
 
 from consensus.client import Submitter
 from consensus.cluster import cluster_status
+from consensus.dbroles import APP_ROLE, ensure_app_role, grant_app_role, with_user
 from consensus.faults import isolate, write_faults
 
 log = logging.getLogger(__name__)
@@ -135,7 +141,8 @@ class LocalCluster:
         self._pg = None
         self._redis = None
         self._submitters: dict[str, Submitter] = {}
-        self._db_urls: dict[str, str] = {}
+        self._db_urls: dict[str, str] = {}  # the owner's
+        self._app_db_urls: dict[str, str] = {}  # the app role's: the node processes'
         self._broker_urls: dict[str, str] = {}
         # Held while the process table changes: the supervisor never sees a process that
         # kill_*/stop_* is stopping on purpose as one that crashed.
@@ -320,10 +327,23 @@ class LocalCluster:
                 self._db_urls[i] = self._pg.url(f"configstore_{i}")
             else:
                 self._db_urls[i] = self.database_url_template.format(node=i, index=index)
+            self._app_db_urls[i] = with_user(
+                self._db_urls[i], APP_ROLE, self._app_password(self._db_urls[i])
+            )
             if self.broker_url_template is None:
                 self._broker_urls[i] = self._redis.url(index)
             else:
                 self._broker_urls[i] = self.broker_url_template.format(node=i, index=index)
+
+    @staticmethod
+    def _app_password(url: str) -> str | None:
+        """The app role's password on `url`'s server: none where the owner has none (trust
+        authentication), else one derived from the owner's, the same for every cluster on
+        that server (the role is the server's) and not revealing the owner's."""
+        owner_password = urlsplit(url).password
+        if not owner_password:
+            return None
+        return hashlib.sha256(f"{APP_ROLE}:{owner_password}".encode()).hexdigest()
 
     def _admin_url(self, url: str) -> str:
         """The same server's maintenance database (to create and drop databases)."""
@@ -331,15 +351,23 @@ class LocalCluster:
         return urlunsplit(parts._replace(path="/postgres"))
 
     def _prepare_databases(self) -> None:
+        for url in {self._admin_url(u): u for u in self._db_urls.values()}.values():
+            # The app role, once per server: the migrations of its databases then only grant.
+            with psycopg.connect(self._admin_url(url), autocommit=True) as conn:
+                ensure_app_role(conn, APP_ROLE, self._app_password(url))
         if self.fresh:
             for i in self.ids:
                 redis.Redis.from_url(self._broker_urls[i]).flushdb()
             for i in self.ids:  # a template on each node's server (built once per server)
                 self._recreate(self._db_urls[i], self._migrated_template(self._db_urls[i]))
+                # A copy has the template's table grants but not its database's: grant anew.
+                with psycopg.connect(self._db_urls[i], autocommit=True) as conn:
+                    grant_app_role(conn, APP_ROLE)
             return
         for i in self.ids:
             self._create_if_missing(self._db_urls[i])
-        self._run_all(["manage.py", "migrate", "--noinput", "-v0"], "migrate")
+        # Migrations run as the owner; post_migrate grants the app role (consensus.dbroles).
+        self._run_all(["manage.py", "migrate", "--noinput", "-v0"], "migrate", as_owner=True)
 
     @staticmethod
     def _dbname(url: str) -> str:
@@ -366,7 +394,7 @@ class LocalCluster:
             with psycopg.connect(self._admin_url(url), autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{building}"')
                 conn.execute(f'CREATE DATABASE "{building}"')
-            env = {**os.environ, **self.env(self.ids[0]), "DATABASE_URL": building_url}
+            env = {**os.environ, **self._owner_env(self.ids[0]), "DATABASE_URL": building_url}
             self._check_run(["manage.py", "migrate", "--noinput", "-v0"], env, "migrate template")
             with psycopg.connect(self._admin_url(url), autocommit=True) as conn:
                 conn.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
@@ -385,14 +413,14 @@ class LocalCluster:
         if done.returncode != 0:
             raise RuntimeError(f"{what} failed:\n{done.stdout}\n{done.stderr}")
 
-    def _run_all(self, args: list[str], what: str) -> None:
+    def _run_all(self, args: list[str], what: str, *, as_owner: bool = False) -> None:
         running = [
             (
                 i,
                 subprocess.Popen(
                     [sys.executable, *args],
                     cwd=ROOT,
-                    env={**os.environ, **self.env(i)},
+                    env={**os.environ, **(self._owner_env(i) if as_owner else self.env(i))},
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     text=True,
@@ -418,12 +446,21 @@ class LocalCluster:
             "CONFIGSTORE_PEERS": self.peers(),
             "CONFIGSTORE_SECRET": self.secret,
             "DJANGO_SECRET_KEY": self.django_secret,
-            "DATABASE_URL": self._db_urls[node_id],
+            "DATABASE_URL": self._app_db_urls[node_id],
             "CELERY_BROKER_URL": self._broker_urls[node_id],
             "CONFIGSTORE_FAULTS_FILE": str(self.faults_file),
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
+        }
+
+    def _owner_env(self, node_id: str) -> dict[str, str]:
+        """The environment of `manage.py migrate` for node_id: as the tables' owner, granting
+        the app role its privileges afterwards."""
+        return {
+            **self.env(node_id),
+            "DATABASE_URL": self._db_urls[node_id],
+            "CONFIGSTORE_APP_DB_ROLE": APP_ROLE,
         }
 
     @property
@@ -497,7 +534,12 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.web_port(node_id)}"
 
     def database_url(self, node_id: str) -> str:
+        """node_id's database as the tables' owner (to inspect or change it from outside)."""
         return self._db_urls[node_id]
+
+    def app_database_url(self, node_id: str) -> str:
+        """node_id's database as the app role: what the node's processes connect with."""
+        return self._app_db_urls[node_id]
 
     def broker_url(self, node_id: str) -> str:
         return self._broker_urls[node_id]
@@ -772,7 +814,7 @@ class LocalCluster:
         if node_id not in self._submitters:
             self._submitters[node_id] = Submitter(
                 node_id=node_id,
-                dsn=self._db_urls[node_id],
+                dsn=self._app_db_urls[node_id],
                 broker_url=self._broker_urls[node_id],
                 secret=self.secret.encode(),
             )

@@ -34,6 +34,7 @@ SECRETS = {
     "CONFIGSTORE_SECRET": "x" * 32,
     "DJANGO_SECRET_KEY": "y" * 32,
     "POSTGRES_PASSWORD": "p" * 32,
+    "CONFIGSTORE_APP_DB_PASSWORD": "a" * 32,
     "CONFIGSTORE_REDIS_PASSWORD": "r" * 32,
 }
 LONG_RUNNING_ROLES = ("postgres", "redis", "worker", "web")
@@ -190,10 +191,18 @@ def check_images_and_storage(compose: dict) -> None:
                 seen[volume] = f"{role}-{node}"
 
 
+def database_location(url: str) -> str:
+    """A database URL without its user and password: which database, not as whom."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}{parts.path}"
+
+
 def check_each_node_has_its_own_database_and_broker(compose: dict) -> None:
     databases, brokers = {}, {}
     for node in NODES:
-        node_dbs = {env_var(compose, role, node, "DATABASE_URL") for role in APP_ROLES}
+        node_dbs = {
+            database_location(env_var(compose, role, node, "DATABASE_URL")) for role in APP_ROLES
+        }
         node_brokers = {env_var(compose, role, node, "CELERY_BROKER_URL") for role in APP_ROLES}
         assert len(node_dbs) == 1, f"{node}'s services disagree on DATABASE_URL: {node_dbs}"
         assert len(node_brokers) == 1, f"{node}'s services disagree on the broker: {node_brokers}"
@@ -309,10 +318,36 @@ def check_secrets_come_from_the_environment(compose: dict) -> None:
                 )
 
 
+OWNER = "configstore"  # postgres-nN's POSTGRES_USER: owns the tables, migrates
+APP_DB_ROLE = "configstore_app"  # web-nN and worker-nN connect as it
+
+
+def check_only_migrate_connects_as_the_owner(compose: dict) -> None:
+    """migrate-nN connects as the owner (its server's POSTGRES_USER) and grants the app role
+    (CONFIGSTORE_APP_DB_ROLE); web-nN and worker-nN connect as that app role."""
+    for node in NODES:
+        owner = env_var(compose, "postgres", node, "POSTGRES_USER")
+        assert owner == OWNER, f"postgres-{node}'s user is {owner!r}, not {OWNER!r}"
+        migrate = urlsplit(env_var(compose, "migrate", node, "DATABASE_URL"))
+        assert migrate.username == owner, f"migrate-{node} connects as {migrate.username!r}"
+        granted = env_var(compose, "migrate", node, "CONFIGSTORE_APP_DB_ROLE")
+        assert granted == APP_DB_ROLE, f"migrate-{node} grants {granted!r}, not {APP_DB_ROLE!r}"
+        for role in ("worker", "web"):
+            user = urlsplit(env_var(compose, role, node, "DATABASE_URL")).username
+            assert user == APP_DB_ROLE, (
+                f"{role}-{node} connects as {user!r}, not the app role {APP_DB_ROLE!r}"
+            )
+            assert not environment(service(compose, role, node)).get("CONFIGSTORE_APP_DB_ROLE"), (
+                f"{role}-{node} would grant privileges: only migrate-{node} runs as the owner"
+            )
+
+
 def check_passwords_are_required(compose: dict) -> None:
     """Every node's PostgreSQL and Redis require a password that only the environment gives
-    (no default anywhere), and every URL that reaches them carries it."""
+    (no default anywhere), and every URL that reaches them carries it: the owner's for
+    migrate, the app role's (set by migrate) for web and worker."""
     postgres_password = "${POSTGRES_PASSWORD}"
+    app_password = "${CONFIGSTORE_APP_DB_PASSWORD}"
     redis_password = "${CONFIGSTORE_REDIS_PASSWORD}"
     for node in NODES:
         value = env_var(compose, "postgres", node, "POSTGRES_PASSWORD")
@@ -329,11 +364,16 @@ def check_passwords_are_required(compose: dict) -> None:
         assert environment(redis).get("REDISCLI_AUTH") == required[0], (
             f"redis-{node}'s healthcheck does not authenticate (REDISCLI_AUTH)"
         )
+        value = env_var(compose, "migrate", node, "CONFIGSTORE_APP_DB_PASSWORD")
+        assert required_variable("CONFIGSTORE_APP_DB_PASSWORD").match(value), (
+            f"migrate-{node}: CONFIGSTORE_APP_DB_PASSWORD must be the required variable, "
+            f"not {value!r}"
+        )
         for role in APP_ROLES:
             database = urlsplit(env_var(compose, role, node, "DATABASE_URL"))
-            assert database.password == postgres_password, (
-                f"{role}-{node}: DATABASE_URL's password is {database.password!r}, "
-                f"not {postgres_password}"
+            expected = postgres_password if role == "migrate" else app_password
+            assert database.password == expected, (
+                f"{role}-{node}: DATABASE_URL's password is {database.password!r}, not {expected}"
             )
             urls = [env_var(compose, role, node, "CELERY_BROKER_URL")]
             urls += [
@@ -345,7 +385,9 @@ def check_passwords_are_required(compose: dict) -> None:
                 )
     text = json.dumps(compose)
     defaults = re.findall(
-        r"\$\{(?:POSTGRES_PASSWORD|CONFIGSTORE_REDIS_PASSWORD):?[-=+][^}]*\}", text
+        r"\$\{(?:POSTGRES_PASSWORD|CONFIGSTORE_APP_DB_PASSWORD|CONFIGSTORE_REDIS_PASSWORD)"
+        r":?[-=+][^}]*\}",
+        text,
     )
     assert not defaults, f"a password with a default or alternative: {defaults}"
 
@@ -421,6 +463,7 @@ ALL_CHECKS = [
     *STRUCTURE_CHECKS,
     check_secrets_come_from_the_environment,
     check_passwords_are_required,
+    check_only_migrate_connects_as_the_owner,
 ]
 
 
@@ -614,6 +657,34 @@ BREAKAGES = {
     "DATABASE_URL whose password has a default": (
         lambda c: _env(c, "migrate-n3").update(
             DATABASE_URL="postgresql://configstore:${POSTGRES_PASSWORD-x}@postgres-n3:5432/configstore"
+        ),
+        check_passwords_are_required,
+    ),
+    "web-n2 as the owner": (
+        lambda c: _env(c, "web-n2").update(
+            DATABASE_URL="postgresql://configstore:${POSTGRES_PASSWORD}@postgres-n2:5432/configstore"
+        ),
+        check_only_migrate_connects_as_the_owner,
+    ),
+    "migrate-n1 as the app role": (
+        lambda c: _env(c, "migrate-n1").update(
+            DATABASE_URL="postgresql://configstore_app:${CONFIGSTORE_APP_DB_PASSWORD}@postgres-n1:5432/configstore"
+        ),
+        check_only_migrate_connects_as_the_owner,
+    ),
+    "migrate-n3 grants no app role": (
+        lambda c: _env(c, "migrate-n3").pop("CONFIGSTORE_APP_DB_ROLE"),
+        check_only_migrate_connects_as_the_owner,
+    ),
+    "the app role's password with a default": (
+        lambda c: _env(c, "migrate-n2").update(
+            CONFIGSTORE_APP_DB_PASSWORD="${CONFIGSTORE_APP_DB_PASSWORD:-configstore}"
+        ),
+        check_passwords_are_required,
+    ),
+    "worker-n3 with the owner's password": (
+        lambda c: _env(c, "worker-n3").update(
+            DATABASE_URL="postgresql://configstore_app:${POSTGRES_PASSWORD}@postgres-n3:5432/configstore"
         ),
         check_passwords_are_required,
     ),
