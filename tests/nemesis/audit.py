@@ -3,8 +3,10 @@
 - convergence: every node reaches the same applied index;
 - the chosen logs (slots 1..applied, no gap) and the applied state are identical on every
   node (compared by hashes computed in PostgreSQL), and so is the audit history;
-- the audit history holds each applied command exactly once, at its log index, in index
-  order; replayed row by row, each row's old value and version are the key's state before
+- so are the replicated identities (users, groups, tokens, prefix permissions) and the access
+  history;
+- the audit history holds each applied config command exactly once, at its log index, in
+  index order (the access history each access command); replayed row by row, each row's old value and version are the key's state before
   it, and the replay ends in the entries the nodes hold;
 - every client write is where its answer says: an ok write is a committed row with the
   value and version the client was told; a conflict or not_found a rejected row; a write
@@ -40,6 +42,29 @@ _HISTORY_HASH = """
                   error, detail, at::text), ';' ORDER BY index, id)), '')
     FROM configstore_history
 """
+
+_ACCESS_HISTORY_HASH = """
+    SELECT count(*), coalesce(md5(string_agg(
+        concat_ws('|', index, request_id, command, subject, old::text, new::text, actor, reason,
+                  node, outcome, error, detail, at::text), ';' ORDER BY index, id)), '')
+    FROM configstore_access_history
+"""
+_IDENTITIES_HASH = """
+    SELECT count(*), md5(
+      coalesce(string_agg(concat_ws('|', u.username, u.password, u.is_active, u.is_staff,
+        u.is_superuser, (SELECT string_agg(g.name, ',' ORDER BY g.name) FROM auth_group g
+          JOIN auth_user_groups ug ON ug.group_id = g.id WHERE ug.user_id = u.id),
+        (SELECT string_agg(p.codename, ',' ORDER BY p.codename) FROM auth_permission p
+          JOIN auth_user_user_permissions up ON up.permission_id = p.id
+          WHERE up.user_id = u.id)), ';' ORDER BY u.username), '')
+      || coalesce((SELECT string_agg(concat_ws('|', t.token_id, t.key_hash, t.scope, t.prefix,
+          t.expires_at::text), ';' ORDER BY t.token_id) FROM configstore_api_token t), '')
+      || coalesce((SELECT string_agg(concat_ws('|', g.name, pp.prefix, pp.can_view,
+          pp.can_change, pp.can_delete), ';' ORDER BY g.name, pp.prefix)
+          FROM configstore_prefix_permission pp JOIN auth_group g ON g.id = pp.group_id), ''))
+    FROM auth_user u
+"""
+ACCESS_OPS = ("put_user", "delete_user", "put_group", "delete_group", "put_token", "delete_token")
 
 
 @dataclass
@@ -101,6 +126,8 @@ def _audit_databases(result: Audit, cluster: LocalCluster, operations, failed) -
         ("chosen log", _CHOSEN_HASH, [applied]),
         ("applied state", _STATE_HASH, []),
         ("audit history", _HISTORY_HASH, []),
+        ("access history", _ACCESS_HISTORY_HASH, []),
+        ("identities", _IDENTITIES_HASH, []),
     ):
         per_node = {node: cluster.query(node, sql, params)[0] for node in cluster.ids}
         result.hashes[name] = {
@@ -132,19 +159,23 @@ def _audit_databases(result: Audit, cluster: LocalCluster, operations, failed) -
         )
     }
     result.history_rows, result.entries = len(rows), len(entries)
-    _check_log_against_history(result, chosen, rows)
+    access_rows = cluster.query(
+        node, "SELECT id, index, request_id FROM configstore_access_history ORDER BY id"
+    )
+    _check_log_against_history(result, chosen, rows, access_rows)
     _replay(result, rows, entries)
     _check_clients(result, rows, chosen, operations, failed)
 
 
-def _check_log_against_history(result: Audit, chosen, rows) -> None:
+def _check_log_against_history(result: Audit, chosen, rows, access_rows=()) -> None:
     """Each command of the log that changes or refuses something has exactly one row (one
-    per key for a txn), at the slot where it was first chosen; a retried copy in a later
-    slot is applied once."""
+    per key for a txn; an access command one in the access history), at the slot where it
+    was first chosen; a retried copy in a later slot is applied once."""
     first_slot: dict[str, int] = {}
+    access: dict[str, int] = {}
     for slot, value in chosen:
         for command in value.commands:
-            if command.request_id in first_slot:
+            if command.request_id in first_slot or command.request_id in access:
                 continue
             first_slot[command.request_id] = slot
             try:
@@ -153,7 +184,19 @@ def _check_log_against_history(result: Audit, chosen, rows) -> None:
                 op = "malformed"
             if op == "noop":
                 first_slot[command.request_id] = -1  # no history row
+            elif op in ACCESS_OPS:
+                access[command.request_id] = first_slot.pop(command.request_id)
     expected = {rid: slot for rid, slot in first_slot.items() if slot >= 0}
+    access_seen: dict[str, list[int]] = {}
+    for _, index, request_id in access_rows:
+        access_seen.setdefault(request_id, []).append(index)
+    if access_seen != {rid: [slot] for rid, slot in access.items()}:
+        differing = sorted(
+            rid
+            for rid in access_seen.keys() | access.keys()
+            if access_seen.get(rid) != ([access[rid]] if rid in access else None)
+        )
+        result.problem(f"access commands and access history rows differ: {differing[:10]}")
     seen: dict[str, set[int]] = {}
     previous_index = 0
     for row_id, index, request_id, *_ in rows:

@@ -41,6 +41,7 @@ from tests.nemesis import workload
 from tests.nemesis.audit import Audit, audit
 from tests.nemesis.faults import Nemesis, ProcessWatch
 from tests.nemesis.hostile import DEFAULT_INTENSITY, Hostile, Intensity
+from tests.nemesis.revocation import Revocation
 
 #: Node settings for a fault run: short server-side waits, so clients see 503s, not hangs.
 CLUSTER_ENV = {
@@ -70,6 +71,7 @@ class Report:
     acknowledged_writes: int = 0  # puts and deletes with a definite answer
     indeterminate_writes: int = 0
     hostile: Hostile | None = None
+    revocation: Revocation | None = None
     recovery: dict[str, float] = field(default_factory=dict)  # node -> s to a write after healing
     verdict: str = ""
     check_seconds: float = 0.0
@@ -107,6 +109,7 @@ class Report:
                     *self.hostile.summary_lines(),
                 ]
             ),
+            *([self.revocation.summary_line()] if self.revocation else []),
             "  recovery after healing (s to a committed write): "
             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(self.recovery.items())),
             f"  linearizability: {self.verdict} (checked in {self.check_seconds:.2f} s)",
@@ -138,6 +141,7 @@ def run_faults(
     hostile: Intensity | None = DEFAULT_INTENSITY,
     min_acknowledged_writes: int | None = None,
     max_indeterminate_share: float = MAX_INDETERMINATE_SHARE,
+    revocation: bool = True,
 ) -> Report:
     """Run clients, the nemesis and (unless `hostile` is None) the hostile clients on a
     started cluster (with web servers, whose nodes have CLUSTER_ENV), heal, check. The
@@ -172,6 +176,11 @@ def run_faults(
             cluster, token, random.Random(rng.randrange(2**32)), stop, duration, intensity=hostile
         )
         report.hostile.start()
+    if revocation:
+        report.revocation = Revocation(
+            cluster, token, random.Random(rng.randrange(2**32)), stop, run_id
+        )
+        report.revocation.start()
     for client in clients:
         client.start()
     try:
@@ -182,6 +191,8 @@ def run_faults(
             client.join(workload.REQUEST_TIMEOUT + workload.CONNECT_TIMEOUT + 5)
         if report.hostile is not None:
             report.hostile.join()
+        if report.revocation is not None:
+            report.revocation.join()
     report.faults = Counter(event.fault for event in nemesis.events)
     report.problems += recorder.errors
     if report.hostile is not None:
@@ -234,6 +245,8 @@ def run_faults(
         report.problems.append(result.describe())
     report.audit = audit(cluster, list(history.operations), recorder.failed)
     report.problems += report.audit.problems
+    if report.revocation is not None and report.audit.ok:
+        report.problems += report.revocation.check()
     report.problems += watch.crashes()
     for who, broken in (
         ("the workload", recorder.broken),

@@ -1,7 +1,9 @@
 """The short form of the fault run: about 60 s of faults and hostile clients on a real
 3-node cluster (real PostgreSQL, Celery workers, broker and web servers as processes),
-driven over the REST API; the history must be linearizable, the nodes' databases must pass
-the audit, no answer may be a 5xx other than 503 and no process may die unkilled. The long
+driven over the REST API, while a user's permission is revoked and restored; the history
+must be linearizable, the nodes' databases must pass the audit (identities and access
+history included), no write by the user may commit while the log has it revoked, no answer
+may be a 5xx other than 503 and no process may die unkilled. The long
 form: ./dev python -m tests.nemesis.run --duration 600. CONFIGSTORE_FAULT_RUN_HOSTILE=0
 runs the short form without the hostile clients."""
 
@@ -48,6 +50,10 @@ def test_a_minute_of_faults_keeps_every_promise(servers):
     # The run must have exercised what it claims to.
     assert sum(report.faults.values()) >= 8, report.faults
     assert report.acknowledged >= 200, report.summary()
+    # The user's permission was revoked and granted again, and it wrote while granted.
+    churn = report.revocation
+    assert churn.counts["revoke 200"] >= 1 and churn.counts["grant 200"] >= 1, churn.counts
+    assert churn.committed > 0 and churn.counts["write 403"] > 0, churn.summary_line()
     if HOSTILE:  # every attack was made, and answered
         counts = report.hostile.counts
         for done in (
