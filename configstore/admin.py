@@ -18,7 +18,7 @@ from configstore import permissions, selectors, services
 from configstore.admin_diff import pretty, preview
 from configstore.admin_forms import SchemaForm
 from configstore.admin_views import ReplicatedAdmin, may_anywhere
-from configstore.models import Entry, History, PrefixPermission, Schema
+from configstore.models import Entry, History, Schema
 from configstore.permissions import CHANGE, DELETE, VIEW
 from configstore.validation import InvalidValue, validate_prefix
 
@@ -241,36 +241,6 @@ class HistoryAdmin(admin.ModelAdmin):
         if obj is None or not obj.key:
             return may_anywhere(request.user, VIEW)
         return permissions.has_key_permission(request.user, VIEW, obj.key)
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-@admin.register(PrefixPermission)
-class PrefixPermissionAdmin(admin.ModelAdmin):
-    """Every prefix permission, read-only: they are edited on their group's page, and
-    committed with the group through consensus (configstore.admin_access)."""
-
-    list_display = ("group", "prefix_shown", "can_view", "can_change", "can_delete")
-    list_filter = ("group",)
-    search_fields = ("prefix", "group__name")
-    actions = None
-
-    @admin.display(description="prefix", ordering="prefix")
-    def prefix_shown(self, row: PrefixPermission) -> str:
-        return row.prefix or "(every key)"
-
-    def has_module_permission(self, request) -> bool:
-        return permissions.may_manage_access(request.user)
-
-    def has_view_permission(self, request, obj=None) -> bool:
-        return permissions.may_manage_access(request.user)
 
     def has_add_permission(self, request) -> bool:
         return False

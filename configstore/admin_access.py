@@ -326,11 +326,9 @@ class ApiTokenAdmin(ThroughConsensus, admin.ModelAdmin):
         )
 
 
-@admin.register(AccessHistory)
-class AccessHistoryAdmin(admin.ModelAdmin):
-    list_display = ("index", "command", "subject", "outcome", "error", "actor", "node", "at")
-    list_filter = ("command", "outcome")
-    search_fields = ("subject", "actor", "request_id")
+class ReadOnlyForManagers:
+    """ModelAdmin mixin: a list and pages that access managers may read, nobody change."""
+
     actions = None
 
     def has_module_permission(self, request) -> bool:
@@ -347,3 +345,24 @@ class AccessHistoryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(AccessHistory)
+class AccessHistoryAdmin(ReadOnlyForManagers, admin.ModelAdmin):
+    list_display = ("index", "command", "subject", "outcome", "error", "actor", "node", "at")
+    list_filter = ("command", "outcome")
+    search_fields = ("subject", "actor", "request_id")
+
+
+@admin.register(PrefixPermission)
+class PrefixPermissionAdmin(ReadOnlyForManagers, admin.ModelAdmin):
+    """Every prefix permission, read-only: they are edited on their group's page, and
+    committed with the group through consensus."""
+
+    list_display = ("group", "prefix_shown", "can_view", "can_change", "can_delete")
+    list_filter = ("group",)
+    search_fields = ("prefix", "group__name")
+
+    @admin.display(description="prefix", ordering="prefix")
+    def prefix_shown(self, row: PrefixPermission) -> str:
+        return row.prefix or "(every key)"

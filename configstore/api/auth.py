@@ -57,11 +57,22 @@ def _lookup() -> tuple[str, list[str]]:
 
 class TokenAuthentication(authentication.TokenAuthentication):
     def authenticate(self, request):
+        """DRF's, with `Bearer` as well as `Token` (the same tokens, as OAuth clients send
+        them)."""
         header = authentication.get_authorization_header(request).split()
-        if header and header[0].lower() == b"bearer":  # the same tokens, as OAuth clients send
-            header[0] = self.keyword.encode()
-            request.META["HTTP_AUTHORIZATION"] = b" ".join(header).decode("latin-1")
-        return super().authenticate(request)
+        if not header or header[0].lower() not in (b"token", b"bearer"):
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed(
+                _("Invalid token header: give the scheme and the token, one space apart.")
+            )
+        try:
+            key = header[1].decode()
+        except UnicodeError:
+            raise exceptions.AuthenticationFailed(
+                _("Invalid token header. Token string should not contain invalid characters.")
+            ) from None
+        return self.authenticate_credentials(key)
 
     def authenticate_credentials(self, key):
         sql, user_fields = _lookup()

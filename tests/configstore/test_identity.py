@@ -11,6 +11,7 @@ from datetime import datetime
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 
 from configstore import commands
 from configstore.models import AccessHistory, ApiToken, History, PrefixPermission
@@ -186,3 +187,36 @@ def test_access_commands_round_trip_through_their_json_form():
         },
     )
     assert commands.decode(commands.encode(command)) == command
+
+
+def test_migration_0004_hashes_legacy_tokens_and_they_keep_working(db):
+    """A token of rest_framework.authtoken (its key stored in the clear) becomes a hashed
+    token named "legacy" that authenticates with the same key; the clear keys are gone."""
+    import importlib
+    from types import SimpleNamespace
+
+    from rest_framework.test import APIClient
+
+    migration = importlib.import_module("configstore.migrations.0004_access")
+    user = User.objects.create_user("legacy-user", is_superuser=True)
+    key = "0123456789abcdef0123456789abcdef01234567"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, created timestamptz, "
+            "user_id integer)"
+        )
+        cursor.execute("INSERT INTO authtoken_token VALUES (%s, now(), %s)", [key, user.pk])
+    migration.hash_legacy_tokens(None, SimpleNamespace(connection=connection))
+    token = ApiToken.objects.get(user=user)
+    assert (token.name, token.key_hash) == ("legacy", hashlib.sha256(key.encode()).hexdigest())
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM authtoken_token")
+        assert cursor.fetchone() == (0,)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert client.get("/api/v1/keys/?consistency=stale").status_code == 200
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    answer = client.get("/api/v1/keys/?consistency=stale")
+    assert answer.status_code == 200, answer.content
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key[:-1]}0")
+    assert client.get("/api/v1/keys/?consistency=stale").status_code == 401
