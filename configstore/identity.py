@@ -91,31 +91,50 @@ class Rights:
         return self.superuser or MANAGE in self.perms
 
 
-# The user's flags, permissions (own and through groups) and prefix permissions, and the
-# token named, in one round trip.
-_RIGHTS = """
-SELECT u.is_active, u.is_superuser,
-  ARRAY(SELECT DISTINCT 'configstore.' || p.codename FROM auth_permission p
-        JOIN django_content_type ct ON ct.id = p.content_type_id
-        WHERE ct.app_label = 'configstore' AND (
-          p.id IN (SELECT permission_id FROM auth_user_user_permissions WHERE user_id = u.id)
-          OR p.id IN (SELECT gp.permission_id FROM auth_group_permissions gp
-                      JOIN auth_user_groups ug ON ug.group_id = gp.group_id
-                      WHERE ug.user_id = u.id))),
-  (SELECT coalesce(jsonb_agg(jsonb_build_array(pp.prefix, pp.can_view, pp.can_change,
-          pp.can_delete) ORDER BY pp.prefix), '[]'::jsonb)
-   FROM configstore_prefix_permission pp JOIN auth_user_groups ug ON ug.group_id = pp.group_id
-   WHERE ug.user_id = u.id)::text,
-  t.token_id, t.user_id = u.id, t.scope, t.prefix, t.expires_at
-FROM auth_user u LEFT JOIN configstore_api_token t ON t.token_id = %(token)s
-WHERE u.username = %(username)s
-"""
+# The rights of (username, token id or NULL) pairs, as one JSON object keyed by
+# "<username> <token id>": the user's flags, permissions (own and through groups), prefix
+# permissions and the token named. One round trip; a pair whose user does not exist is
+# absent. A subquery, so that the state machine's read of a slot can carry it.
+RIGHTS_JSON = """(SELECT coalesce(jsonb_object_agg(q.actor || ' ' || coalesce(q.token, ''),
+  jsonb_build_array(u.is_active, u.is_superuser,
+    ARRAY(SELECT DISTINCT 'configstore.' || p.codename FROM auth_permission p
+          JOIN django_content_type ct ON ct.id = p.content_type_id
+          WHERE ct.app_label = 'configstore' AND (
+            p.id IN (SELECT permission_id FROM auth_user_user_permissions WHERE user_id = u.id)
+            OR p.id IN (SELECT gp.permission_id FROM auth_group_permissions gp
+                        JOIN auth_user_groups ug ON ug.group_id = gp.group_id
+                        WHERE ug.user_id = u.id))),
+    (SELECT coalesce(jsonb_agg(jsonb_build_array(pp.prefix, pp.can_view, pp.can_change,
+            pp.can_delete) ORDER BY pp.prefix), '[]'::jsonb)
+     FROM configstore_prefix_permission pp JOIN auth_user_groups ug
+     ON ug.group_id = pp.group_id WHERE ug.user_id = u.id),
+    t.token_id, t.user_id = u.id, t.scope, t.prefix, t.expires_at)), '{}'::jsonb)
+  FROM unnest(%s::text[], %s::text[]) AS q(actor, token)
+  JOIN auth_user u ON u.username = q.actor
+  LEFT JOIN configstore_api_token t ON t.token_id = q.token)::text"""
 
 
-def load_rights(cursor, username: str, token_id: str | None) -> Rights | str:
-    """The rights of `username` (through `token_id` if given), or why there are none."""
-    cursor.execute(_RIGHTS, {"username": username, "token": token_id})
-    row = cursor.fetchone()
+def credentials(commands) -> tuple[list[str], list[str | None]]:
+    """The (usernames, token ids) of the commands that carry a credential: RIGHTS_JSON's
+    parameters."""
+    pairs = sorted(
+        {(c.origin.actor, c.origin.token_id) for c in commands if c.origin.auth is not None},
+        key=lambda p: (p[0], p[1] or ""),
+    )
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def rights_of(pairs: tuple[list[str], list[str | None]], found_json: str) -> dict:
+    """RIGHTS_JSON's answer as {(username, token id): Rights or why there are none}."""
+    found = json.loads(found_json)
+    rights: dict = {}
+    for username, token_id in zip(*pairs, strict=True):
+        row = found.get(f"{username} {token_id or ''}")
+        rights[(username, token_id)] = _rights(username, token_id, row)
+    return rights
+
+
+def _rights(username: str, token_id: str | None, row) -> Rights | str:
     if row is None:
         return f"the user {username!r} does not exist"
     active, superuser, perms, prefixes, found, owned, scope, prefix, expires = row
@@ -123,24 +142,25 @@ def load_rights(cursor, username: str, token_id: str | None) -> Rights | str:
     if token_id is not None:
         if found is None or not owned:
             return f"the token {token_id} was revoked"
+        expires = None if expires is None else datetime.fromisoformat(expires)
         token = TokenLimits(found, scope, prefix, expires)
-    rights = Rights(
-        username,
-        active,
-        superuser,
-        frozenset(perms),
-        tuple(map(tuple, json.loads(prefixes))),
-        token,
-    )
     if not active:
         return f"the user {username!r} is inactive"
-    return rights
+    return Rights(username, active, superuser, frozenset(perms), tuple(map(tuple, prefixes)), token)
+
+
+def load_rights(cursor, username: str, token_id: str | None) -> Rights | str:
+    """The rights of `username` (through `token_id` if given), or why there are none."""
+    pairs = ([username], [token_id])
+    cursor.execute(f"SELECT {RIGHTS_JSON}", pairs)
+    return rights_of(pairs, cursor.fetchone()[0])[(username, token_id)]
 
 
 def authorize(cursor, command, cache: dict | None = None) -> dict | None:
     """None if the command may be applied; else the `forbidden` refusal. Commands without a
     credential (an operator's tool) are not checked. `cache` (per slot, only while no
-    access command is in it) saves loading the same rights twice."""
+    access command is in it; configstore.statemachine fills it with the slot's read) saves
+    loading the same rights twice."""
     origin: Origin = command.origin
     if origin.auth is None:
         return None

@@ -188,9 +188,9 @@ def apply_commands(
     writes = [d for d in decoded if isinstance(d, WriteCommand)]
     if not writes or any(isinstance(d, SchemaCommand | AccessCommand) for d in decoded):
         return [apply_command(cursor, slot, c, node_id) for c in commands]
-    rights: dict = {}  # no access command in this slot: rights do not change within it
-    allowed = [d for d in writes if identity.authorize(cursor, d, rights) is None]
-    state = _read_state(cursor, allowed) if allowed else ({}, {}, {})
+    # No access command in this slot: rights do not change within it, and they come with
+    # the state the slot's writes need, in its one round trip.
+    state, rights = _read_state(cursor, writes, with_rights=True)
     outcomes = []
     for command, d in zip(commands, decoded, strict=True):
         if isinstance(d, Malformed):
@@ -224,19 +224,28 @@ def _apply_access(cursor, slot: int, request_id: str, cmd: AccessCommand) -> tup
 # ---------------------------------------------------------------------------------- writes
 
 
-def _read_state(cursor, cmds: list[WriteCommand]) -> tuple[dict, dict, dict]:
+def _read_state(cursor, cmds: list[WriteCommand], *, with_rights: bool = False):
     """(entries: key -> (version, created_index, description), attached schemas, idempotency
     records: key -> [fingerprint, request_id, index, outcome, result]) for every key, schema
-    target and idempotency key the commands touch, in one round trip."""
+    target and idempotency key the commands touch, in one round trip; `with_rights`: that
+    and the rights of the commands' credentials (configstore.identity.rights_of)."""
     keys = sorted({w.key for c in cmds for w in c.writes} | {k.key for c in cmds for k in c.checks})
     targets = sorted(
         {t for c in cmds for w in c.writes if w.op == "put" for t in schema_targets(w.key)}
     )
     idempotency_keys = sorted({c.origin.idempotency_key for c in cmds} - {None})
-    cursor.execute(_READ_STATE, [keys, targets, idempotency_keys])
-    entries_json, schemas_json, records_json = cursor.fetchone()
+    if not with_rights:
+        cursor.execute(_READ_STATE, [keys, targets, idempotency_keys])
+        entries_json, schemas_json, records_json = cursor.fetchone()
+    else:
+        pairs = identity.credentials(cmds)
+        cursor.execute(
+            f"{_READ_STATE}, {identity.RIGHTS_JSON}", [keys, targets, idempotency_keys, *pairs]
+        )
+        entries_json, schemas_json, records_json, rights_json = cursor.fetchone()
     entries = {k: tuple(v) for k, v in json.loads(entries_json).items()}
-    return entries, json.loads(schemas_json), json.loads(records_json)
+    state = entries, json.loads(schemas_json), json.loads(records_json)
+    return (state, identity.rights_of(pairs, rights_json)) if with_rights else state
 
 
 def _apply_writes(
