@@ -404,6 +404,11 @@ def _delete_user(cursor, slot: int, command: AccessCommand):
     old, user_id, _ = _user(cursor, command.subject)
     if old is None:
         return None, None, _not_found(f"the user {command.subject!r}")
+    cursor.execute(
+        "DELETE FROM configstore_token_use WHERE token_id IN "
+        "(SELECT token_id FROM configstore_api_token WHERE user_id = %s)",
+        [user_id],
+    )
     for table in (
         "auth_user_groups",
         "auth_user_user_permissions",
@@ -496,4 +501,6 @@ def _delete_token(cursor, slot: int, command: AccessCommand):
     if old is None:
         return None, None, _not_found(f"the token {command.subject}")
     cursor.execute("DELETE FROM configstore_api_token WHERE token_id = %s", [command.subject])
+    # This node's record of its last use goes with it (nothing grows with token churn).
+    cursor.execute("DELETE FROM configstore_token_use WHERE token_id = %s", [command.subject])
     return old, None, None
