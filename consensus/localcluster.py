@@ -763,7 +763,7 @@ class LocalCluster:
             {**os.environ, **self.env(node)},
             f"ensure_admin on {node}",
         )
-        self._wait_everywhere(
+        self.wait_everywhere(
             "SELECT 1 FROM configstore_api_token WHERE key_hash = %s",
             [hashlib.sha256(self.api_token.encode()).hexdigest()],
         )
@@ -791,13 +791,13 @@ class LocalCluster:
         self.manage(node_id, "access", "user", username, *options)
         out = self.manage(node_id, "access", "token", username, "--name", "test")
         secret = json.loads(out.strip().splitlines()[-1])["secret"]
-        self._wait_everywhere(
+        self.wait_everywhere(
             "SELECT 1 FROM configstore_api_token WHERE key_hash = %s",
             [hashlib.sha256(secret.encode()).hexdigest()],
         )
         return secret
 
-    def _wait_everywhere(self, sql: str, params, timeout: float = 30.0) -> None:
+    def wait_everywhere(self, sql: str, params, timeout: float = 30.0) -> None:
         """Until `sql` finds a row in every node's database (a replicated change applied
         everywhere), for callers that go on with any node at once."""
         deadline = time.monotonic() + timeout

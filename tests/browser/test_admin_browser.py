@@ -186,7 +186,7 @@ def test_a_user_made_in_the_admin_on_n1_signs_in_on_n2_with_its_prefix_permissio
     page.click("input[name=_save]")
     expect(page.locator("ul.messagelist li.info")).to_contain_text("log index")
     shots(page, "user-saved")
-    cluster._wait_everywhere(
+    cluster.wait_everywhere(
         "SELECT 1 FROM auth_user u JOIN auth_user_groups ug ON ug.user_id = u.id "
         "WHERE u.username = 'tess' AND u.is_staff",
         [],

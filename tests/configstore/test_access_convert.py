@@ -42,7 +42,7 @@ def test_convert_refuses_disagreeing_nodes_then_records_the_agreed_identities(ma
     cluster.query("n1", "DELETE FROM auth_user WHERE username = 'carol' RETURNING 1")
     out = cluster.manage("n2", "access", "convert", *nodes)
     assert "the 3 nodes agree: 1 users" in out
-    cluster._wait_everywhere(
+    cluster.wait_everywhere(
         "SELECT 1 FROM configstore_access_history WHERE subject = 'user:bob'", []
     )
     rows = [

@@ -17,7 +17,6 @@ import time
 import pytest
 import requests
 from django.contrib.admin.utils import quote
-from django.contrib.auth.hashers import make_password
 
 from consensus.localcluster import LocalCluster
 from tests.configstore.admin_html import Page
@@ -46,7 +45,7 @@ def cluster(servers):
 
 
 class Browser:
-    """A signed-in admin session on one node (users are per node)."""
+    """A signed-in admin session on one node."""
 
     def __init__(self, cluster: LocalCluster, node: str, username="admin", password=None):
         self.cluster, self.node = cluster, node
@@ -377,29 +376,35 @@ def test_history_shows_the_diffs_and_revert_puts_an_old_value_back(cluster, admi
 
 
 def _prefix_user(cluster, node: str, username: str, password: str) -> None:
-    """A staff user whose group may change and delete under payments/ and view shared/."""
-    group = cluster.query(
-        node, "INSERT INTO auth_group (name) VALUES (%s) RETURNING id", [f"{username}-team"]
-    )[0][0]
-    user = cluster.query(
+    """A staff user whose group may change and delete under payments/ and view shared/,
+    made through consensus (identities are replicated) and applied on every node."""
+    team = f"{username}-team"
+    cluster.manage(
         node,
-        "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, "
-        "email, is_staff, is_active, date_joined) VALUES (%s, false, %s, '', '', '', true, "
-        "true, now()) RETURNING id",
-        [make_password(password), username],
-    )[0][0]
-    cluster.query(
-        node,
-        "INSERT INTO auth_user_groups (user_id, group_id) VALUES (%s, %s) RETURNING id",
-        [user, group],
+        "access",
+        "group",
+        team,
+        "--prefix",
+        "payments/=view,change,delete",
+        "--prefix",
+        "shared/=view",
     )
-    for prefix, change_, delete in (("payments/", True, True), ("shared/", False, False)):
-        cluster.query(
-            node,
-            "INSERT INTO configstore_prefix_permission (group_id, prefix, can_view, can_change, "
-            "can_delete) VALUES (%s, %s, true, %s, %s) RETURNING id",
-            [group, prefix, change_, delete],
-        )
+    cluster.manage(
+        node,
+        "access",
+        "user",
+        username,
+        "--password-stdin",
+        "--staff",
+        "--group",
+        team,
+        stdin=password + "\n",
+    )
+    cluster.wait_everywhere(
+        "SELECT 1 FROM auth_user u JOIN auth_user_groups ug ON ug.user_id = u.id "
+        "WHERE u.username = %s",
+        [username],
+    )
 
 
 def test_a_prefix_limited_user_edits_its_prefix_and_only_reads_the_rest(cluster, admins):
