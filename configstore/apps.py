@@ -21,6 +21,10 @@ class ConfigstoreConfig(AppConfig):
 
         user_logged_in.disconnect(update_last_login, dispatch_uid="update_last_login")
 
+        from configstore import identity_guard
+
+        identity_guard.connect()
+
 
 def _refuse_insecure_worker(**kwargs) -> None:
     """Celery logs and ignores exceptions of signal handlers: exit instead."""

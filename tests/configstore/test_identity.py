@@ -220,3 +220,30 @@ def test_migration_0004_hashes_legacy_tokens_and_they_keep_working(db):
     assert answer.status_code == 200, answer.content
     client.credentials(HTTP_AUTHORIZATION=f"Token {key[:-1]}0")
     assert client.get("/api/v1/keys/?consistency=stale").status_code == 401
+
+
+def test_identities_cannot_be_written_outside_consensus(db, settings):
+    """An ORM write of a user, a group, a membership or a token on one node is refused (it
+    would make the nodes decide commands differently); so is Django's createsuperuser."""
+    from django.contrib.auth.models import Group
+    from django.core.management import call_command
+    from django.db import transaction
+
+    from configstore.identity_guard import LocalIdentityWrite
+
+    user = User.objects.create_user("local")
+    group = Group.objects.create(name="local")
+    settings.CONFIGSTORE_ALLOW_LOCAL_IDENTITY_WRITES = False
+    before = (User.objects.count(), Group.objects.count())
+    for write in (
+        lambda: User.objects.create_user("another"),
+        lambda: user.save(),
+        lambda: user.delete(),
+        lambda: user.groups.add(group),
+        lambda: group.delete(),
+        lambda: call_command("createsuperuser", "--noinput", username="x", email="x@example.com"),
+    ):
+        with pytest.raises(LocalIdentityWrite), transaction.atomic():
+            write()
+    assert (User.objects.count(), Group.objects.count()) == before
+    assert not user.groups.exists()
