@@ -14,6 +14,8 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
 
+from configstore.api import throttle
+
 
 @cache
 def _lookup() -> tuple[str, list[str], list[str]]:
@@ -37,6 +39,10 @@ def _lookup() -> tuple[str, list[str], list[str]]:
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
+    def authenticate(self, request):
+        with throttle.guarded(request):  # brute-force guard: 429 while locked out
+            return super().authenticate(request)
+
     def authenticate_credentials(self, key):
         sql, user_fields, token_fields = _lookup()
         with connection.cursor() as cursor:
