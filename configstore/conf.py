@@ -16,6 +16,10 @@ DEFAULTS = {
     "CONFIGSTORE_READ_TIMEOUT": 5.0,
     # Whether reads (keys, history, watch, cluster) need no credentials.
     "CONFIGSTORE_ANONYMOUS_READS": False,
+    # Failed token authentications from one address within the window (s) that lock it out
+    # until the window ends (configstore.api.throttle); 0: no limit.
+    "CONFIGSTORE_TOKEN_FAILURE_LIMIT": 50,
+    "CONFIGSTORE_TOKEN_FAILURE_WINDOW": 60.0,
 }
 
 

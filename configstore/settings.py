@@ -1,6 +1,7 @@
 """Settings come from the environment; the README lists every one of them."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -221,5 +222,27 @@ CONFIGSTORE_ANONYMOUS_READS = env("CONFIGSTORE_ANONYMOUS_READS", "0") == "1"
 # this, the API answers 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * CONFIGSTORE_MAX_TXN_BYTES + 1024 * 1024
 
-# Logins check the replicated users without ever writing them (configstore.auth_backend).
-AUTHENTICATION_BACKENDS = ["configstore.auth_backend.ReplicatedUserBackend"]
+# --- brute-force protection (README, "Brute-force protection") ---
+# Admin login: django-axes, lockouts per node (its own database's axes_accessattempt table):
+# CONFIGSTORE_LOGIN_FAILURE_LIMIT failures of one (username, client address) pair lock that
+# pair out for CONFIGSTORE_LOGIN_COOLOFF_MINUTES (429, configstore.admin_lockout); a success
+# resets the count. The address is REMOTE_ADDR: no forwarded header is trusted.
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last, as axes requires
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair
+    # Logins check the replicated users without ever writing them.
+    "configstore.auth_backend.ReplicatedUserBackend",
+]
+AXES_FAILURE_LIMIT = int(env("CONFIGSTORE_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(env("CONFIGSTORE_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "configstore.api.throttle.client_address"
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+AXES_LOCKOUT_CALLABLE = "configstore.admin_lockout.lockout_response"
+AXES_ENABLE_ADMIN = False  # unlock with `manage.py axes_reset_username <user>` on the node
+AXES_DISABLE_ACCESS_LOG = True  # no row per successful login, kept forever
+# Token authentication (configstore.api.throttle): per process, i.e. per node.
+CONFIGSTORE_TOKEN_FAILURE_LIMIT = int(env("CONFIGSTORE_TOKEN_FAILURE_LIMIT", "50"))
+CONFIGSTORE_TOKEN_FAILURE_WINDOW = float(env("CONFIGSTORE_TOKEN_FAILURE_WINDOW_S", "60"))

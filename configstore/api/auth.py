@@ -25,6 +25,7 @@ from django.db import connection
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 
+from configstore.api import throttle
 from configstore.identity import TokenLimits
 from configstore.models import ApiToken
 
@@ -37,6 +38,8 @@ _LAST_USE_KEPT = 10_000
 
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+from configstore.api import throttle
 
 
 @cache
@@ -58,7 +61,12 @@ def _lookup() -> tuple[str, list[str]]:
 class TokenAuthentication(authentication.TokenAuthentication):
     def authenticate(self, request):
         """DRF's, with `Bearer` as well as `Token` (the same tokens, as OAuth clients send
-        them)."""
+        them), behind the brute-force guard (configstore.api.throttle: 429 while this
+        client's address is locked out)."""
+        with throttle.guarded(request):
+            return self._authenticate(request)
+
+    def _authenticate(self, request):
         header = authentication.get_authorization_header(request).split()
         if not header or header[0].lower() not in (b"token", b"bearer"):
             return None

@@ -148,7 +148,7 @@ _RETRY_AFTER = {
 def postprocess(result: dict, generator, request, public) -> dict:
     """drf-spectacular postprocessing hook: the JSON value component, and the headers of the
     answers (X-Configstore-Index on reads and writes, the staleness headers on reads,
-    Retry-After on 503)."""
+    Retry-After on 429 and 503)."""
     components = result.setdefault("components", {}).setdefault("schemas", {})
     for component in components.values():  # a nullable JSONField: any JSON, null included
         for name, prop in component.get("properties", {}).items():
@@ -166,7 +166,7 @@ def postprocess(result: dict, generator, request, public) -> dict:
                     headers["X-Configstore-Index"] = _INDEX_HEADER
                     if method == "get":
                         headers.update(_STALE_HEADERS)
-                if status == "503":
+                if status in ("429", "503"):
                     headers["Retry-After"] = _RETRY_AFTER
                 if not headers:
                     del response["headers"]

@@ -281,6 +281,10 @@ _ERRORS = {
     401: _error("no credentials, or unknown ones"),
     403: _error("no permission"),
     406: _error("the Accept header asks for nothing this answers"),
+    429: _error(
+        "too_many_failures: too many failed token authentications from this address; every "
+        "token is refused until Retry-After seconds have passed"
+    ),
     503: _error(
         "unavailable: no_quorum / not_confirmed (with request_id: look it up at "
         "/api/v1/requests/{request_id}), database_unavailable, broker_unavailable; Retry-After"
