@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from configstore import access, exceptions, permissions, selectors
 from configstore.api import openapi as spec
 from configstore.api import serializers as s
+from configstore.api.views import _ERRORS as _API_ERRORS
 from configstore.api.views import INDEX_HEADER, REQUEST_ID_HEADER, ApiView, _actor, _data, _error
 from configstore.commands import GRANTABLE, MAX_REASON_LENGTH
 from configstore.models import AccessHistory, ApiToken, TokenUse
@@ -33,6 +34,7 @@ _ERRORS = {
     400: _error("invalid body or parameter"),
     401: _error("no credentials, or unknown ones"),
     403: _error("not a superuser nor a holder of configstore.manage_access"),
+    429: _API_ERRORS[429],
     503: _error("unavailable: no_quorum / not_confirmed (with request_id); Retry-After"),
 }
 _CHANGE_ERRORS = {

@@ -39,8 +39,6 @@ _LAST_USE_KEPT = 10_000
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
-from configstore.api import throttle
-
 
 @cache
 def _lookup() -> tuple[str, list[str]]:
