@@ -96,6 +96,8 @@ def test_the_checks_catch_a_stale_read_on_a_real_cluster(servers):
         wait_for(lambda: cluster.query("n3", "SELECT count(*) FROM configstore_entry")[0][0] == 1)
         cluster.partition("n3")
         time.sleep(0.5)  # every node has read the fault file
+        # n3 may have been the leader: the write goes through n1 once n1 and n2 agree on one.
+        cluster.wait_for_leader(among=("n1", "n2"))
         assert client.put("probe")
         assert recorder.operations[-1].outcome == "ok" and recorder.operations[-1].version == 2
         reader = workload.Client(
