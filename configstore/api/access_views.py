@@ -232,6 +232,16 @@ _REASON = OpenApiParameter("reason", spec.REASON, description="why (kept in the 
 # ---------------------------------------------------------------------------- views
 
 
+def _one(request, found, name: str, what: str, shape) -> Response:
+    """GET of one user or group, by its name."""
+    _manager(request)
+    _matching(name, spec.NAME_PATTERN, "username" if what == "user" else "name")
+    row = found.first()
+    if row is None:
+        raise exceptions.NotFound(f"no {what} {name!r}")
+    return _read(shape(row))
+
+
 class UserListView(ApiView):
     @extend_schema(summary="Every user", responses={200: OpenApiTypes.OBJECT, **_ERRORS})
     def get(self, request):
@@ -261,12 +271,7 @@ class UserDetailView(ApiView):
         responses={200: OpenApiTypes.OBJECT, 404: _error("no such user"), **_ERRORS},
     )
     def get(self, request, username: str):
-        _manager(request)
-        _matching(username, spec.NAME_PATTERN, "username")
-        user = _users().filter(username=username).first()
-        if user is None:
-            raise exceptions.NotFound(f"no user {username!r}")
-        return _read(user_data(user))
+        return _one(request, _users().filter(username=username), username, "user", user_data)
 
     @extend_schema(
         summary="Change a user: the fields given (password, is_active, groups, ...)",
@@ -310,12 +315,7 @@ class GroupDetailView(ApiView):
         responses={200: OpenApiTypes.OBJECT, 404: _error("no such group"), **_ERRORS},
     )
     def get(self, request, name: str):
-        _manager(request)
-        _matching(name, spec.NAME_PATTERN, "name")
-        group = _groups().filter(name=name).first()
-        if group is None:
-            raise exceptions.NotFound(f"no group {name!r}")
-        return _read(group_data(group))
+        return _one(request, _groups().filter(name=name), name, "group", group_data)
 
     @extend_schema(
         summary="Create or replace a group's permissions and prefix permissions",
