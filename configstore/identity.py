@@ -308,6 +308,8 @@ def record(
 
 def apply_access(cursor, slot: int, request_id: str, command: AccessCommand) -> tuple[str, dict]:
     """Apply an (authorised) access command; its row in the access history either way."""
+    # The identity tables refuse other writers (migration 0005): this transaction may.
+    cursor.execute("SELECT set_config('configstore.applying', 'on', true)")
     change = {
         "put_user": _put_user,
         "delete_user": _delete_user,

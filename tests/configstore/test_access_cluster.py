@@ -322,3 +322,32 @@ def test_the_access_history_is_the_same_on_every_node(api):
     )
     users = [api.cluster.query(n, identities) for n in api.cluster.ids]
     assert users[0] == users[1] == users[2]
+
+
+def test_the_node_processes_role_cannot_write_identities_outside_the_applier(api):
+    """Connected as the node's processes are (the app role), a user, a membership or a token
+    cannot be written on one node: only the applier may (migration 0005's guard)."""
+    import psycopg
+
+    user = name("guard")
+    api.user("n1", user)
+    token_id, _, index = api.token("n1", user)
+    api.wait_applied("n2", index)
+    before = api.cluster.query("n2", "SELECT username, is_superuser FROM auth_user ORDER BY 1")
+    with psycopg.connect(api.cluster.app_database_url("n2"), autocommit=True) as conn:
+        for sql in (
+            "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, "
+            "email, is_staff, is_active, date_joined) VALUES ('!', true, 'intruder', '', '', "
+            "'', true, true, now())",
+            f"UPDATE auth_user SET is_superuser = true WHERE username = '{user}'",
+            f"DELETE FROM configstore_api_token WHERE token_id = '{token_id}'",
+            "DELETE FROM auth_user_groups",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)
+    assert (
+        api.cluster.query("n2", "SELECT username, is_superuser FROM auth_user ORDER BY 1") == before
+    )
+    assert api.cluster.query(
+        "n2", "SELECT count(*) FROM configstore_api_token WHERE token_id = %s", [token_id]
+    ) == [(1,)]
