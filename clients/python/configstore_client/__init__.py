@@ -1,4 +1,5 @@
-"""configstore's Python client: `Client(urls, token)` (see configstore_client.client) and
+"""configstore's Python client: `Client(urls, token)` (configstore_client.client), a live
+local view of a prefix with a fail-static cache (`LiveView`, configstore_client.live) and
 one exception per API error (configstore_client.errors)."""
 
 from configstore_client.client import Changes, Client, Entry, Listing
@@ -17,6 +18,7 @@ from configstore_client.errors import (
     Unavailable,
     VersionConflict,
 )
+from configstore_client.live import LiveView
 
 __all__ = [
     "Changes",
@@ -27,6 +29,7 @@ __all__ = [
     "Forbidden",
     "InvalidRequest",
     "Listing",
+    "LiveView",
     "NoQuorum",
     "NotConfirmed",
     "NotFound",
