@@ -176,10 +176,15 @@ class AppliedWatcher:
 
     def _advance(self, conn: psycopg.Connection, index: int) -> None:
         """Move to `index` and wake the waiters whose key or prefix slots (old, index] touched."""
-        old = self._index
-        if index <= old:
-            return
+        # The index moves and the waiters due are taken in one step: a waiter registering
+        # after it sees the new index and wakes itself (_register); one registering before it
+        # is due. (Taking them first and moving the index after the query below lost the
+        # wake-up of a waiter registering in between: it slept until its timeout.)
         with self._lock:
+            old = self._index
+            if index <= old:
+                return
+            self._index = index
             due = [w for w in self._waiters if w.wait.seen < index]
         touched: set[str] | None = set()
         if due and old > 0:
@@ -193,8 +198,6 @@ class AppliedWatcher:
                 touched = None
         elif due:
             touched = None  # first read after (re)connecting: what was missed is unknown
-        with self._lock:
-            self._index = index
         for waiter in due:
             if waiter.wait.matches(touched):
                 waiter.wake()
