@@ -49,12 +49,33 @@ def settled(cluster, *, timeout: float = 15.0) -> dict[str, Scrape]:
         time.sleep(0.3)
 
 
+def quiet(cluster, *, timeout: float = 15.0) -> dict[str, Scrape]:
+    """`settled` scrapes once every node has applied all there is and said so in a status
+    published since (statuses come every 0.5 s): the baseline of the load."""
+    deadline = time.monotonic() + timeout
+    first = settled(cluster)
+    while True:
+        time.sleep(0.6)
+        then = settled(cluster)
+        applied = {s.value("configstore_applied_index") for s in then.values()}
+        if len(applied) == 1 and all(
+            then[i].value("configstore_applied_index")
+            == first[i].value("configstore_applied_index")
+            and then[i].value("configstore_commands_applied_total")
+            == first[i].value("configstore_commands_applied_total")
+            for i in cluster.ids
+        ):
+            return then
+        assert time.monotonic() < deadline, "the cluster did not quieten"
+        first = then
+
+
 def test_every_node_serves_metrics_whose_counters_follow_a_small_load(make_cluster):
     cluster = make_cluster(web=True)
     cluster.ensure_admin()
     auth = {"Authorization": f"Token {cluster.api_token}"}
 
-    before = settled(cluster)
+    before = quiet(cluster)
     for s in before.values():
         # Routes are URL pattern names, never paths: no label holds a key.
         assert all(
