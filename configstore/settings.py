@@ -67,6 +67,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "configstore.metrics.RequestMetricsMiddleware",  # outermost: times the whole request
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -80,6 +81,9 @@ ROOT_URLCONF = "configstore.urls"
 WSGI_APPLICATION = "configstore.wsgi.application"
 # The web server (configstore.asgi under granian): Django runs in this many threads per
 # process; a request body must arrive whole within the body timeout (else 408).
+# `/metrics` (configstore.metrics): a bearer token the scraper must send; unset, only
+# loopback clients may scrape.
+CONFIGSTORE_METRICS_TOKEN = env("CONFIGSTORE_METRICS_TOKEN")
 CONFIGSTORE_WEB_THREADS = int(env("CONFIGSTORE_WEB_THREADS", "16"))
 CONFIGSTORE_BODY_TIMEOUT = float(env("CONFIGSTORE_BODY_TIMEOUT_MS", "10000")) / 1000
 

@@ -4,7 +4,7 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from configstore import admin_access, admin_views
+from configstore import admin_access, admin_views, metrics
 from configstore.api import errors, views
 
 urlpatterns = [
@@ -12,6 +12,7 @@ urlpatterns = [
     path("admin/password_change/", admin.site.admin_view(admin_access.password_change)),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics.metrics_view, name="metrics"),  # Prometheus; not under /api/
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="openapi"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="openapi"), name="api-redoc"),

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 
 from django.db import connection
 
@@ -30,6 +30,8 @@ class Applier:
         self.node_id = node_id
         self.applied_slots = 0
         self.failures = 0
+        #: Commands applied, by `applied_committed` / `applied_rejected_<code>` (metrics).
+        self.outcomes: Counter[str] = Counter()
         self._learned: deque = deque()
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -97,6 +99,8 @@ class Applier:
                 continue
             self._applied_index, self._behind = result.applied_index, result.more
             self.applied_slots += result.applied
+            for outcome, code in result.outcomes:
+                self.outcomes[f"applied_{outcome}_{code}" if code else f"applied_{outcome}"] += 1
             if self.trace and result.applied:
                 now = time.perf_counter()
                 log.warning(

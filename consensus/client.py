@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from consensus import metrics
 from consensus.envelope import seal_submit
 from consensus.paxos import Command
 from consensus.storage import APPLIED_CHANNEL, READ_INDEX_PAYLOAD
@@ -151,6 +152,7 @@ class Submitter:
             known = None if fresh else self.lookup(request_id)  # a retry already applied?
             if known is not None:
                 return known
+            started = time.perf_counter()  # metrics: the commit latency of what is submitted
             self._enqueue(Command(request_id, payload))
             self.before_wait()
             while (remaining := deadline - time.monotonic()) > 0:
@@ -161,8 +163,12 @@ class Submitter:
                     known = self._notified.pop(request_id, None)
                 known = known or self.lookup(request_id)
                 if known is not None:
-                    return known
-            return self.lookup(request_id) or NotConfirmed(request_id)
+                    break
+            known = known or self.lookup(request_id) or NotConfirmed(request_id)
+            metrics.COMMIT_SECONDS.labels(metrics.outcome_name(known)).observe(
+                time.perf_counter() - started
+            )
+            return known
         finally:
             with self._waiters_lock:
                 self._waiters.pop(request_id, None)
@@ -186,6 +192,7 @@ class Submitter:
         self.before_wait()
         with self._barriers:
             self.barrier_reads += 1
+            metrics.BARRIER_READS.inc()
             joined = self._barrier_pending
             if joined is None:
                 joined = self._barrier_pending = _Barrier(uuid.uuid4().hex)
@@ -207,6 +214,7 @@ class Submitter:
                 joined.request_id, timeout=max(deadline - time.monotonic(), 0.0)
             )
         finally:
+            metrics.BARRIERS.labels(metrics.outcome_name(outcome)).inc()
             with self._barriers:
                 joined.outcome = outcome
                 self._barrier_in_flight = None

@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -467,13 +468,15 @@ class LocalCluster:
     def faults_file(self) -> Path:
         return self.data_dir / "faults.json"
 
-    def _spawn(self, node_id: str, args: list[str], log_name: str) -> subprocess.Popen:
+    def _spawn(
+        self, node_id: str, args: list[str], log_name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         log_file = open(self.data_dir / "logs" / log_name, "ab")  # noqa: SIM115 - owned by the child
         try:
             process = subprocess.Popen(
                 args,
                 cwd=ROOT,
-                env={**os.environ, **self.env(node_id)},
+                env={**os.environ, **self.env(node_id), **(env or {})},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches runcluster, which stops us in order
@@ -525,7 +528,17 @@ class LocalCluster:
             node_id,
             [sys.executable, "-m", *web_server_args("127.0.0.1", self.web_port(node_id))],
             f"web-{node_id}.log",
+            {"PROMETHEUS_MULTIPROC_DIR": str(self._fresh_metrics_dir(node_id))},
         )
+
+    def _fresh_metrics_dir(self, node_id: str) -> Path:
+        """The web server's prometheus_client multiprocess folder (configstore.metrics),
+        emptied here before each start of the server: only its live processes' files and
+        those of the processes it restarted since remain."""
+        folder = self.data_dir / "metrics" / node_id
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
 
     def web_port(self, node_id: str) -> int:
         return self.base_port + self.ids.index(node_id)

@@ -363,6 +363,7 @@ class NodeRuntime:
                 "oversized_out": self.transport.oversized,
                 "slots_applied": self.applier.applied_slots,
                 "apply_failures": self.applier.failures,
+                **self.applier.outcomes,
             },
         }
 

@@ -188,6 +188,8 @@ class Applied:
     applied: int  # slots applied
     applied_index: int  # the applied index now
     more: bool  # the chosen log may hold slots after it, not yet applied (a gap or the limit)
+    #: (outcome, rejection code or "") of each command applied, for the node's metrics
+    outcomes: tuple[tuple[str, str], ...] = ()
 
 
 def apply_learned(
@@ -236,11 +238,12 @@ def apply_learned(
                 committed.append(
                     (slot, value if isinstance(value, Value) else Value.from_json(value))
                 )
-            _apply(cursor, committed, state_machine, node_id)
-    return Applied(len(committed), applied_index + len(committed), more)
+            outcomes = _apply(cursor, committed, state_machine, node_id)
+    return Applied(len(committed), applied_index + len(committed), more, tuple(outcomes))
 
 
-def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list[str]:
+def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list[tuple[str, str]]:
+    """Apply `committed` and record it; (outcome, rejection code or "") per command."""
     if not committed:
         return []
     ids = [c.request_id for _, value in committed for c in value.commands]
@@ -252,6 +255,7 @@ def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list
         done = {row[0] for row in cursor.fetchall()}
     now = datetime.now(UTC)
     rows = []
+    outcomes = []
     for slot, value in committed:
         fresh = commands_to_apply(value, done)
         if not fresh:
@@ -260,6 +264,8 @@ def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list
             fresh, state_machine(cursor, slot, fresh, node_id), strict=True
         ):
             done.add(command.request_id)
+            code = result.get("error") if isinstance(result, dict) else None
+            outcomes.append((outcome, "" if outcome == "committed" else str(code)))
             rows.append((command.request_id, slot, outcome, json.dumps(result), now))
     if rows:
         cursor.executemany(_APPLIED_REQUEST, rows)
@@ -267,7 +273,7 @@ def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list
     cursor.execute(_APPLIED_INDEX, [last])
     for payload in _notify_payloads(rows, last):
         cursor.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, payload])
-    return [r[0] for r in rows]
+    return outcomes
 
 
 def _notify_payloads(rows: list[tuple], applied_index: int) -> list[str]:
