@@ -885,6 +885,28 @@ class LocalCluster:
                     self._check_alive(i)
                     time.sleep(0.05)
 
+    def wait_until_serving(self, nodes=None, timeout: float = 60.0) -> None:
+        """Until the web server of each of `nodes` (default: all) answers /healthz 200: it
+        sees a quorum through its worker's published status and reaches its database, so a
+        write sent to it is submitted (a leader elected somewhere is not enough: a node
+        that was paused or cut off answers `no_quorum` until its worker hears the leader)."""
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        for i in nodes or self.ids:
+            while True:
+                try:
+                    with urllib.request.urlopen(self.web_url(i) + "/healthz", timeout=5) as answer:
+                        if answer.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{i} does not serve (healthz) within {timeout}s")
+                self._check_alive(i)
+                time.sleep(0.1)
+
     def _check_alive(self, node_id: str) -> None:
         """Raise if a process of node_id exited, unless the supervisor is there to restart it
         (it says so); `wait_until_ready`'s deadline still bounds the start."""

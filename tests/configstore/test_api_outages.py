@@ -221,6 +221,7 @@ def test_a_malformed_node_status_is_an_unknown_status_not_a_500(cluster, garbage
         broker.delete(status_key("n1"))
         cluster.resume_worker("n1")
     cluster.wait_until_ready()
+    cluster.wait_until_serving()
     assert settled_state(cluster) == before
 
 
