@@ -227,6 +227,38 @@ class Client:
             yield from changes.events
             index = changes.index
 
+    def schemas(self, prefix: str = "", *, consistency: str = "stale") -> dict[str, Any]:
+        """The JSON Schemas attached at or under `prefix` (key or namespace "a/b/" ->
+        schema), all pages."""
+        found: dict[str, Any] = {}
+        page = 1
+        while True:
+            data = self._call(
+                "GET",
+                "/api/v1/schemas/",
+                params={"prefix": prefix, "page": page, "consistency": consistency},
+            ).json()
+            found.update({row["key"]: row["schema"] for row in data["results"]})
+            if not data.get("next"):
+                return found
+            page += 1
+
+    def schema(self, key: str, *, consistency: str = "stale") -> Any | None:
+        """The JSON Schema attached to `key` (a namespace ends with "/"), or None."""
+        try:
+            response = self._call(
+                "GET", f"/api/v1/schemas/{key}", params={"consistency": consistency}
+            )
+        except errors.NotFound:
+            return None
+        return response.json()["schema"]
+
+    def ping(self, prefix: str = "") -> int:
+        """One linearizable read of at most one entry under `prefix`: raises what a read
+        would (Unavailable, NoQuorum, Unauthorized, Forbidden); returns the applied index."""
+        response = self._call("GET", "/api/v1/keys/", params={"prefix": prefix, "page_size": 1})
+        return _index(response)
+
     def request_outcome(self, request_id: str) -> dict | None:
         """A request's outcome ({"outcome", "index", "result"}) on the node asked, or None if
         that node has not applied it (yet)."""

@@ -48,6 +48,7 @@ class LiveView:
         save_every: float = 1.0,
         stale_after: float = 30.0,
         start: bool = True,
+        require_initial: bool = True,
     ) -> None:
         self.client, self.prefix = client, prefix
         self.cache_path = Path(cache_path) if cache_path is not None else None
@@ -63,6 +64,10 @@ class LiveView:
         self._saved = 0.0
         self._dirty = False
         self.from_cache = False
+        self.loaded = False  # the prefix was read from the cluster (or the cache) once
+        self.require_initial = require_initial
+        self._event_subscribers: list[Callable[[dict], None]] = []
+        self._contact_subscribers: list[Callable[[], None]] = []
         if start:
             self.start()
 
@@ -106,14 +111,28 @@ class LiveView:
         with self._lock:
             self._subscribers.append((key_or_prefix, callback))
 
+    def subscribe_events(self, callback: Callable[[dict], None]) -> None:
+        """`callback(row)` for every history row the view reads (any operation, committed
+        or rejected, e.g. a schema change), in log order, from the view's thread."""
+        with self._lock:
+            self._event_subscribers.append(callback)
+
+    def on_contact(self, callback: Callable[[], None]) -> None:
+        """`callback()` after each answer from the cluster (a read or a long-poll), from
+        the view's thread."""
+        with self._lock:
+            self._contact_subscribers.append(callback)
+
     # ------------------------------------------------------------------ running
 
     def start(self) -> None:
-        """Load the prefix (or, when no node answers, the cache), then follow it."""
+        """Load the prefix (or, when no node answers, the cache), then follow it. With
+        neither, raise Unavailable, or (`require_initial=False`) start empty and keep
+        trying to read the prefix in the background."""
         try:
             self._load()
         except errors.Unavailable:
-            if not self._load_cache():
+            if not self._load_cache() and self.require_initial:
                 raise
         self._thread = threading.Thread(target=self._follow, name="configstore-live", daemon=True)
         self._thread.start()
@@ -148,14 +167,22 @@ class LiveView:
             self.index = max(self.index, listing.index)
             self._heard, self._connected, self.from_cache = time.time(), True, False
             self._dirty = True
+            self.loaded = True
         for key in sorted(old.keys() | fresh.keys()):
             before, after = old.get(key, (None, 0)), fresh.get(key, (None, 0))
             if before != after:
                 self._notify(key, before[0], after[0])
         self._save(force=True)
+        self._contacted()
 
     def _follow(self) -> None:
         while not self._stop.is_set():
+            if not self.loaded:  # started with neither the cluster nor a cache
+                try:
+                    self._load()
+                except errors.ConfigstoreError:
+                    self._stop.wait(1.0)
+                continue
             try:
                 changes = self.client.changes(self.prefix, self.index, timeout=self.poll_timeout)
             except errors.ConfigstoreError as error:
@@ -168,10 +195,26 @@ class LiveView:
                 continue
             for event in changes.events:
                 self._apply(event)
+                self._tell_event(event)
             with self._lock:
                 self.index = max(self.index, changes.index)
                 self._heard, self._connected = time.time(), True
             self._save()
+            self._contacted()
+
+    def _tell_event(self, event: dict) -> None:
+        with self._lock:
+            subscribers = list(self._event_subscribers)
+        for callback in subscribers:
+            with contextlib.suppress(Exception):
+                callback(event)
+
+    def _contacted(self) -> None:
+        with self._lock:
+            subscribers = list(self._contact_subscribers)
+        for callback in subscribers:
+            with contextlib.suppress(Exception):
+                callback()
 
     def _apply(self, event: dict) -> None:
         """One history row, in log order. A row the initial read already reflected (its
@@ -242,4 +285,5 @@ class LiveView:
             self._entries = {k: (v, ver) for k, (v, ver) in data["entries"].items()}
             self.index = int(data["index"])
             self._heard, self._connected, self.from_cache = float(data["saved_at"]), False, True
+            self.loaded = True
         return True
