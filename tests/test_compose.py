@@ -445,6 +445,17 @@ def check_depends_on_own_node(compose: dict) -> None:
         ), f"migrate-{node} does not wait for a healthy postgres-{node}"
 
 
+def check_metrics_token_comes_from_the_environment(compose: dict) -> None:
+    """Prometheus scrapes /metrics from outside the web container: every web server takes
+    CONFIGSTORE_METRICS_TOKEN from the environment (optional), never a literal."""
+    for node in NODES:
+        value = environment(service(compose, "web", node)).get("CONFIGSTORE_METRICS_TOKEN")
+        assert value == "${CONFIGSTORE_METRICS_TOKEN:-}", (
+            f"web-{node}: CONFIGSTORE_METRICS_TOKEN must be ${{CONFIGSTORE_METRICS_TOKEN:-}} "
+            f"from the environment, not {value!r}"
+        )
+
+
 STRUCTURE_CHECKS = [
     check_every_node_has_its_services,
     check_images_and_storage,
@@ -462,6 +473,7 @@ STRUCTURE_CHECKS = [
 ALL_CHECKS = [
     *STRUCTURE_CHECKS,
     check_secrets_come_from_the_environment,
+    check_metrics_token_comes_from_the_environment,
     check_passwords_are_required,
     check_only_migrate_connects_as_the_owner,
 ]
@@ -609,6 +621,14 @@ BREAKAGES = {
     "cluster secret with a default": (
         lambda c: _env(c, "web-n1").update(CONFIGSTORE_SECRET="${CONFIGSTORE_SECRET:-hunter2}"),
         check_secrets_come_from_the_environment,
+    ),
+    "literal metrics token": (
+        lambda c: _env(c, "web-n3").update(CONFIGSTORE_METRICS_TOKEN="scrape-me"),
+        check_metrics_token_comes_from_the_environment,
+    ),
+    "web-n2 without a metrics token": (
+        lambda c: _env(c, "web-n2").pop("CONFIGSTORE_METRICS_TOKEN"),
+        check_metrics_token_comes_from_the_environment,
     ),
     "web-n1 only waits for postgres to start": (
         lambda c: c["services"]["web-n1"]["depends_on"]["postgres-n1"].update(
