@@ -245,13 +245,16 @@ class Hostile:
         """A value under hostile/redos/, then a schema with a catastrophic pattern on the
         namespace, then catastrophic values: each must be answered (a refusal, or 503) and
         the cluster must keep serving meanwhile (the workload's floor says whether it did).
-        A step that got no answer or a 503 is tried up to 5 times."""
+        A step that got no answer or a 503 is tried up to 8 times, moving on to the next
+        node each time (the nemesis may have killed the web server it asked)."""
         if self.intensity.redos_length <= 0:
             return
         rng = random.Random(seed)
         session = requests.Session()
         session.headers["Authorization"] = f"Token {self.token}"
-        url = self.cluster.web_url(self.redos_node)
+        ids = list(self.cluster.ids)
+        order = ids[ids.index(self.redos_node) :] + ids[: ids.index(self.redos_node)]
+        attempt = 0
         n = self.intensity.redos_length
         schema = {"type": "string", "pattern": REDOS_PATTERN}
         steps = [
@@ -264,9 +267,10 @@ class Hostile:
         self.stop.wait(min(5.0, self.duration / 6))
         with session:
             for what, path, body in steps:
-                for _ in range(5):
+                for _ in range(8):
                     if not self.running():
                         return
+                    url = self.cluster.web_url(order[attempt % len(order)])
                     started = time.monotonic()
                     try:
                         response = session.put(
@@ -287,6 +291,7 @@ class Hostile:
                     self.stop.wait(rng.uniform(1.0, 2.0))
                     if status not in (None, 503):
                         break
+                    attempt += 1
                 self.stop.wait(rng.uniform(1.0, max(1.0, self.duration / (len(steps) + 1))))
 
     # ------------------------------------------------------------------ slow clients, floods
