@@ -9,6 +9,9 @@ import pytest
 
 from consensus.sim import Failure, Params, Stats, run_seed, run_seeds
 
+# Thousands of seeds, CPU-bound on every core: out of the inner-loop tier (README, "Test tiers").
+pytestmark = pytest.mark.sim
+
 # The seeds CI runs: 1,500 on 3 nodes and 1,500 on 5 nodes, plus JSON-wire seeds.
 CI_SEEDS = 1500
 WIRE_SEEDS = 200
