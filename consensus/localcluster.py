@@ -125,6 +125,9 @@ class LocalCluster:
     #: Templates (see module doc); None means embedded servers in data_dir.
     database_url_template: str | None = None
     broker_url_template: str | None = None
+    #: Added to {index} in broker_url_template: test sessions running side by side on one
+    #: Redis (pytest-xdist workers) use different database numbers.
+    broker_index_offset: int = 0
     #: Fresh databases (dropped and recreated from a migrated template): for tests.
     fresh: bool = False
     #: Extra environment for every node process (e.g. Paxos timings).
@@ -334,7 +337,9 @@ class LocalCluster:
             if self.broker_url_template is None:
                 self._broker_urls[i] = self._redis.url(index)
             else:
-                self._broker_urls[i] = self.broker_url_template.format(node=i, index=index)
+                self._broker_urls[i] = self.broker_url_template.format(
+                    node=i, index=index + self.broker_index_offset
+                )
 
     @staticmethod
     def _app_password(url: str) -> str | None:
@@ -387,6 +392,14 @@ class LocalCluster:
         for path in sorted(ROOT.glob("*/migrations/*.py")) + [ROOT / "configstore" / "settings.py"]:
             digest.update(path.read_bytes())  # settings: INSTALLED_APPS brings migrations too
         name = f"configstore_template_{digest.hexdigest()[:12]}"
+        # One builder per server at a time (test sessions may run side by side): the lock
+        # is held on this connection until the template exists.
+        with psycopg.connect(self._admin_url(url), autocommit=True) as lock:
+            lock.execute("SELECT pg_advisory_lock(hashtext(%s))", [name])
+            self._build_template(url, name)
+        return name
+
+    def _build_template(self, url: str, name: str) -> None:
         with psycopg.connect(self._admin_url(url), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
         if not exists:
@@ -399,7 +412,6 @@ class LocalCluster:
             self._check_run(["manage.py", "migrate", "--noinput", "-v0"], env, "migrate template")
             with psycopg.connect(self._admin_url(url), autocommit=True) as conn:
                 conn.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
-        return name
 
     def _recreate(self, url: str, template: str) -> None:
         name = self._dbname(url)

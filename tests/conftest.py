@@ -26,10 +26,36 @@ def _scratch(prefix: str) -> Path:
     return path
 
 
+#: pytest-xdist's worker ("gw0", "gw1", ...), or "" when the tests run in one process.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+#: Redis database numbers each worker's clusters use on a shared Redis (16 in all): gw0
+#: 1-7, gw1 9-15 (a cluster of at most 7 nodes).
+BROKER_INDEXES_PER_WORKER = 8
+
+
+def _worker_number() -> int:
+    return int(WORKER[2:]) if WORKER.startswith("gw") else 0
+
+
+class Servers(tuple):
+    """(database URL template, broker URL template); `broker_index_offset` keeps this
+    worker's clusters off the other workers' Redis databases."""
+
+    broker_index_offset = 0
+
+
 @pytest.fixture(scope="session")
 def servers():
-    """(database URL template, broker URL template) for every cluster of the session."""
+    """(database URL template, broker URL template) for every cluster of the session. Under
+    pytest-xdist, each worker's databases carry its name and its brokers other numbers."""
     db, broker = os.environ.get(DATABASE_URL_ENV), os.environ.get(BROKER_URL_ENV)
+    offset = 0
+    if WORKER and db:
+        db = db.replace("{node}", "{node}_" + WORKER)
+    if WORKER and broker:
+        offset = _worker_number() * BROKER_INDEXES_PER_WORKER
+        if offset + BROKER_INDEXES_PER_WORKER > 16:
+            pytest.exit(f"at most {16 // BROKER_INDEXES_PER_WORKER} workers on one Redis")
     started = []
     root = _scratch("configstore-servers-")
     try:
@@ -44,7 +70,9 @@ def servers():
                 rd = embedded.start_redis(root / "redis")
                 started.append(rd)
                 broker = f"redis://127.0.0.1:{rd.port}/{{index}}"
-        yield db, broker
+        found = Servers((db, broker))
+        found.broker_index_offset = offset
+        yield found
     finally:
         for server in reversed(started):
             server.stop()
@@ -66,6 +94,7 @@ def start_cluster(servers, *, prefix: str = "configstore-cluster-", **kwargs) ->
         _scratch(prefix),
         database_url_template=db,
         broker_url_template=broker,
+        broker_index_offset=getattr(servers, "broker_index_offset", 0),
         fresh=True,
         **kwargs,
     )
