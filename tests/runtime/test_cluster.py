@@ -67,10 +67,20 @@ def snapshot(cluster, node: str) -> dict:
     }
 
 
-def assert_identical(cluster, nodes=None) -> dict:
+def assert_identical(cluster, nodes=None, timeout: float = 20.0) -> dict:
+    """The nodes' replicated states are equal, compared at one applied index: a command
+    still in flight (e.g. an unconfirmed submission retried after a heal) can be applied
+    between two nodes' snapshots, so snapshots taken across an apply are taken again."""
     nodes = nodes or cluster.ids
-    wait_converged(cluster, nodes)
-    states = {n: snapshot(cluster, n) for n in nodes}
+    deadline = time.monotonic() + timeout
+    while True:
+        index = wait_converged(cluster, nodes)
+        states = {n: snapshot(cluster, n) for n in nodes}
+        still = all(states[n]["applied_index"] == [(index,)] for n in nodes) and (
+            wait_converged(cluster, nodes) == index
+        )
+        if still or time.monotonic() > deadline:
+            break
     first = states[nodes[0]]
     for n in nodes[1:]:
         for part in first:
