@@ -101,6 +101,12 @@ class Client:
             transport=transport,
         )
 
+    @property
+    def current_url(self) -> str:
+        """The base URL of the node the next call goes to first: the one that answered the
+        last call, or the one the client moved on to after a node failed."""
+        return self.urls[self._node % len(self.urls)]
+
     def close(self) -> None:
         self._http.close()
 
