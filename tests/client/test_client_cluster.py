@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 
 import pytest
 from configstore_client import (
     Client,
     Conflict,
     InvalidRequest,
+    NotConfirmed,
     NotFound,
     Unauthorized,
     Unavailable,
@@ -93,6 +95,33 @@ def test_a_retried_write_is_applied_once(client, cluster):
     first = client.put(key, {"n": 1}, idempotency_key="deploy-42")
     again = client.put(key, {"n": 1}, idempotency_key="deploy-42")
     assert (again.version, again.index) == (first.version, first.index)
+    rows = cluster.query("n1", "SELECT count(*) FROM configstore_history WHERE key = %s", [key])
+    assert rows == [(1,)]
+
+
+def test_a_write_not_confirmed_in_time_is_looked_up_then_retried_once(client, cluster):
+    """n1 takes a write while the other two workers are stopped: 503 not_confirmed naming
+    the request. Once they run again the write commits; `request_outcome` finds it, and the
+    write retried with its Idempotency-Key is answered as that commit, with no second row."""
+    key = unique("unconfirmed")
+    lone = Client([cluster.web_url("n1")], cluster.api_token, retries=0, timeout=30)
+    for node in ("n2", "n3"):
+        cluster.pause_worker(node)
+    try:
+        with lone, pytest.raises(NotConfirmed) as unconfirmed:
+            lone.put(key, 7, idempotency_key="deploy-43")
+    finally:
+        for node in ("n2", "n3"):
+            cluster.resume_worker(node)
+    request_id = unconfirmed.value.request_id
+    assert request_id, unconfirmed.value.body
+    deadline = time.monotonic() + 30
+    while (outcome := client.request_outcome(request_id)) is None:
+        assert time.monotonic() < deadline, f"{request_id} never applied"
+        time.sleep(0.1)
+    assert outcome["outcome"] == "committed", outcome
+    again = client.put(key, 7, idempotency_key="deploy-43")
+    assert (again.version, again.index) == (1, outcome["index"])
     rows = cluster.query("n1", "SELECT count(*) FROM configstore_history WHERE key = %s", [key])
     assert rows == [(1,)]
 
