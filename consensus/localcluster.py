@@ -50,6 +50,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -902,9 +904,6 @@ class LocalCluster:
         sees a quorum through its worker's published status and reaches its database, so a
         write sent to it is submitted (a leader elected somewhere is not enough: a node
         that was paused or cut off answers `no_quorum` until its worker hears the leader)."""
-        import urllib.error
-        import urllib.request
-
         deadline = time.monotonic() + timeout
         for i in nodes or self.ids:
             while True:

@@ -33,15 +33,10 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 BROKER_INDEXES_PER_WORKER = 8
 
 
-def _worker_number() -> int:
-    return int(WORKER[2:]) if WORKER.startswith("gw") else 0
-
-
-class Servers(tuple):
-    """(database URL template, broker URL template); `broker_index_offset` keeps this
-    worker's clusters off the other workers' Redis databases."""
-
-    broker_index_offset = 0
+#: Added to this worker's broker database numbers.
+BROKER_INDEX_OFFSET = (
+    int(WORKER[2:]) if WORKER.startswith("gw") else 0
+) * BROKER_INDEXES_PER_WORKER
 
 
 @pytest.fixture(scope="session")
@@ -49,13 +44,10 @@ def servers():
     """(database URL template, broker URL template) for every cluster of the session. Under
     pytest-xdist, each worker's databases carry its name and its brokers other numbers."""
     db, broker = os.environ.get(DATABASE_URL_ENV), os.environ.get(BROKER_URL_ENV)
-    offset = 0
     if WORKER and db:
         db = db.replace("{node}", "{node}_" + WORKER)
-    if WORKER and broker:
-        offset = _worker_number() * BROKER_INDEXES_PER_WORKER
-        if offset + BROKER_INDEXES_PER_WORKER > 16:
-            pytest.exit(f"at most {16 // BROKER_INDEXES_PER_WORKER} workers on one Redis")
+    if BROKER_INDEX_OFFSET + BROKER_INDEXES_PER_WORKER > 16:
+        pytest.exit(f"at most {16 // BROKER_INDEXES_PER_WORKER} workers on one Redis")
     started = []
     root = _scratch("configstore-servers-")
     try:
@@ -70,9 +62,7 @@ def servers():
                 rd = embedded.start_redis(root / "redis")
                 started.append(rd)
                 broker = f"redis://127.0.0.1:{rd.port}/{{index}}"
-        found = Servers((db, broker))
-        found.broker_index_offset = offset
-        yield found
+        yield db, broker
     finally:
         for server in reversed(started):
             server.stop()
@@ -94,7 +84,7 @@ def start_cluster(servers, *, prefix: str = "configstore-cluster-", **kwargs) ->
         _scratch(prefix),
         database_url_template=db,
         broker_url_template=broker,
-        broker_index_offset=getattr(servers, "broker_index_offset", 0),
+        broker_index_offset=BROKER_INDEX_OFFSET,
         fresh=True,
         **kwargs,
     )

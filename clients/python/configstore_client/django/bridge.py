@@ -93,6 +93,19 @@ def options() -> dict[str, Any]:
     return merged
 
 
+def client_for(opts: dict[str, Any], **overrides: Any) -> Client:
+    """A Client of the cluster `opts` (see `options`) names: a timeout per request of
+    TIMEOUT, each node tried once; `overrides` for other Client arguments."""
+    timeout = float(opts["TIMEOUT"])
+    arguments = {
+        "timeout": timeout,
+        "connect_timeout": min(2.0, timeout),
+        "retries": max(1, len(opts["URLS"]) - 1),
+        **overrides,
+    }
+    return Client(list(opts["URLS"]), opts["TOKEN"], **arguments)
+
+
 def applies(schema_key: str, key: str) -> bool:
     """A schema attached to `schema_key` applies to `key` (as on the server: the key's own,
     and every namespace "a/", "a/b/" above it)."""
@@ -129,8 +142,7 @@ class Config:
     # ------------------------------------------------------------------ reading
 
     def __getitem__(self, key: str) -> Any:
-        if not self._ready:
-            self.start()
+        self._ensure_started()
         try:
             return self._values[key]
         except KeyError:
@@ -147,8 +159,7 @@ class Config:
             return default
 
     def __contains__(self, key: str) -> bool:
-        if not self._ready:
-            self.start()
+        self._ensure_started()
         return key in self._values or key in self._defaults
 
     def __getattr__(self, name: str) -> Any:
@@ -157,19 +168,13 @@ class Config:
         if name.startswith("_"):
             raise AttributeError(name)
         try:
-            return self[self._prefix_for_attributes() + name]
+            return self[self.prefix + name]
         except KeyError:
             raise AttributeError(f"no configuration key {name!r} under the prefix") from None
 
-    def _prefix_for_attributes(self) -> str:
-        if not self._ready:
-            self.start()
-        return self._prefix
-
     def items(self) -> dict[str, Any]:
         """Every key served: the view's valid values over the defaults."""
-        if not self._ready:
-            self.start()
+        self._ensure_started()
         return {**self._defaults, **self._values}
 
     def __iter__(self) -> Iterator[str]:
@@ -177,7 +182,8 @@ class Config:
 
     @property
     def prefix(self) -> str:
-        return self._prefix_for_attributes()
+        self._ensure_started()
+        return self._prefix
 
     @property
     def index(self) -> int:
@@ -212,8 +218,7 @@ class Config:
 
     def schemas_for(self, key: str) -> list[Any]:
         """The JSON Schemas a value of `key` is checked against."""
-        if not self._ready:
-            self.start()
+        self._ensure_started()
         with self._lock:
             return [
                 schema
@@ -225,9 +230,12 @@ class Config:
     def wait_for_index(self, index: int, timeout: float = 10.0) -> bool:
         return self._started_view().wait_for_index(index, timeout)
 
-    def _started_view(self) -> LiveView:
+    def _ensure_started(self) -> None:
         if not self._ready:
             self.start()
+
+    def _started_view(self) -> LiveView:
+        self._ensure_started()
         assert self._view is not None
         return self._view
 
@@ -240,13 +248,7 @@ class Config:
             if self._ready:
                 return
             opts = options()
-            client = Client(
-                opts["URLS"],
-                opts["TOKEN"],
-                timeout=float(opts["TIMEOUT"]),
-                connect_timeout=min(2.0, float(opts["TIMEOUT"])),
-                retries=max(1, len(opts["URLS"]) - 1),
-            )
+            client = client_for(opts)
             view = LiveView(
                 client,
                 opts["PREFIX"],
@@ -320,11 +322,10 @@ class Config:
                     found[namespace] = schema
         except errors.Forbidden as error:
             logger.warning("configstore: the token may not read schemas (%s)", error)
-            found, self._schemas_known = {}, True
+            found = {}
         except errors.ConfigstoreError:
             return  # unreachable: read them at the next contact
-        else:
-            self._schemas_known = True
+        self._schemas_known = True
         with self._lock:
             if found != self._server_schemas:
                 self._server_schemas = found

@@ -17,7 +17,6 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 from configstore_client import errors
-from configstore_client.client import Client
 from configstore_client.django import bridge
 
 TAG = "configstore"
@@ -29,60 +28,18 @@ def cluster_reachable(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
         opts = bridge.options()
     except ImproperlyConfigured as error:
         return [checks.Error(str(error), id="configstore_client.E001")]
-    urls, prefix = list(opts["URLS"]), opts["PREFIX"]
-    client = Client(
-        urls,
-        opts["TOKEN"],
+    client = bridge.client_for(
+        opts,
         timeout=min(5.0, float(opts["TIMEOUT"])),
         connect_timeout=1.0,
-        retries=len(urls) - 1,
+        retries=len(opts["URLS"]) - 1,
         backoff=0.05,
         max_backoff=0.2,
     )
-    where = f"the configstore cluster ({', '.join(urls)})"
     try:
-        client.ping(prefix)
-    except errors.Unauthorized as error:
-        return [
-            checks.Error(
-                f"{where} refuses CONFIGSTORE_CLIENT['TOKEN']: {error.detail}",
-                hint="the token may be revoked or expired: make a new one "
-                "(configstorectl or manage.py access token)",
-                id="configstore_client.E002",
-            )
-        ]
-    except errors.Forbidden as error:
-        return [
-            checks.Error(
-                f"the token may not read the prefix {prefix!r}: {error.detail}",
-                hint="give the token's user view permission on the prefix",
-                id="configstore_client.E003",
-            )
-        ]
-    except errors.NoQuorum:
-        return [
-            checks.Warning(
-                f"{where} answers but has no quorum: reads are served from the last view",
-                id="configstore_client.W002",
-            )
-        ]
-    except errors.Unavailable as error:
-        fallback = f"its cache file {opts['CACHE_PATH']}" if opts["CACHE_PATH"] else "no cache file"
-        return [
-            checks.Warning(
-                f"no node of {where} answers ({error.detail}): the service starts from "
-                f"{fallback} and its DEFAULTS, and keeps trying",
-                hint="check CONFIGSTORE_CLIENT['URLS'] and the cluster (configstorectl status)",
-                id="configstore_client.W001",
-            )
-        ]
+        client.ping(opts["PREFIX"])
     except errors.ConfigstoreError as error:
-        return [
-            checks.Error(
-                f"{where} answers a read of {prefix!r} with {error.code}: {error.detail}",
-                id="configstore_client.E004",
-            )
-        ]
+        return [_unreachable(error, opts)]
     finally:
         client.close()
     return [
@@ -92,3 +49,39 @@ def cluster_reachable(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
         )
         for key, why in sorted(bridge.config.invalid.items())
     ]
+
+
+def _unreachable(error: errors.ConfigstoreError, opts: dict) -> checks.CheckMessage:
+    """What the check says when the cluster answers its read with `error` (or not at all)."""
+    prefix = opts["PREFIX"]
+    where = f"the configstore cluster ({', '.join(opts['URLS'])})"
+    if isinstance(error, errors.Unauthorized):
+        return checks.Error(
+            f"{where} refuses CONFIGSTORE_CLIENT['TOKEN']: {error.detail}",
+            hint="the token may be revoked or expired: make a new one "
+            "(configstorectl or manage.py access token)",
+            id="configstore_client.E002",
+        )
+    if isinstance(error, errors.Forbidden):
+        return checks.Error(
+            f"the token may not read the prefix {prefix!r}: {error.detail}",
+            hint="give the token's user view permission on the prefix",
+            id="configstore_client.E003",
+        )
+    if isinstance(error, errors.NoQuorum):
+        return checks.Warning(
+            f"{where} answers but has no quorum: reads are served from the last view",
+            id="configstore_client.W002",
+        )
+    if isinstance(error, errors.Unavailable):
+        fallback = f"its cache file {opts['CACHE_PATH']}" if opts["CACHE_PATH"] else "no cache file"
+        return checks.Warning(
+            f"no node of {where} answers ({error.detail}): the service starts from "
+            f"{fallback} and its DEFAULTS, and keeps trying",
+            hint="check CONFIGSTORE_CLIENT['URLS'] and the cluster (configstorectl status)",
+            id="configstore_client.W001",
+        )
+    return checks.Error(
+        f"{where} answers a read of {prefix!r} with {error.code}: {error.detail}",
+        id="configstore_client.E004",
+    )
