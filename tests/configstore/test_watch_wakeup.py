@@ -10,28 +10,27 @@ import threading
 from configstore.watch import AppliedWatcher, Wait
 
 
-class RacingConnection:
-    """Answers the listener's query for touched keys, registering a waiter meanwhile (as a
+class RacingRead:
+    """Answers the watcher's read of the touched keys, registering a waiter meanwhile (as a
     long-poll arriving at that moment would)."""
 
-    def __init__(self, watcher: AppliedWatcher, late: threading.Event) -> None:
-        self.watcher, self.late = watcher, late
+    def __init__(self, late: threading.Event) -> None:
+        self.late = late
+        self.watcher: AppliedWatcher | None = None
 
-    def execute(self, sql, params):
+    def __call__(self, after: int, upto: int) -> set[str]:
         # This long-poll read the state at index 1 and found nothing: it waits with seen=1.
         self.watcher._register(Wait(seen=1, key="a/b"), self.late.set)
-        return self
-
-    def fetchall(self):
-        return [("a/b",)]
+        return {"a/b"}
 
 
 def test_a_waiter_registering_during_an_advance_is_woken():
-    watcher = AppliedWatcher("postgresql://unused")
-    watcher._index = 1
     early, late = threading.Event(), threading.Event()
+    read = RacingRead(late)
+    watcher = read.watcher = AppliedWatcher(subscribe=None, touched_keys=read)
+    watcher._index = 1
     watcher._register(Wait(seen=1, key="a/b"), early.set)
-    watcher._advance(RacingConnection(watcher, late), 2)  # slot 2 touched a/b
+    watcher._advance(2)  # slot 2 touched a/b
     assert early.is_set()
     assert late.is_set(), "the waiter that registered during the advance was not woken"
     assert watcher.index == 2
