@@ -17,8 +17,8 @@ applied here in time: it may still commit; look it up later by its request id).
                                 connection: inside a transaction, the index of its snapshot
     APPLIED_INDEX_SQL           the same as an SQL expression, for one statement that reads
                                 it with other rows
-    subscribe(callback)         callback(index) on the process's one listener thread each
-                                time this node's applied index advances (see
+    subscribe(callback)         callback(index) each time this node's applied index
+                                advances, fed by the process's one listener (see
                                 Submitter.subscribe for what a callback may do)
     node_has_quorum(), cluster_status(), leader_contact_age()
                                 what the nodes' workers publish about themselves
@@ -102,7 +102,7 @@ def applied_index() -> int:
 
 
 def subscribe(callback: Callable[[int], None]) -> Subscription:
-    """Call `callback(index)` each time this node's applied index advances, on the listener
-    thread that also wakes this process's submitters (one LISTEN connection per process);
+    """Call `callback(index)` each time this node's applied index advances, fed by the
+    listener that also wakes this process's submitters (one LISTEN connection per process);
     it must return at once (Submitter.subscribe). `cancel()` the result to stop."""
     return default_submitter().subscribe(callback)

@@ -41,7 +41,7 @@ from psycopg_pool import ConnectionPool
 from consensus import metrics
 from consensus.envelope import seal_submit
 from consensus.paxos import Command
-from consensus.storage import APPLIED_CHANNEL, READ_INDEX_PAYLOAD
+from consensus.storage import APPLIED_CHANNEL, APPLIED_INDEX_SQL, READ_INDEX_PAYLOAD
 from consensus.transport import SUBMIT_TASK, CeleryTransport
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,10 @@ class Submitter:
     ) -> Outcome:
         """Submit `payload` and wait until this node has applied it. A given `request_id`
         may be a retry: its outcome is looked up first, unless the caller says the id is
-        `fresh` (just made, so never submitted before); without one a fresh id is made."""
+        `fresh` (just made, so never submitted before); without one a fresh id is made.
+        READ_INDEX_PAYLOAD is the runtime's own (a read's request): ValueError."""
+        if payload == READ_INDEX_PAYLOAD:
+            raise ValueError(f"{payload!r} is reserved for read index requests")
         if fresh is None:
             fresh = request_id is None
         request_id = request_id or uuid.uuid4().hex
@@ -303,18 +306,18 @@ class Submitter:
 
     def applied_index(self) -> int:
         """This node's applied index, read now (on the submitter's own connections)."""
-        row = self._query("SELECT applied_index FROM consensus_applied_state", [])
-        return row[0] if row else 0
+        return self._query(f"SELECT {APPLIED_INDEX_SQL}", [])[0]
 
     def subscribe(self, callback: Callable[[int], None], *, timeout: float = 2.0) -> Subscription:
         """Call `callback(applied_index)` each time this node's applied index is seen to
         advance: from every applier NOTIFY, and after the listener (re)connects (advances
         it missed meanwhile arrive as one). At once with the index already seen, if any.
 
-        Contract for `callback`: it runs on the listener thread, under the lock that orders
-        the calls (each subscriber sees strictly increasing indexes), so it must return at
-        once: no query, no wait, no call back into this submitter. An exception it raises
-        is logged and dropped. Waits up to `timeout` for the listener to be listening."""
+        Contract for `callback`: it runs on the thread that saw the advance (the listener's,
+        or a waiter's that read the index), under the lock that orders the calls (each
+        subscriber sees strictly increasing indexes), so it must return at once: no query,
+        no wait, no call back into this submitter. An exception it raises is logged and
+        dropped. Waits up to `timeout` for the listener to be listening."""
         subscription = Subscription(self, callback)
         with self._waiters_lock:
             self._subscribers.append(subscription)
@@ -406,9 +409,8 @@ class Submitter:
                     # Notifications sent while not listening are lost: every waiter checks
                     # again, and subscribers learn the index from the database. (No query
                     # inside the notifies() loop below: psycopg 3.3 would hang.)
-                    row = conn.execute("SELECT applied_index FROM consensus_applied_state")
-                    row = row.fetchone()
-                    self._wake({"ids": None, "index": row[0] if row else 0})
+                    (index,) = conn.execute(f"SELECT {APPLIED_INDEX_SQL}").fetchone()
+                    self._wake({"ids": None, "index": index})
                     self._listening.set()
                     while not self._stopped.is_set():
                         for notice in conn.notifies(timeout=1.0):
