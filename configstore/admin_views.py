@@ -36,7 +36,7 @@ from configstore.admin_diff import pretty, value_diff
 from configstore.admin_forms import EntryForm, ReasonForm, idempotency_key, tracking
 from configstore.models import History, PrefixPermission
 from configstore.permissions import CHANGE, DELETE, VIEW
-from consensus.cluster import cluster_status, node_has_quorum
+from consensus import api as consensus
 
 TEMPLATES = "admin/configstore/"
 HISTORY_PAGE_SIZE = 50
@@ -597,8 +597,8 @@ def _what(row: History) -> str:
 def cluster_view(request):
     """Every node as it last published itself: reachability, role, the leader it follows,
     ballots, chosen (commit) and applied index, lag, and when it last heard each peer."""
-    state = cluster_status()
-    quorum, _ = node_has_quorum()
+    state = consensus.cluster_status()
+    quorum, _ = consensus.node_has_quorum()
     now = time.time()
     nodes = []
     for node in state["nodes"]:

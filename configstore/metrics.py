@@ -29,9 +29,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from consensus import cluster
-from consensus import metrics as node_metrics
-from consensus.metrics import LATENCY_BUCKETS, REGISTRY
+from consensus import api as consensus
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +55,8 @@ REQUEST_SECONDS = Histogram(
     "the time in Django (a parked long-poll's wait is not in it: its runs are, with status "
     "`parked`)",
     ["route", "method", "status"],
-    buckets=LATENCY_BUCKETS,
-    registry=REGISTRY,
+    buckets=consensus.LATENCY_BUCKETS,
+    registry=consensus.REGISTRY,
 )
 POOL_CONNECTIONS = Gauge(
     "configstore_db_pool_connections",
@@ -66,7 +64,7 @@ POOL_CONNECTIONS = Gauge(
     "waiting for one (waiting); summed over the server's live processes",
     ["state"],
     multiprocess_mode="livesum",
-    registry=REGISTRY,
+    registry=consensus.REGISTRY,
 )
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -113,21 +111,21 @@ request_finished.connect(_pool_after_request, dispatch_uid="configstore-metrics-
 
 
 class WorkerCollector:
-    """The node's worker, from the status it published on its broker (consensus.metrics)."""
+    """The node's worker, from the status it published on its broker."""
 
     def collect(self):
         node_id = settings.CONFIGSTORE_NODE_ID
-        view = cluster.cluster_status()
+        view = consensus.cluster_status()
         mine = next((n for n in view["nodes"] if n["node_id"] == node_id), None)
         status = mine if mine and mine["reachable"] else None
-        yield from node_metrics.status_families(status, lag=mine and mine.get("lag"))
+        yield from consensus.status_families(status, lag=mine and mine.get("lag"))
 
 
 class _Own:
     """This process's instruments (no multiprocess mode)."""
 
     def collect(self):
-        return REGISTRY.collect()
+        return consensus.REGISTRY.collect()
 
 
 def scrape() -> bytes:

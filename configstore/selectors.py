@@ -16,6 +16,7 @@ from django.db.models.functions import Left, StrIndex, Substr
 
 from configstore.models import Entry, History, Schema
 from configstore.validation import schema_targets
+from consensus import api as consensus
 
 
 @contextmanager
@@ -33,10 +34,8 @@ def snapshot() -> Iterator[None]:
 
 
 def applied_index() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT applied_index FROM consensus_applied_state")
-        row = cursor.fetchone()
-    return row[0] if row else 0
+    """This node's applied index (in a snapshot: the snapshot's)."""
+    return consensus.applied_index()
 
 
 #: An entry's fields as the API shows them (api.serializers.EntrySerializer).
@@ -52,8 +51,7 @@ ENTRY_FIELDS = (
 )
 _ENTRY_WITH_INDEX = f"""
     SELECT a.applied_index, {", ".join(f"e.{name}" for name in ENTRY_FIELDS)}
-    FROM (SELECT coalesce((SELECT applied_index FROM consensus_applied_state), 0)
-          AS applied_index) a
+    FROM (SELECT {consensus.APPLIED_INDEX_SQL} AS applied_index) a
     LEFT JOIN configstore_entry e ON e.key = %s
 """
 
@@ -180,11 +178,24 @@ def key_changed_since(key: str, index: int) -> tuple[bool, int]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT EXISTS (SELECT 1 FROM configstore_history WHERE key = %s AND index > %s "
-            "AND outcome = 'committed'), (SELECT applied_index FROM consensus_applied_state)",
+            f"AND outcome = 'committed'), {consensus.APPLIED_INDEX_SQL}",
             [key, index],
         )
         changed, applied = cursor.fetchone()
-    return changed, applied or 0
+    return changed, applied
+
+
+def touched_keys(after: int, upto: int, *, limit: int) -> set[str] | None:
+    """The keys the commands of slots (after, upto] touched (committed or not), or None when
+    there are more than `limit`."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT key FROM configstore_history WHERE index > %s AND index <= %s "
+            "LIMIT %s",
+            [after, upto, limit + 1],
+        )
+        touched = {row[0] for row in cursor.fetchall()}
+    return touched if len(touched) <= limit else None
 
 
 def changes_since(

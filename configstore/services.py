@@ -37,8 +37,7 @@ from configstore.validation import (
     schema_target_error,
     validate_key,
 )
-from consensus import client
-from consensus.cluster import node_has_quorum
+from consensus import api as consensus
 
 __all__ = [
     "Actor",
@@ -304,10 +303,10 @@ def schema_delete(
 
 
 def read_barrier(*, timeout: float | None = None) -> int:
-    """Make the next read of this node linearizable: commit a no-op through the log and wait
-    until it is applied here. Returns the index it committed at. NoQuorum / NotConfirmed
-    when the cluster cannot confirm it."""
-    ok, _ = node_has_quorum()
+    """Make the next read of this node linearizable: a read barrier (consensus.barrier: a
+    read index, no log slot), waited for until this node has applied it. Returns that index.
+    NoQuorum / NotConfirmed when the cluster cannot confirm it."""
+    ok, _ = consensus.node_has_quorum()
     if not ok:
         raise exceptions.NoQuorum(
             "this node cannot reach a quorum: a linearizable read is not possible now "
@@ -315,10 +314,10 @@ def read_barrier(*, timeout: float | None = None) -> int:
             request_id=uuid.uuid4().hex,
         )
     # Shared with this process's concurrent readers: never one submitted before this call.
-    outcome = client.default_submitter().barrier(
+    outcome = consensus.barrier(
         timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_READ_TIMEOUT")
     )
-    if isinstance(outcome, client.NotConfirmed):
+    if isinstance(outcome, consensus.NotConfirmed):
         raise exceptions.NotConfirmed(
             "the cluster did not confirm a linearizable read in time",
             request_id=outcome.request_id,
@@ -326,14 +325,14 @@ def read_barrier(*, timeout: float | None = None) -> int:
     return outcome.slot
 
 
-def request_outcome(request_id: str) -> client.Committed | client.Rejected | None:
+def request_outcome(request_id: str) -> consensus.Committed | consensus.Rejected | None:
     """The outcome of a request id this node has applied, or None (not applied here yet)."""
-    return client.default_submitter().lookup(request_id)
+    return consensus.lookup(request_id)
 
 
 def idempotent_outcome(
     *, actor: str | Actor, idempotency_key: str
-) -> client.Committed | client.Rejected | None:
+) -> consensus.Committed | consensus.Rejected | None:
     """The outcome of the first command `actor` had applied under `idempotency_key`, as this
     node has applied it (live: within the window), or None."""
     record = _recorded(_namespaced(_actor_parts(actor)[0], idempotency_key))
@@ -375,19 +374,19 @@ def _submit(command: commands.Command, timeout: float | None, *, prevalidate=Non
     if prevalidate is not None:
         prevalidate()
     request_id = uuid.uuid4().hex
-    ok, _ = node_has_quorum()
+    ok, _ = consensus.node_has_quorum()
     if not ok:
         raise exceptions.NoQuorum(
             "this node cannot reach a quorum: nothing was submitted, nothing committed",
             request_id=request_id,
         )
-    outcome = client.default_submitter().submit(
+    outcome = consensus.submit(
         payload,
         request_id=request_id,
         fresh=True,
         timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_WRITE_TIMEOUT"),
     )
-    if isinstance(outcome, client.NotConfirmed):
+    if isinstance(outcome, consensus.NotConfirmed):
         raise exceptions.NotConfirmed(
             f"not confirmed in time: it may still commit; look up request {request_id}",
             request_id=request_id,
@@ -395,13 +394,13 @@ def _submit(command: commands.Command, timeout: float | None, *, prevalidate=Non
     return _done(outcome)
 
 
-def _done(outcome: client.Committed | client.Rejected) -> _Done:
+def _done(outcome: consensus.Committed | consensus.Rejected) -> _Done:
     """The answer for an applied command: a replay answers as the first command did."""
     first = outcome.result.get("replay_of")
     request_id, index = (
         (first["request_id"], first["index"]) if first else (outcome.request_id, outcome.slot)
     )
-    if isinstance(outcome, client.Rejected):
+    if isinstance(outcome, consensus.Rejected):
         error = rejection_error(outcome.result)
         error.request_id, error.index = request_id, index
         raise error
@@ -421,8 +420,8 @@ def _recorded(key: str) -> IdempotencyRecord | None:
     return record
 
 
-def _recorded_outcome(record: IdempotencyRecord) -> client.Committed | client.Rejected:
-    kind = client.Committed if record.outcome == "committed" else client.Rejected
+def _recorded_outcome(record: IdempotencyRecord) -> consensus.Committed | consensus.Rejected:
+    kind = consensus.Committed if record.outcome == "committed" else consensus.Rejected
     first = {"request_id": record.request_id, "index": record.index}
     return kind(record.request_id, record.index, {**record.result, "replay_of": first})
 

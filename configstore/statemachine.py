@@ -59,7 +59,7 @@ from configstore.commands import (
     fingerprint,
 )
 from configstore.validation import schema_targets
-from consensus.paxos import Command
+from consensus.api import Command
 
 COMMITTED, REJECTED = "committed", "rejected"
 

@@ -1,10 +1,11 @@
 """Long-poll waits without polling and without a thundering herd.
 
-One listener thread per process (per database) holds a connection that LISTENs on the
-applier's channel and tracks the applied index. A waiter names what it waits for (`Wait`:
-the index it has seen, and the key or the prefix it watches); when the index advances, the
-listener reads once which keys the new slots touched and wakes only the waiters whose key
-or prefix is among them. 1,000 idle long-polls cost nothing per commit but that one query.
+The process's watcher hears of each advance of this node's applied index from the consensus
+API's subscription (consensus.subscribe: the process's one LISTEN connection, shared with
+the submitters). A waiter names what it waits for (`Wait`: the index it has seen, and the
+key or the prefix it watches); when the index advances, the watcher's thread reads once
+which keys the new slots touched and wakes only the waiters whose key or prefix is among
+them. 1,000 idle long-polls cost nothing per commit but that one query.
 
 A waiter that read index N and found nothing new waits with seen=N: any commit after its
 read raises the index above N, so no change is missed, whatever the order of its read and
@@ -17,9 +18,6 @@ Two ways to wait, one condition:
 - parked (configstore.asgi): under the ASGI front end, these return a `parked` response
   instead; the front end awaits `wait_parked` on the event loop, holding no thread and no
   database connection, then runs the request again with the time left.
-
-The listener never queries inside its notifies() loop (psycopg 3.3 would hang): it leaves
-the loop after each notification, then reads the touched keys.
 """
 
 from __future__ import annotations
@@ -34,13 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
-import psycopg
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpResponse
 
-from configstore.selectors import changes_since, key_changed_since, snapshot
-from consensus.client import dsn_from_django
-from consensus.storage import APPLIED_CHANNEL
+from configstore.selectors import changes_since, key_changed_since, snapshot, touched_keys
+from consensus import api as consensus
 
 log = logging.getLogger(__name__)
 
@@ -100,25 +96,49 @@ class _Waiter:
         self.wake = wake
 
 
+def _touched_keys(after: int, upto: int) -> set[str] | None:
+    """The keys slots (after, upto] touched (None: too many to tell), on the watcher
+    thread's Django connection, which goes back to the pool after each read."""
+    try:
+        return touched_keys(after, upto, limit=MAX_TOUCHED_KEYS)
+    finally:
+        connection.close()
+
+
 class AppliedWatcher:
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._index = 0
+    """The waiters of one process, woken by this node's applied index (see the module doc).
+
+    `subscribe` delivers the index on the consensus listener's thread, which must never
+    wait; the watcher's own thread reads the touched keys (`touched_keys`) and wakes."""
+
+    def __init__(
+        self,
+        *,
+        subscribe: Callable[[Callable[[int], None]], consensus.Subscription] = (
+            consensus.subscribe
+        ),
+        touched_keys: Callable[[int, int], set[str] | None] = _touched_keys,
+    ) -> None:
+        self._subscribe = subscribe
+        self._touched_keys = touched_keys
+        self._index = 0  # the index the waiters were woken for (under _lock)
         self._lock = threading.Lock()
         self._waiters: set[_Waiter] = set()
-        self._connected = threading.Event()
+        self._heard = 0  # the highest index the subscription delivered (under _heard_changed)
+        self._heard_changed = threading.Condition()
+        self._subscription: consensus.Subscription | None = None
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
     @property
     def index(self) -> int:
-        """The highest applied index this process has heard of."""
+        """The highest applied index this process's waiters were woken for."""
         return self._index
 
     def wait(self, wait: Wait, timeout: float) -> bool:
         """Block this thread until `wait` may hold (True) or `timeout` passes (False)."""
-        self._ensure_started(min(timeout, 2.0))
+        self._ensure_started()
         event = threading.Event()
         waiter = self._register(wait, event.set)
         try:
@@ -128,8 +148,8 @@ class AppliedWatcher:
 
     async def wait_async(self, wait: Wait, timeout: float) -> bool:
         """Await until `wait` may hold (True) or `timeout` passes (False); holds no thread."""
-        if not self._connected.is_set():
-            await asyncio.to_thread(self._ensure_started, min(timeout, 2.0))
+        if not self._started():
+            await asyncio.to_thread(self._ensure_started)
         loop = asyncio.get_running_loop()
         woken = loop.create_future()
 
@@ -148,6 +168,10 @@ class AppliedWatcher:
 
     def stop(self) -> None:
         self._stopped.set()
+        if self._subscription is not None:
+            self._subscription.cancel()
+        with self._heard_changed:
+            self._heard_changed.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=3)
 
@@ -156,7 +180,7 @@ class AppliedWatcher:
         with self._lock:
             self._waiters.add(waiter)
             passed = self._index > wait.seen
-        if passed:  # the listener is past what the waiter saw: let it re-check
+        if passed:  # the watcher is past what the waiter saw: let it re-check
             wake()
         return waiter
 
@@ -164,17 +188,39 @@ class AppliedWatcher:
         with self._lock:
             self._waiters.discard(waiter)
 
-    def _ensure_started(self, timeout: float) -> None:
+    def _started(self) -> bool:
+        return (
+            self._subscription is not None and self._thread is not None and self._thread.is_alive()
+        )
+
+    def _ensure_started(self) -> None:
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
                 self._stopped.clear()
                 self._thread = threading.Thread(
-                    target=self._listen, name="configstore-applied-watcher", daemon=True
+                    target=self._run, name="configstore-applied-watcher", daemon=True
                 )
                 self._thread.start()
-        self._connected.wait(timeout)
+            if self._subscription is None:
+                self._subscription = self._subscribe(self._heard_of)
 
-    def _advance(self, conn: psycopg.Connection, index: int) -> None:
+    def _heard_of(self, index: int) -> None:
+        """The subscription's callback (the listener's thread): note, signal, return."""
+        with self._heard_changed:
+            if index > self._heard:
+                self._heard = index
+                self._heard_changed.notify()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            with self._heard_changed:
+                self._heard_changed.wait_for(
+                    lambda: self._heard > self._index or self._stopped.is_set(), 1.0
+                )
+                heard = self._heard
+            self._advance(heard)  # advances heard meanwhile are taken together next round
+
+    def _advance(self, index: int) -> None:
         """Move to `index` and wake the waiters whose key or prefix slots (old, index] touched."""
         # The index moves and the waiters due are taken in one step: a waiter registering
         # after it sees the new index and wakes itself (_register); one registering before it
@@ -186,56 +232,30 @@ class AppliedWatcher:
                 return
             self._index = index
             due = [w for w in self._waiters if w.wait.seen < index]
-        touched: set[str] | None = set()
-        if due and old > 0:
-            rows = conn.execute(
-                "SELECT DISTINCT key FROM configstore_history WHERE index > %s AND index <= %s "
-                "LIMIT %s",
-                [old, index, MAX_TOUCHED_KEYS + 1],
-            ).fetchall()
-            touched = {row[0] for row in rows}
-            if len(touched) > MAX_TOUCHED_KEYS:
-                touched = None
-        elif due:
-            touched = None  # first read after (re)connecting: what was missed is unknown
+        if not due:
+            return
+        touched = None  # unknown (the first index heard, or a failed read): wake every one due
+        if old > 0:
+            try:
+                touched = self._touched_keys(old, index)
+            except DatabaseError as error:
+                log.warning("applied-index watcher: %s; waking every waiter due", error)
         for waiter in due:
             if waiter.wait.matches(touched):
                 waiter.wake()
 
-    def _listen(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                with psycopg.connect(self.dsn, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {APPLIED_CHANNEL}")
-                    self._index = 0  # notifications sent while we were not listening are lost
-                    row = conn.execute(
-                        "SELECT applied_index FROM consensus_applied_state"
-                    ).fetchone()
-                    self._advance(conn, row[0] if row else 0)
-                    self._connected.set()
-                    while not self._stopped.is_set():
-                        latest = 0
-                        for notice in conn.notifies(timeout=1.0, stop_after=1):
-                            latest = int(json.loads(notice.payload).get("index", 0))
-                        if latest:
-                            self._advance(conn, latest)
-            except (psycopg.Error, ValueError, TypeError) as error:
-                self._connected.clear()
-                log.warning("applied-index watcher: %s; reconnecting", error)
-                self._stopped.wait(0.5)
 
-
-_watchers: dict[str, AppliedWatcher] = {}
-_watchers_lock = threading.Lock()
+_watcher: AppliedWatcher | None = None
+_watcher_lock = threading.Lock()
 
 
 def applied_watcher() -> AppliedWatcher:
-    """The watcher of this process's database (the one Django's default connection uses)."""
-    dsn = dsn_from_django(connection.settings_dict)
-    with _watchers_lock:
-        if dsn not in _watchers:
-            _watchers[dsn] = AppliedWatcher(dsn)
-        return _watchers[dsn]
+    """This process's watcher (its node's: the one the consensus API serves)."""
+    global _watcher
+    with _watcher_lock:
+        if _watcher is None:
+            _watcher = AppliedWatcher()
+        return _watcher
 
 
 def _parking(request) -> tuple[bool, float | None]:

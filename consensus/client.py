@@ -1,10 +1,13 @@
-"""The submit API the web tier uses: send a command to this node's worker (which forwards it
-to the leader), then wait until this node has applied its request id.
+"""The submitter behind the web tier's API (consensus.api): send a command to this node's
+worker (which forwards it to the leader), then wait until this node has applied its request
+id; and tell subscribers when this node's applied index advances.
 
 Waiting is LISTEN/NOTIFY on the node's database, never polling: one listener thread per
-process holds a connection that LISTENs on `configstore_applied`; the applier's NOTIFY
-names the request ids it applied, with their outcomes (unless large), and wakes exactly
-their waiters, which read a large outcome from `consensus_applied_request`.
+submitter (one submitter per process per node) holds the one connection that LISTENs on
+storage.APPLIED_CHANNEL; the applier's NOTIFY names the request ids it applied, with their
+outcomes (unless large), and wakes exactly their waiters, which read a large outcome from
+`consensus_applied_request`. The same listener feeds the subscribers of the applied index
+(`subscribe`: the product's long-polls and watches), so a process has one LISTEN connection.
 
     submitter.submit(payload, timeout=5.0) ->
         Committed(request_id, slot, result)     chosen and applied here
@@ -38,7 +41,7 @@ from psycopg_pool import ConnectionPool
 from consensus import metrics
 from consensus.envelope import seal_submit
 from consensus.paxos import Command
-from consensus.storage import APPLIED_CHANNEL, READ_INDEX_PAYLOAD
+from consensus.storage import APPLIED_CHANNEL, APPLIED_INDEX_SQL, READ_INDEX_PAYLOAD
 from consensus.transport import SUBMIT_TASK, CeleryTransport
 
 log = logging.getLogger(__name__)
@@ -71,12 +74,26 @@ Outcome = Committed | Rejected | NotConfirmed
 
 #: How often an unanswered read index request is sent again (the worker may have restarted).
 READ_RETRY = 1.0
+#: The application_name of the listener's connection (pg_stat_activity shows it).
+LISTENER_NAME = "consensus_listener"
+
+
+class Subscription:
+    """A subscriber to this node's applied index (Submitter.subscribe)."""
+
+    def __init__(self, submitter: Submitter, callback: Callable[[int], None]) -> None:
+        self._submitter = submitter
+        self.callback = callback
+
+    def cancel(self) -> None:
+        """No call after this returns."""
+        self._submitter._unsubscribe(self)
 
 
 @dataclass
 class _Barrier:
     request_id: str
-    outcome: Outcome | None = None
+    outcome: Committed | NotConfirmed | None = None
 
 
 class Submitter:
@@ -126,6 +143,8 @@ class Submitter:
         self._read_indexes: dict[str, int] = {}
         self._applied_seen = 0
         self._applied_changed = threading.Condition(self._waiters_lock)
+        # Called under _waiters_lock, so each sees the applied index only increase.
+        self._subscribers: list[Subscription] = []
 
     # ------------------------------------------------------------------ API
 
@@ -139,7 +158,10 @@ class Submitter:
     ) -> Outcome:
         """Submit `payload` and wait until this node has applied it. A given `request_id`
         may be a retry: its outcome is looked up first, unless the caller says the id is
-        `fresh` (just made, so never submitted before); without one a fresh id is made."""
+        `fresh` (just made, so never submitted before); without one a fresh id is made.
+        READ_INDEX_PAYLOAD is the runtime's own (a read's request): ValueError."""
+        if payload == READ_INDEX_PAYLOAD:
+            raise ValueError(f"{payload!r} is reserved for read index requests")
         if fresh is None:
             fresh = request_id is None
         request_id = request_id or uuid.uuid4().hex
@@ -174,7 +196,7 @@ class Submitter:
                 self._waiters.pop(request_id, None)
                 self._notified.pop(request_id, None)
 
-    def barrier(self, *, timeout: float = 5.0) -> Outcome:
+    def barrier(self, *, timeout: float = 5.0) -> Committed | NotConfirmed:
         """A linearizable read barrier: when it returns Committed(read id, index), this node
         has applied every command acknowledged as committed (on any node) before this call
         started, so a read of the local state that follows is linearizable. NotConfirmed:
@@ -208,7 +230,7 @@ class Submitter:
                 if remaining <= 0:
                     return NotConfirmed(joined.request_id)
                 self._barriers.wait(remaining)
-        outcome: Outcome = NotConfirmed(joined.request_id)
+        outcome: Committed | NotConfirmed = NotConfirmed(joined.request_id)
         try:
             outcome = self._confirm_read(
                 joined.request_id, timeout=max(deadline - time.monotonic(), 0.0)
@@ -221,7 +243,7 @@ class Submitter:
                 self._barriers.notify_all()
         return outcome
 
-    def _confirm_read(self, read_id: str, *, timeout: float) -> Outcome:
+    def _confirm_read(self, read_id: str, *, timeout: float) -> Committed | NotConfirmed:
         """Ask this node's worker for a read index (asked again every READ_RETRY), then wait
         until this node has applied it: Committed(read_id, index), or NotConfirmed."""
         deadline = time.monotonic() + timeout
@@ -258,7 +280,7 @@ class Submitter:
         while True:
             applied = self.applied_index()
             with self._waiters_lock:
-                self._applied_seen = max(self._applied_seen, applied)
+                self._advance(applied)
                 remaining = deadline - time.monotonic()
                 if self._applied_seen >= index:
                     return True
@@ -283,8 +305,48 @@ class Submitter:
         return kind(request_id, slot, result if isinstance(result, dict) else json.loads(result))
 
     def applied_index(self) -> int:
-        row = self._query("SELECT applied_index FROM consensus_applied_state", [])
-        return row[0] if row else 0
+        """This node's applied index, read now (on the submitter's own connections)."""
+        return self._query(f"SELECT {APPLIED_INDEX_SQL}", [])[0]
+
+    def subscribe(self, callback: Callable[[int], None], *, timeout: float = 2.0) -> Subscription:
+        """Call `callback(applied_index)` each time this node's applied index is seen to
+        advance: from every applier NOTIFY, and after the listener (re)connects (advances
+        it missed meanwhile arrive as one). At once with the index already seen, if any.
+
+        Contract for `callback`: it runs on the thread that saw the advance (the listener's,
+        or a waiter's that read the index), under the lock that orders the calls (each
+        subscriber sees strictly increasing indexes), so it must return at once: no query,
+        no wait, no call back into this submitter. An exception it raises is logged and
+        dropped. Waits up to `timeout` for the listener to be listening."""
+        subscription = Subscription(self, callback)
+        with self._waiters_lock:
+            self._subscribers.append(subscription)
+            if self._applied_seen > 0:
+                self._call(subscription, self._applied_seen)
+        self._ensure_listener(timeout)
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        with self._waiters_lock:
+            if subscription in self._subscribers:
+                self._subscribers.remove(subscription)
+
+    def _advance(self, index: int) -> None:
+        """Record that this node has applied `index`; wake its waiters and subscribers.
+        Called under _waiters_lock."""
+        if index <= self._applied_seen:
+            return
+        self._applied_seen = index
+        self._applied_changed.notify_all()
+        for subscription in self._subscribers:
+            self._call(subscription, index)
+
+    @staticmethod
+    def _call(subscription: Subscription, index: int) -> None:
+        try:
+            subscription.callback(index)
+        except Exception:
+            log.exception("an applied-index subscriber failed; the listener goes on")
 
     def close(self) -> None:
         self._stopped.set()
@@ -340,10 +402,16 @@ class Submitter:
     def _listen(self) -> None:
         while not self._stopped.is_set():
             try:
-                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                with psycopg.connect(
+                    self.dsn, autocommit=True, application_name=LISTENER_NAME
+                ) as conn:
                     conn.execute(f"LISTEN {APPLIED_CHANNEL}")
+                    # Notifications sent while not listening are lost: every waiter checks
+                    # again, and subscribers learn the index from the database. (No query
+                    # inside the notifies() loop below: psycopg 3.3 would hang.)
+                    (index,) = conn.execute(f"SELECT {APPLIED_INDEX_SQL}").fetchone()
+                    self._wake({"ids": None, "index": index})
                     self._listening.set()
-                    self._wake({"ids": None})  # we may have missed notifications: re-check
                     while not self._stopped.is_set():
                         for notice in conn.notifies(timeout=1.0):
                             self._wake(json.loads(notice.payload))
@@ -368,9 +436,8 @@ class Submitter:
         outcomes = notice.get("outcomes") or {}
         with self._waiters_lock:
             applied = notice.get("index")
-            if isinstance(applied, int) and applied > self._applied_seen:
-                self._applied_seen = applied
-                self._applied_changed.notify_all()
+            if isinstance(applied, int) and not isinstance(applied, bool):
+                self._advance(applied)
             if ids is None:
                 events = list(self._waiters.values())
             else:
@@ -424,14 +491,3 @@ def default_submitter() -> Submitter:
                 before_wait=_release_django_connection,
             )
         return _default
-
-
-def submit(payload: str, *, request_id: str | None = None, timeout: float = 5.0) -> Outcome:
-    """Submit through this process's own node (see Submitter.submit)."""
-    return default_submitter().submit(payload, request_id=request_id, timeout=timeout)
-
-
-def barrier(*, timeout: float = 5.0) -> Outcome:
-    """A linearizable read barrier through this process's own node (Submitter.barrier),
-    shared with the process's concurrent readers."""
-    return default_submitter().barrier(timeout=timeout)

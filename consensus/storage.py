@@ -8,7 +8,7 @@ Contract with the core (consensus/paxos/ready.py), in the order the runtime call
      `apply_chosen(new_chosen)`, which records the newly chosen entries in the chosen log
      and applies the chosen slots after the applied index, strictly in order, in one
      transaction that also records each request id's outcome, advances the applied index
-     and NOTIFYs `configstore_applied` with the request ids it applied.
+     and NOTIFYs APPLIED_CHANNEL with the request ids it applied.
 A crash anywhere is safe: the acceptor state that votes depend on is durable before any
 vote leaves; chosen entries lost in a crash are learned again from the peers; what was
 applied moved atomically with the applied index.
@@ -28,7 +28,13 @@ from django.db import connection, transaction
 
 from consensus.paxos import Ballot, Command, DurableState, Ready, Value, commands_to_apply
 
-APPLIED_CHANNEL = "configstore_applied"
+#: The channel the applier NOTIFYs on this node's database (its payloads: _notify_payloads,
+#: notify_reads); the web tier's one listener per process (consensus.client) LISTENs on it.
+APPLIED_CHANNEL = "consensus_applied"
+#: This node's applied index as an SQL scalar expression (0 before the first slot), for a
+#: statement that reads it together with other rows: the value is that of the statement's
+#: snapshot.
+APPLIED_INDEX_SQL = "coalesce((SELECT applied_index FROM consensus_applied_state), 0)"
 #: The payload of a linearizable read's request on its way from the web tier to its node's
 #: worker (as a Command of the submit envelope, with the read's id as request id): the
 #: runtime hands it to the core's read_index, never to the log. Command payloads of the
@@ -123,8 +129,8 @@ class ChosenLog:
 
 
 def notify_reads(reads: list[tuple[str, int]]) -> None:
-    """Tell this node's waiting readers their read indexes: NOTIFY `configstore_applied`
-    with {"reads": {read id: index, ...}} (several payloads if many)."""
+    """Tell this node's waiting readers their read indexes: NOTIFY APPLIED_CHANNEL with
+    {"reads": {read id: index, ...}} (several payloads if many)."""
     payloads: list[str] = []
     entries: list[str] = []
     size = 0

@@ -62,7 +62,7 @@ def parse_peers(text: str) -> dict[str, str]:
 def sender_app() -> Celery:
     """A Celery app used only to publish: the connection (so the broker) is given per call,
     since Celery's broker_url setting (and CELERY_BROKER_URL) names only one broker."""
-    app = Celery("configstore-sender", set_as_current=False)
+    app = Celery("consensus-sender", set_as_current=False)
     app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True)
     return app
 

@@ -33,8 +33,7 @@ from configstore.api.parsers import JSONParser
 from configstore.commands import Check, Write
 from configstore.permissions import CHANGE, DELETE, VIEW
 from configstore.validation import InvalidValue, validate_key, validate_prefix
-from consensus.client import Committed
-from consensus.cluster import cluster_status, leader_contact_age, node_has_quorum
+from consensus import api as consensus
 
 INDEX_HEADER = "X-Configstore-Index"
 COMMIT_INDEX_HEADER = "X-Configstore-Commit-Index"
@@ -193,11 +192,11 @@ def _staleness_headers() -> dict[str, str]:
     of its last contact with the leader and the highest index it knows committed (compare
     with X-Configstore-Index, the index the answer reflects). Absent when unknown (no worker
     status, no leader known)."""
-    _, status = node_has_quorum()
+    _, status = consensus.node_has_quorum()
     if status is None:
         return {}
     headers = {COMMIT_INDEX_HEADER: str(status["commit_index"])}
-    age = leader_contact_age(status, time.time())
+    age = consensus.leader_contact_age(status, time.time())
     if age is not None:
         headers[LEADER_CONTACT_AGE_HEADER] = str(round(age * 1000))
     return headers
@@ -785,7 +784,11 @@ class ClusterView(ApiView):
             raise drf.PermissionDenied("you may not read the cluster state")
         index = selectors.applied_index()
         return Response(
-            {"node_id": settings.CONFIGSTORE_NODE_ID, "applied_index": index, **cluster_status()},
+            {
+                "node_id": settings.CONFIGSTORE_NODE_ID,
+                "applied_index": index,
+                **consensus.cluster_status(),
+            },
             headers={INDEX_HEADER: str(index)},
         )
 
@@ -818,7 +821,7 @@ class RequestOutcomeView(ApiView):
         return Response(
             {
                 "request_id": request_id,
-                "outcome": "committed" if isinstance(outcome, Committed) else "rejected",
+                "outcome": "committed" if isinstance(outcome, consensus.Committed) else "rejected",
                 "index": outcome.slot,
                 "result": outcome.result,
             }
@@ -827,7 +830,7 @@ class RequestOutcomeView(ApiView):
 
 def healthz(request) -> JsonResponse:
     """200 when this node can reach a quorum and its database; 503 otherwise."""
-    quorum, status = node_has_quorum()
+    quorum, status = consensus.node_has_quorum()
     try:
         index, database = selectors.applied_index(), True
     except DatabaseError:

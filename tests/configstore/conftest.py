@@ -21,7 +21,7 @@ from configstore import watch
 from configstore.access import new_secret
 from configstore.models import ApiToken, PrefixPermission
 from configstore.statemachine import apply_commands
-from consensus import storage
+from consensus import client, storage
 from consensus.paxos import Command, Value
 
 AT = "2026-11-27T12:00:00+00:00"
@@ -30,11 +30,13 @@ UNREACHABLE_PEERS = "n1=redis://127.0.0.1:1/0"
 
 @pytest.fixture(scope="session", autouse=True)
 def _side_connections_closed(django_db_setup, django_db_blocker):
-    """The submitter and the watcher hold their own connections to the test database: close
-    them before pytest-django drops it."""
+    """The submitter (its listener, which the watcher subscribes to) holds its own
+    connections to the test database: close them before pytest-django drops it."""
     yield
-    for watcher in list(watch._watchers.values()):
-        watcher.stop()
+    if watch._watcher is not None:
+        watch._watcher.stop()
+    if client._default is not None:
+        client._default.close()
     if not connection.settings_dict["NAME"].startswith("test_"):
         return  # no test of this session used the database
     with django_db_blocker.unblock(), connection.cursor() as cursor:

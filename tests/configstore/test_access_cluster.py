@@ -98,7 +98,8 @@ def test_a_user_and_token_made_on_n1_work_on_n3(api):
 def test_a_prefix_permission_granted_on_n2_holds_on_n1(api):
     user, group = name("pat"), name("team")
     api.user("n2", user)
-    _, secret, _ = api.token("n2", user)
+    _, secret, index = api.token("n2", user)
+    api.wait_applied("n1", index)  # else n1 may not know the token yet: 401, not 403
     refused = api.call("n1", "PUT", "/api/v1/keys/team/a", {"value": 1}, token=secret)
     assert refused.status_code == 403
     prefixes = [{"prefix": "team/", "view": True, "change": True, "delete": False}]

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from consensus.client import Committed, NotConfirmed, Submitter
+from consensus.storage import READ_INDEX_PAYLOAD
 from tests.linearizability.checker import check
 from tests.linearizability.history import OK, PUT, READ, UNKNOWN, Operation
 from tests.runtime.test_cluster import put, wait_converged
@@ -59,6 +60,15 @@ def _start(readers):
         while r.started_at is None:
             time.sleep(0.001)
     return readers
+
+
+def test_a_command_cannot_pass_for_a_read_index_request():
+    """The runtime tells a read's request from a command by its payload alone: no state
+    machine's command may be submitted with it."""
+    submitter = Submitter(node_id="n1", dsn="", broker_url="redis://127.0.0.1:1/0", secret=b"s")
+    with pytest.raises(ValueError, match="reserved"):
+        submitter.submit(READ_INDEX_PAYLOAD, timeout=0.1)
+    assert submitter._outbox == [] and submitter._listener is None
 
 
 def test_readers_arriving_while_a_barrier_is_in_flight_share_the_next_one():
