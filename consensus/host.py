@@ -46,7 +46,6 @@ from consensus.paxos import (
     Value,
     commands_to_apply,
 )
-from consensus.paxos.ready import contiguous_run
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +350,7 @@ class MemoryStorage:
         self.durable.apply(ready)
 
     def read(self, first_slot: int, max_slots: int, max_bytes: int) -> list[Value]:
-        return contiguous_run(self.durable.chosen, first_slot, max_slots, max_bytes)
+        return self.durable.read(first_slot, max_slots, max_bytes)
 
 
 class Outbox:
