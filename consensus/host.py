@@ -16,6 +16,9 @@ order ready.py states, through four small interfaces and nothing else:
      (`Node.on_applied`): its acknowledgements carry it, a leader streaming it catch-up
      paces itself by it, and `status()` publishes it.
 
+`Ready.committed` (the core's in-order hand-out of slots) is not used: the state machine
+orders by slot itself, from the chosen log it records, as it must anyway after a restart.
+
 If `Storage.persist` raises, the core's memory is ahead of storage: the step's messages,
 chosen entries and reads are dropped, and the core is rebuilt from `Storage.load` before
 the next input (lazily: storage may still be down then, and the input that finds it so
