@@ -72,6 +72,15 @@ class StorageFailure(Exception):
     """A simulated persist that failed and wrote nothing."""
 
 
+class _Stop(BaseException):
+    """Carries a Violation found inside a persist past the host, which takes any Exception
+    from Storage.persist for a failed write."""
+
+    def __init__(self, violation: Violation) -> None:
+        super().__init__(str(violation))
+        self.violation = violation
+
+
 @dataclass(frozen=True)
 class Params:
     """Knobs of one run; every one is drawn from the seed unless given."""
@@ -411,6 +420,8 @@ class Simulation:
         except Crash:
             self.crash_point = None
             return self._crash(i)
+        except _Stop as stop:
+            raise stop.violation from None
         except InvariantViolation as e:
             raise Violation(f"node {i} detected: {e}") from None
         node = host.core
@@ -677,7 +688,10 @@ class _SimStorage(MemoryStorage):
         if sim.persist_failure and sim.rng.random() < sim.persist_failure:
             sim.stats.persist_failures += 1
             raise StorageFailure
-        sim.checker.on_persist(self.i, self.durable, ready, sim.now)
+        try:
+            sim.checker.on_persist(self.i, self.durable, ready, sim.now)
+        except Violation as violation:
+            raise _Stop(violation) from None
         self.durable.apply(ready)
 
 
