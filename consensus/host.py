@@ -217,6 +217,8 @@ class NodeHost:
                     ready.extend(core.submit(commands, now))
                 case ReadRequests(read_ids=read_ids):
                     ready.extend(core.read_index(read_ids, now))
+                case _:
+                    raise TypeError(f"not an input of the host: {item!r}")
         return self._handle(ready, f"{count} inputs")
 
     # ------------------------------------------------------------------ state
