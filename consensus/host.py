@@ -268,7 +268,7 @@ class NodeHost:
     def _handle(self, ready: Ready, what: str) -> Ready:
         """Persist, then send, then hand the chosen entries and the reads on."""
         started = time.perf_counter() if self.trace else 0.0
-        if self._send_first:  # the send_before_persist canary
+        if self._send_first and ready.messages:  # the send_before_persist canary
             self._send(ready.messages)
         if ready.must_persist:
             try:
@@ -277,7 +277,7 @@ class NodeHost:
                 self._drop_core()
                 return ready
         persisted = time.perf_counter() if self.trace else 0.0
-        if not self._send_first:
+        if ready.messages and not self._send_first:
             self._send(ready.messages)
         sent = time.perf_counter() if self.trace else 0.0
         if ready.chosen:
@@ -298,7 +298,9 @@ class NodeHost:
         return ready
 
     def _send(self, messages: list[tuple[str, Message]]) -> None:
-        if not messages:
+        if len(messages) == 1:
+            to, message = messages[0]
+            self.transport.send(to, [message])
             return
         by_peer: dict[str, list[Message]] = {}
         for to, message in messages:
