@@ -56,3 +56,25 @@ def test_the_core_draws_randomness_only_from_a_random_passed_in():
                 and node.value.id == "random"
             ):
                 assert node.attr == "Random", f"{name} uses random.{node.attr}"
+
+
+#: The host and the simulator that runs it: the core's rule, but for the host's wall-clock
+#: adapter and trace timings (`time`, read only by MonotonicClock and `trace`), and for
+#: `os` and process pools in the simulator's seed runner.
+HOST_FILES = [CORE.parent / "host.py", *sorted((CORE.parent / "sim").glob("*.py"))]
+HOST_ALLOWED = {"host.py": {"time"}, "runner.py": {"os", "time", "concurrent"}}
+
+
+def test_the_host_and_the_simulator_import_no_framework_or_io_module():
+    assert len(HOST_FILES) >= 5
+    for path in HOST_FILES:
+        allowed = HOST_ALLOWED.get(path.name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            bad = roots & FORBIDDEN_MODULES - allowed
+            assert not bad, f"{path.name} imports {bad}"
