@@ -426,6 +426,8 @@ class MemoryStateMachine:
     def run(self) -> None:
         """The applier's turn: record what was learned, apply up to `rate` slots (all with
         rate 0) from the chosen log."""
+        if not self._queue and self.applied_index + 1 not in self.log.chosen:
+            return
         queue, self._queue = self._queue, []
         self._record_and_apply(queue, self.rate or None)
 
