@@ -1,4 +1,5 @@
-"""The applier: one thread per node that applies chosen slots to the state machine.
+"""The applier: one thread per node that applies chosen slots to the state machine; the
+config store's StateMachine for the node's host (consensus.host).
 
 It runs beside the worker's consensus loop, with its own database connection, so recording
 chosen entries and applying them (the state machine's SQL) never delays the protocol's
@@ -30,6 +31,7 @@ class Applier:
         self.node_id = node_id
         self.applied_slots = 0
         self.failures = 0
+        self.read_notify_failures = 0
         #: Commands applied, by `applied_committed` / `applied_rejected_<code>` (metrics).
         self.outcomes: Counter[str] = Counter()
         self._learned: deque = deque()
@@ -56,6 +58,16 @@ class Applier:
             self._learned_at = time.perf_counter()
         self._learned.extend(chosen)
         self._wake.set()
+
+    def read_indexes(self, reads: list[tuple[str, int]]) -> None:
+        """Read indexes for this node's waiting readers (consensus.client), NOTIFYed on the
+        calling thread's connection (the host's, not this thread's)."""
+        try:
+            storage.notify_reads(reads)
+        except Exception:  # noqa: BLE001 - the readers time out and ask again
+            self.read_notify_failures += 1
+            log.exception("cannot notify %d read indexes", len(reads))
+            connection.close()
 
     def stop(self) -> None:
         self._stopped.set()

@@ -1,6 +1,7 @@
 """python -m consensus.bench: the Paxos core's own speed, without I/O.
 
-Three cores in one process, no faults: messages go straight from one core to another
+Three nodes in one process, no faults: each is the production loop (consensus.host's
+NodeHost) with its in-memory adapters; messages go straight from one node to another
 through an in-memory FIFO, storage is in memory, and the state machine only records
 request ids. Clients submit at every node (followers forward to the leader), in chunks.
 The figure is commands committed and applied on all three nodes per second of one CPU,
@@ -14,54 +15,57 @@ import random
 import time
 from collections import deque
 
-from consensus.paxos import Command, Config, DurableState, Node, Ready, Role, commands_to_apply
+from consensus.host import ManualClock, MemoryStateMachine, MemoryStorage, NodeHost, Outbox
+from consensus.paxos import Command, Config, DurableState, Role
 
 
 class Bench:
     def __init__(self, n: int, window: int, max_batch: int) -> None:
         self.ids = tuple(f"n{i}" for i in range(1, n + 1))
-        self.now = 0.0
-        self.durable = {i: DurableState() for i in self.ids}
-        self.applied_ids: dict[str, set[str]] = {i: set() for i in self.ids}
-        self.applied = dict.fromkeys(self.ids, 0)
-        self.nodes = {
-            i: Node(
+        self.clock = ManualClock()
+        self.inbox: deque = deque()
+        self._delivered = 0
+        self.machines: dict[str, MemoryStateMachine] = {}
+        self.hosts: dict[str, NodeHost] = {}
+        for k, i in enumerate(self.ids):
+            durable = DurableState()
+            machine = self.machines[i] = MemoryStateMachine(durable)
+            self.hosts[i] = NodeHost(
                 Config(i, self.ids, window=window, max_batch=max_batch),
-                self.durable[i],
-                applied_index=0,
-                now=0.0,
+                storage=MemoryStorage(durable, machine),
+                transport=Outbox(i, self.inbox),
+                state_machine=machine,
+                clock=self.clock,
                 rng=random.Random(k),
             )
-            for k, i in enumerate(self.ids)
-        }
-        self.inbox: deque = deque()
-        self.messages = 0
-        self.slots = 0
 
-    def handle(self, i: str, ready: Ready) -> None:
-        self.durable[i].apply(ready)
-        self.durable[i].learn(ready)
-        for to, message in ready.messages:
-            self.inbox.append((i, to, message))
-        self.messages += len(ready.messages)
-        for _slot, value in ready.committed:
-            fresh = commands_to_apply(value, self.applied_ids[i])
-            self.applied_ids[i].update(c.request_id for c in fresh)
-            self.applied[i] += len(fresh)
+    @property
+    def messages(self) -> int:
+        """Messages sent so far."""
+        return self._delivered + len(self.inbox)
+
+    def applied(self, i: str) -> int:
+        """Commands node i applied."""
+        return len(self.machines[i].applied_ids)
 
     def drain(self) -> None:
-        while self.inbox:
-            src, dst, message = self.inbox.popleft()
-            self.handle(dst, self.nodes[dst].on_message(src, message, self.now))
+        inbox, hosts = self.inbox, self.hosts
+        while inbox:
+            src, dst, message = inbox.popleft()
+            self._delivered += 1
+            hosts[dst].on_message(src, message)
+
+    def tick(self) -> None:
+        self.clock.time += 0.01
+        for host in self.hosts.values():
+            host.tick()
+        self.drain()
 
     def elect(self) -> str:
         while True:
-            self.now += 0.01
-            for i in self.ids:
-                self.handle(i, self.nodes[i].on_tick(self.now))
-            self.drain()
-            for i, node in self.nodes.items():
-                if node.role is Role.LEADER:
+            self.tick()
+            for i, host in self.hosts.items():
+                if host.node().role is Role.LEADER:
                     return i
 
     def run(self, commands: int, chunk: int) -> float:
@@ -71,13 +75,10 @@ class Bench:
             for i in self.ids:
                 batch = [Command(f"r{submitted + k}", "set key value") for k in range(chunk)]
                 submitted += chunk
-                self.handle(i, self.nodes[i].submit(batch, self.now))
+                self.hosts[i].submit(batch)
             self.drain()
-        while min(self.applied.values()) < submitted:
-            self.now += 0.01
-            for i in self.ids:
-                self.handle(i, self.nodes[i].on_tick(self.now))
-            self.drain()
+        while min(self.applied(i) for i in self.ids) < submitted:
+            self.tick()
         return time.process_time() - started
 
 
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     bench = Bench(args.nodes, args.window, args.max_batch)
     leader = bench.elect()
     seconds = bench.run(args.commands, args.chunk)
-    total = min(bench.applied.values())
-    slots = bench.nodes[leader].commit_index
+    total = min(bench.applied(i) for i in bench.ids)
+    slots = bench.hosts[leader].node().commit_index
     print(
         f"paxos core: {total / seconds:,.0f} commands/s committed and applied on all "
         f"{args.nodes} cores (one CPU, {total:,} commands, {slots:,} slots, "

@@ -1,24 +1,18 @@
-"""The node runtime: the pure core wrapped in PostgreSQL storage and the Celery transport.
+"""The node runtime: the node's host (consensus.host) wired to PostgreSQL storage, the
+Celery transport and the config store's applier, inside the node's Celery worker.
 
 One runtime lives in the node's Celery worker (started by the bootstep in
-consensus/worker.py). Every input (an envelope from a peer, a submission from the web
-tier, a timer tick) goes to the core under one lock; the resulting Ready is handled in
-the order the core demands:
-
-  1. persist the acceptor state (promise, accepted values) in one PostgreSQL transaction
-     (consensus.storage.persist);
-  2. only after it commits, send the messages, one envelope per peer;
-  3. hand the newly chosen entries to the applier thread (consensus.applier), which
-     records them and applies them in slot order, off the protocol's path.
+consensus/worker.py). It opens and checks every envelope (signature, freshness, the
+test-only fault switches), turns the good ones into the host's inputs, and gives them to
+the host under one lock; the host runs the loop (persist before send, the applier's
+ordering, rebuild after a failed persist: see consensus/host.py). It also publishes the
+node's status on its broker.
 
 A step may cover several inputs: after the task's own envelope, the runtime takes the
 task messages still waiting in its inbox off the broker (consensus.transport.Inbox) and
-gives them all to the core before persisting once and sending one envelope per peer. Under
-load this replaces many Celery task executions, transactions and sends by one each; the
-rule above holds for the merged step as for any (the core's Readys merge, Ready.extend).
-
-If the transaction fails, the core's memory is ahead of the database: the runtime drops
-the core and rebuilds it from the database before the next input.
+gives them all to the host in one step, persisted once and sent with one envelope per
+peer. Under load this replaces many Celery task executions, transactions and sends by one
+each.
 """
 
 from __future__ import annotations
@@ -34,17 +28,18 @@ from importlib import import_module
 
 import redis
 from django.conf import settings
-from django.db import close_old_connections, connection
 
 from consensus import inbox, storage
 from consensus.applier import Applier
 from consensus.envelope import BadEnvelope, Freshness, Opened, Sealer, open_envelope
 from consensus.faults import Faults
-from consensus.paxos import Config, Node, Ready
+from consensus.host import FromPeer, Input, MonotonicClock, NodeHost, ReadRequests, Submission
+from consensus.paxos import Config
 from consensus.transport import (
     DELIVER_TASK,
     SUBMIT_TASK,
     CeleryTransport,
+    EnvelopeTransport,
     Inbox,
     parse_peers,
 )
@@ -91,11 +86,7 @@ class NodeRuntime:
         self.applier = Applier(state_machine, node_id)
         self.last_contact: dict[str, float] = {}
         self._lock = threading.RLock()
-        self._node: Node | None = None
-        self._rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self._status_at = 0.0
-        #: Log every step's timings (CONFIGSTORE_TRACE_STEPS=1): for profiling, not production.
-        self.trace_steps = os.environ.get("CONFIGSTORE_TRACE_STEPS") == "1"
         self._tick_failure_logged = float("-inf")
         self._redis = None
         #: Envelopes this worker seals (its incarnation) and the freshness of those it
@@ -110,6 +101,22 @@ class NodeRuntime:
         #: Drained messages that carry a delay (the test-only fault switch): (eta, task,
         #: envelope), handled by the tick once due.
         self._delayed: list[tuple[float, str, object]] = []
+        self.host = NodeHost(
+            self.config,
+            storage=storage.PostgresStorage(),
+            transport=EnvelopeTransport(
+                self.sealer,
+                transport,
+                faults,
+                max_bytes=max_envelope_bytes,
+                counters=self.counters,
+            ),
+            state_machine=self.applier,
+            clock=MonotonicClock(),
+            rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+            #: Log every step's timings (CONFIGSTORE_TRACE_STEPS=1): for profiling only.
+            trace=os.environ.get("CONFIGSTORE_TRACE_STEPS") == "1",
+        )
 
     @classmethod
     def from_settings(cls) -> NodeRuntime:
@@ -165,33 +172,26 @@ class NodeRuntime:
             self._step(due)
 
     def _step(self, inputs: list[tuple[str, object]]) -> None:
-        """One step of the core over several inputs: one Ready, persisted once, then sent
-        with one envelope per peer (persist-before-send holds for all of it)."""
-        accepted = []
+        """The checked envelopes of `inputs` in one step of the host (one persist, one
+        envelope per peer)."""
+        accepted: list[Input] = []
         for task, envelope in inputs:
             opened = self._open(task, envelope)
-            if opened is not None:
-                accepted.append(opened)
+            if opened is None:
+                continue
+            if opened.kind == "submit":
+                reads, commands = _split_reads(opened.commands)
+                if commands:
+                    accepted.append(Submission(commands))
+                if reads:
+                    self.counters["reads_in"] += len(reads)
+                    accepted.append(ReadRequests(reads))
+            else:
+                accepted.append(FromPeer(opened.sender, opened.messages))
         if not accepted:
             return
         with self._lock:
-            node = self._core()
-            self._report_applied(node)
-            now = time.monotonic()
-            ready = Ready()
-            for opened in accepted:
-                if opened.kind == "submit":
-                    reads, commands = _split_reads(opened.commands)
-                    if commands:
-                        ready.extend(node.submit(commands, now))
-                    if reads:
-                        self.counters["reads_in"] += len(reads)
-                        ready.extend(node.read_index(reads, now))
-                else:
-                    for message in opened.messages:
-                        ready.extend(node.on_message(opened.sender, message, now))
-            what = accepted[0].sender if len(accepted) == 1 else f"{len(accepted)} inputs"
-            self._handle(ready, f"from {what}")
+            self.host.step(accepted)
 
     def _open(self, task: str, envelope) -> Opened | None:
         """The checked envelope of one input, or None (refused, dropped, counted)."""
@@ -228,9 +228,7 @@ class NodeRuntime:
                 self._step(due)
         with self._lock:
             try:
-                node = self._core()
-                self._report_applied(node)
-                self._handle(node.on_tick(time.monotonic()))
+                self.host.tick()
             except Exception:
                 self.counters["tick_failures"] += 1
                 if time.monotonic() - self._tick_failure_logged > 5.0:
@@ -241,109 +239,12 @@ class NodeRuntime:
             self._status_at = now
             self.publish_status()
 
-    # ------------------------------------------------------------------ plumbing
-
-    def _core(self) -> Node:
-        if self._node is None:
-            close_old_connections()
-            state, applied = storage.load()
-            self._node = Node(
-                self.config,
-                state,
-                applied_index=applied,
-                now=time.monotonic(),
-                rng=self._rng,
-                log=storage.ChosenLog(),
-            )
-            # What the database holds applied; the applier reports its progress from here.
-            self._node.on_applied(applied)
-            log.info(
-                "node %s started: promised %s, %d accepted, %d chosen, applied %d",
-                self.node_id,
-                state.promised,
-                len(state.accepted),
-                len(state.chosen),
-                applied,
-            )
-        return self._node
-
-    def _report_applied(self, node: Node) -> None:
-        """Tell the core how far the applier got (its acks to a leader streaming catch-up
-        carry it, and the leader paces the stream by it)."""
-        applied = self.applier.applied_index
-        if applied is not None:
-            node.on_applied(applied)
-
-    def _handle(self, ready: Ready, what: str = "tick") -> None:
-        """Persist, then send, then let the applier apply (consensus.storage)."""
-        started = time.perf_counter()
-        try:
-            storage.persist(ready)
-        except Exception:
-            self._rebuild("persisting a step failed")
-            return
-        persisted = time.perf_counter()
-        self._send(ready.messages)
-        sent = time.perf_counter()
-        if ready.chosen:
-            self.applier.learned(ready.chosen)
-        if ready.reads:
-            # Read indexes go to the waiting readers of this node (consensus.client).
-            try:
-                storage.notify_reads(ready.reads)
-            except Exception:  # noqa: BLE001 - the readers time out and ask again
-                self.counters["read_notify_failures"] += 1
-                log.exception("cannot notify %d read indexes", len(ready.reads))
-                connection.close()
-        if self.trace_steps and (ready.must_persist or ready.messages or ready.chosen):
-            log.warning(
-                "%s: persisted %d accepted in %.2f ms; sent %s in %.2f ms; "
-                "%d chosen to the applier",
-                what,
-                len(ready.accepted),
-                (persisted - started) * 1000,
-                [type(m).__name__ for _, m in ready.messages],
-                (sent - persisted) * 1000,
-                len(ready.chosen),
-            )
-
-    def _rebuild(self, what: str) -> None:
-        """The core's memory is ahead of the database: drop it and reload from there."""
-        log.exception("%s; rebuilding the node from its database", what)
-        self._node = None
-        self.counters["storage_failures"] += 1
-        connection.close()
-
-    def _send(self, messages) -> None:
-        by_peer: dict[str, list] = {}
-        for to, message in messages:
-            by_peer.setdefault(to, []).append(message)
-        for peer, batch in by_peer.items():
-            if self.faults.dropped(self.node_id, peer):
-                self.counters["fault_dropped_out"] += 1
-                continue
-            for envelope, sealed in self._envelopes(peer, batch):
-                self.counters["envelopes_out"] += 1
-                self.counters["messages_out"] += sealed
-                self.transport.send(peer, envelope, delay=self.faults.delay(self.node_id, peer))
-
-    def _envelopes(self, peer: str, batch: list):
-        """(envelope, number of messages) for `batch`: one envelope, or several when its
-        body would pass a third of the queue's size cap (a task message carries the body
-        escaped and in base64); one message alone goes as it is (the transport refuses it
-        if its task message passes the cap)."""
-        envelope = self.sealer.seal(peer, batch)
-        if len(batch) == 1 or len(envelope["body"]) <= self.max_envelope_bytes // 3:
-            yield envelope, len(batch)
-            return
-        half = len(batch) // 2
-        yield from self._envelopes(peer, batch[:half])
-        yield from self._envelopes(peer, batch[half:])
+    # ------------------------------------------------------------------ status
 
     def status(self) -> dict:
         with self._lock:
-            node = self._core()
-            core = node.status()
+            core = self.host.status()
+            node = self.host.node()
             quorum = node.has_quorum(time.monotonic()) or node.follows_live_leader(time.monotonic())
         now = time.time()
         return {
@@ -363,6 +264,8 @@ class NodeRuntime:
                 "oversized_out": self.transport.oversized,
                 "slots_applied": self.applier.applied_slots,
                 "apply_failures": self.applier.failures,
+                "storage_failures": self.host.storage_failures,
+                "read_notify_failures": self.applier.read_notify_failures,
                 **self.applier.outcomes,
             },
         }

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
 
 from consensus.paxos import Ballot, Command, DurableState, Ready, Value, commands_to_apply
 
@@ -126,6 +126,23 @@ class ChosenLog:
             values.append(value)
             size += value.size
         return values
+
+
+class PostgresStorage(ChosenLog):
+    """The node's PostgreSQL database as the host's Storage (consensus.host): `load` and
+    `persist` above, on the calling thread's connection; a failed persist closes it, so
+    the reload that follows opens a fresh one."""
+
+    def load(self) -> tuple[DurableState, int]:
+        close_old_connections()
+        return load()
+
+    def persist(self, ready: Ready) -> None:
+        try:
+            persist(ready)
+        except Exception:
+            connection.close()
+            raise
 
 
 def notify_reads(reads: list[tuple[str, int]]) -> None:

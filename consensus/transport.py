@@ -32,6 +32,9 @@ import redis
 from celery import Celery
 from kombu import Connection
 
+from consensus.envelope import Sealer
+from consensus.faults import Faults
+
 log = logging.getLogger(__name__)
 
 DELIVER_TASK = "consensus.deliver"
@@ -376,3 +379,49 @@ class Inbox:
             except Undeliverable as undeliverable:
                 self.refused(undeliverable.reason, str(undeliverable))
         return drained
+
+
+class EnvelopeTransport:
+    """The host's Transport (consensus.host) between workers: a step's messages for a peer
+    go sealed (consensus.envelope) in one envelope, or in several when the body would pass
+    a third of the queue's size cap (a task message carries the body escaped and in
+    base64), published by `publisher` (a CeleryTransport). The test-only fault switches
+    drop or delay a link here, at the sender. `counters` counts envelopes and messages
+    out and the messages the switches dropped."""
+
+    def __init__(
+        self,
+        sealer: Sealer,
+        publisher: CeleryTransport,
+        faults: Faults,
+        *,
+        max_bytes: int,
+        counters,
+    ) -> None:
+        self.sealer = sealer
+        self.publisher = publisher
+        self.faults = faults
+        self.max_bytes = max_bytes
+        self.counters = counters
+
+    def send(self, peer: str, messages: list) -> None:
+        node_id = self.sealer.sender
+        if self.faults.dropped(node_id, peer):
+            self.counters["fault_dropped_out"] += 1
+            return
+        for envelope, sealed in self._envelopes(peer, messages):
+            self.counters["envelopes_out"] += 1
+            self.counters["messages_out"] += sealed
+            self.publisher.send(peer, envelope, delay=self.faults.delay(node_id, peer))
+
+    def _envelopes(self, peer: str, batch: list):
+        """(envelope, number of messages) for `batch`: one envelope, or several halves; one
+        message alone goes as it is (the publisher refuses it if its task message passes
+        the cap)."""
+        envelope = self.sealer.seal(peer, batch)
+        if len(batch) == 1 or len(envelope["body"]) <= self.max_bytes // 3:
+            yield envelope, len(batch)
+            return
+        half = len(batch) // 2
+        yield from self._envelopes(peer, batch[:half])
+        yield from self._envelopes(peer, batch[half:])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from consensus.host import HOST_BUGS
 from consensus.paxos import KNOWN_BUGS
 
 from .cluster import Params
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         "--bug",
         action="append",
         default=[],
-        choices=sorted(KNOWN_BUGS | {"forget_on_restart"}),
+        choices=sorted(KNOWN_BUGS | HOST_BUGS | {"forget_on_restart"}),
         help="TEST ONLY: turn on a deliberately broken behaviour",
     )
     args = parser.parse_args(argv)

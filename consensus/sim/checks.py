@@ -5,16 +5,18 @@ and keeps its own record of history, so it judges the protocol by its effects:
 - a slot is chosen when a quorum of acceptors durably accepted the same (slot, ballot);
   at most one value may ever be chosen per slot;
 - a value a node learns as chosen, or applies, is the one the acceptors chose;
-- applied logs agree slot by slot and are applied in order (so each is a prefix of any
-  longer one);
+- applied logs agree slot by slot and each node applies every slot once, in order, across
+  its crashes (so each log is a prefix of any longer one);
 - an acceptor's promise never goes down, across crashes, and it never accepts below it;
+- persist before send: a Promise or Accepted leaves a node only once the promise or the
+  accepted value it reports is durable there;
 - every chosen command was submitted by a client, and no request id is applied twice
   on a node.
 """
 
 from __future__ import annotations
 
-from consensus.paxos import Ballot, Command, DurableState, Ready, Value
+from consensus.paxos import Accepted, Ballot, Command, DurableState, Message, Promise, Ready, Value
 
 
 class Violation(AssertionError):
@@ -28,6 +30,8 @@ class Checker:
         self.votes: dict[tuple[int, Ballot], tuple[Value, set[str]]] = {}
         self.chosen: dict[int, Value] = {}
         self.applied: dict[int, Value] = {}
+        #: The last slot each node applied, as the checker saw it (across its crashes).
+        self.applied_through = dict.fromkeys(ids, 0)
         self.submitted: dict[str, Command] = {}
         self.last_chosen_slot = 0
 
@@ -58,7 +62,25 @@ class Checker:
                     f"{promised} at t={now:.3f}"
                 )
             self._vote(node, slot, ballot, value, now)
-        for slot, value in ready.chosen:
+
+    def on_send(self, node: str, durable: DurableState, message: Message, now: float) -> None:
+        kind = type(message)
+        if kind is Accepted:
+            for slot in message.slots:
+                held = durable.accepted.get(slot)
+                if held is None or held[0] < message.ballot:
+                    raise Violation(
+                        f"{node} sent Accepted for slot {slot} at ballot {message.ballot} "
+                        f"before persisting it (durable: {held and held[0]}) at t={now:.3f}"
+                    )
+        elif kind is Promise and durable.promised < message.ballot:
+            raise Violation(
+                f"{node} sent a Promise of {message.ballot} before persisting it (durable: "
+                f"{durable.promised}) at t={now:.3f}"
+            )
+
+    def on_learned(self, node: str, chosen: list[tuple[int, Value]]) -> None:
+        for slot, value in chosen:
             truth = self.chosen.get(slot)
             if truth is None:
                 raise Violation(f"{node} learned slot {slot} as chosen, but no quorum chose it")
@@ -88,16 +110,14 @@ class Checker:
                 )
 
     def on_apply(
-        self,
-        node: str,
-        applied_index: int,
-        slot: int,
-        value: Value,
-        fresh: list[Command],
-        applied_ids: set[str],
+        self, node: str, slot: int, value: Value, fresh: list[Command], applied_ids: set[str]
     ) -> None:
-        if slot != applied_index + 1:
-            raise Violation(f"{node} applied slot {slot} after {applied_index}: out of order")
+        through = self.applied_through[node]
+        if slot <= through:
+            raise Violation(f"{node} applied slot {slot} again (it applied through {through})")
+        if slot != through + 1:
+            raise Violation(f"{node} applied slot {slot} after {through}: out of order")
+        self.applied_through[node] = slot
         if self.chosen.get(slot) != value:
             raise Violation(f"{node} applied slot {slot} = {value}, chosen {self.chosen.get(slot)}")
         reference = self.applied.setdefault(slot, value)

@@ -1,10 +1,14 @@
-"""One seed, one simulated cluster: N Paxos cores on a simulated network and clock.
+"""One seed, one simulated cluster: N nodes on a simulated network and clock.
 
-Everything comes from one `random.Random(seed)`: message loss, duplication, delay (and so
-reordering), partitions that form and heal, crashes at any point of a step (before the
-persist, between persist and send, after sending), restarts from durable state only,
-and clients that submit and retry commands. No wall clock, no threads: the same seed
-replays the same run exactly.
+Each node is the production loop, consensus.host.NodeHost, around its Paxos core, with
+in-memory adapters: storage that fails now and then (the host must rebuild its core),
+the simulated network as transport, and a state machine that applies at once or lags as
+the runtime's applier thread does. Everything comes from one `random.Random(seed)`:
+message loss, duplication, delay (and so reordering), partitions that form and heal,
+failed persists, crashes at any point of a step (at the persist, at the send, at the
+hand-over to the state machine, after the step), restarts from durable state only, and
+clients that submit and retry commands. No wall clock, no threads: the same seed replays
+the same run exactly.
 
 Safety is checked after every step (`Checker`); once the fault phase ends (heal, restart,
 no loss, a majority up) every submitted command must be chosen and applied on every node
@@ -25,22 +29,27 @@ import hashlib
 import heapq
 import json
 import random
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 
+from consensus.host import HOST_BUGS, MemoryStateMachine, MemoryStorage, NodeHost
 from consensus.paxos import (
+    KNOWN_BUGS,
     Accept,
+    Accepted,
+    Ballot,
     Chosen,
     Command,
     Config,
     DurableState,
     Forward,
     InvariantViolation,
+    Message,
     Node,
     Promise,
     Ready,
     Role,
-    commands_to_apply,
+    Value,
     decode,
     encode,
     message_size,
@@ -49,6 +58,28 @@ from consensus.paxos import (
 from .checks import Checker, Violation
 
 TICK = 0.01
+
+#: Where in a step a simulated crash strikes: at the persist, at the first send, at the
+#: hand-over of chosen entries to the state machine (each: before it happens).
+PERSIST, SEND, APPLY = 0, 1, 2
+
+
+class Crash(BaseException):
+    """The simulated process dies here: none of its code runs after this point. (Not an
+    Exception: the host's handling of a failed persist must not see it.)"""
+
+
+class StorageFailure(Exception):
+    """A simulated persist that failed and wrote nothing."""
+
+
+class _Stop(BaseException):
+    """Carries a Violation found inside a persist past the host, which takes any Exception
+    from Storage.persist for a failed write."""
+
+    def __init__(self, violation: Violation) -> None:
+        super().__init__(str(violation))
+        self.violation = violation
 
 
 @dataclass(frozen=True)
@@ -60,8 +91,11 @@ class Params:
     liveness_time: float = 15.0
     max_loss: float = 0.3
     mid_step_crash: float = 0.002
+    persist_failure: float = 0.005
     wire: bool = False  # round-trip every message through its JSON form
-    bugs: frozenset[str] = frozenset()  # core bugs (KNOWN_BUGS) and "forget_on_restart"
+    #: Deliberately broken behaviours: the core's (KNOWN_BUGS), the host's (HOST_BUGS) and
+    #: "forget_on_restart" (a node comes back with empty storage).
+    bugs: frozenset[str] = frozenset()
     scenario: str = "faults"  # or "rejoin" (see the module's docstring)
     #: rejoin: commands committed while the node is down; the catch-up bound after it returns.
     rejoin_writes: int = 2000
@@ -69,19 +103,11 @@ class Params:
 
 
 @dataclass
-class StateMachine:
-    """The replicated state machine of one node: durable, like the node's database."""
-
-    applied_index: int = 0
-    applied_ids: set[str] = field(default_factory=set)
-    log: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
-
-
-@dataclass
 class Stats:
     steps: int = 0
     messages: int = 0
     crashes: int = 0
+    persist_failures: int = 0
     partitions: int = 0
     submitted: int = 0
     reads: int = 0
@@ -109,7 +135,11 @@ class Simulation:
         self.duplicate = rng.uniform(0.0, 0.1)
         self.max_delay = rng.uniform(0.002, 0.03)
         self.mid_step_crash = params.mid_step_crash
-        core_bugs = frozenset(params.bugs) - {"forget_on_restart"}
+        self.persist_failure = params.persist_failure
+        #: The crash point armed for the step being run (PERSIST, SEND, APPLY), or None.
+        self.crash_point: int | None = None
+        core_bugs = frozenset(params.bugs) & KNOWN_BUGS
+        self.host_bugs = frozenset(params.bugs) & HOST_BUGS
         rejoin = params.scenario == "rejoin"
         self.configs = {
             i: Config(
@@ -134,18 +164,31 @@ class Simulation:
             )
             for i in self.ids
         }
-        # Applier lag: a node's state machine applies at most this many committed slots per
-        # tick (0: at once, in the step) and reports its index to its core (on_applied), as
-        # the runtime's applier thread does; peers streaming it catch-up pace themselves.
-        self.applier_rate = {
-            i: rng.choice((32, 128) if rejoin else (0, 0, 4, 64)) for i in self.ids
-        }
-        self.unapplied: dict[str, deque] = {i: deque() for i in self.ids}
-        self.most_unapplied = dict.fromkeys(self.ids, 0)
+        # Applier lag: a node's state machine applies at most this many slots per tick (0:
+        # at once, in the step), as the runtime's applier thread lags; its host reports its
+        # index to the core, and peers streaming it catch-up pace themselves by it.
+        applier_rate = {i: rng.choice((32, 128) if rejoin else (0, 0, 4, 64)) for i in self.ids}
         self.now = 0.0
+        self.clock = _SimClock(self)
+        # A node's disk: its acceptor state and chosen log, and its state machine.
         self.durable = {i: DurableState() for i in self.ids}
-        self.machines = {i: StateMachine() for i in self.ids}
-        self.nodes: dict[str, Node | None] = {}
+        dedup = "no_dedup" not in params.bugs
+        self.machines = {
+            i: _SimStateMachine(
+                self,
+                i,
+                self.durable[i],
+                rate=applier_rate[i],
+                dedup=dedup,
+                observe=partial(self._applied, i),
+                on_reads=partial(self._reads_answered, i),
+                bugs=self.host_bugs,
+            )
+            for i in self.ids
+        }
+        self.storages = {i: _SimStorage(self, i) for i in self.ids}
+        self.transports = {i: _SimTransport(self, i) for i in self.ids}
+        self.nodes: dict[str, NodeHost | None] = {}
         self.incarnation = dict.fromkeys(self.ids, 0)
         self.blocked: set[tuple[str, str]] = set()
         self.paused: dict[str, float] = {}  # node -> when it resumes
@@ -205,7 +248,7 @@ class Simulation:
         return self._finish_stats()
 
     def _finish_stats(self) -> Stats:
-        logs = [self.machines[i].log for i in self.ids]
+        logs = [self.machines[i].applied_log for i in self.ids]
         fingerprint = repr((self.stats.steps, self.stats.messages, logs)).encode()
         self.stats.digest = hashlib.sha256(fingerprint).hexdigest()[:16]
         return self.stats
@@ -218,7 +261,7 @@ class Simulation:
         p = self.params
         rng = self.rng
         self.loss = self.duplicate = 0.0
-        self.mid_step_crash = 0.0
+        self.mid_step_crash = self.persist_failure = 0.0
         self._at(0.0, "check")
         self._run_until(5.0, stop=lambda: self._leader() is not None)
         leader = None
@@ -228,7 +271,7 @@ class Simulation:
             if (
                 settled is not None
                 and settled == leader
-                and all(self.nodes[i].leader_id == leader for i in self.ids)
+                and all(self._core(i).leader_id == leader for i in self.ids)
             ):
                 break
             leader = settled
@@ -258,7 +301,7 @@ class Simulation:
             written += len(commands)
             self.stats.submitted += len(commands)
             target = rng.choice([i for i in self.ids if i != away])
-            self._step(target, lambda node, c=commands: node.submit(c, self.now))
+            self._step(target, lambda host, c=commands: host.submit(c))
             self._run_until(self.now + 0.002)
         others = [i for i in self.ids if i != away]
         # Time enough for the slowest configuration drawn (a window of 2 single-command slots).
@@ -267,7 +310,7 @@ class Simulation:
             raise Violation(f"rejoin: {len(self.outstanding)} writes not applied")
         # Back.
         back_at = self.now
-        self.most_unapplied[away] = 0
+        self.machines[away].most_held = 0
         if isolate:
             self.blocked.clear()
         else:
@@ -297,9 +340,9 @@ class Simulation:
         # Besides the stream, the returning node learns the probe's slots, whose Accepts it
         # held, at once when the stream reaches them.
         bound = config.catchup_ahead + config.window + self.probes
-        if self.most_unapplied[away] > bound:
+        if self.machines[away].most_held > bound:
             raise Violation(
-                f"unpaced catch-up: {away} held {self.most_unapplied[away]} slots learned and "
+                f"unpaced catch-up: {away} held {self.machines[away].most_held} slots learned and "
                 f"not applied (bound {bound}: catchup_ahead + the window + {self.probes} "
                 "probe writes)"
             )
@@ -320,109 +363,91 @@ class Simulation:
         self.outstanding[rid] = (command, float("inf"))
         self.stats.submitted += 1
         self.probes += 1
-        self._step(leader, lambda node: node.submit([command], self.now))
+        self._step(leader, lambda host: host.submit([command]))
         self._at(self.now + 0.02, "probe", leader, until)
 
     def _leader(self) -> str | None:
-        leaders = [
-            i for i in self.ids if self.nodes[i] is not None and self.nodes[i].role is Role.LEADER
-        ]
+        leaders = [i for i in self.ids if self._role(i) is Role.LEADER]
         return leaders[0] if len(leaders) == 1 else None
+
+    def _core(self, i: str) -> Node:
+        """Node i's core (it is up), rebuilt from storage if a failed persist dropped it."""
+        return self.nodes[i].node()
+
+    def _role(self, i: str) -> Role | None:
+        host = self.nodes[i]
+        if host is None or host.core is None:
+            return None
+        return host.core.role
 
     # ---------------------------------------------------------------- nodes
 
     def _start(self, i: str) -> None:
-        sm = self.machines[i]
-        state = self.durable[i]
-        self.checker.on_restart(i, state)
         self.incarnation[i] += 1
         self.paused.pop(i, None)
-        self.nodes[i] = Node(
+        host = NodeHost(
             self.configs[i],
-            state,
-            applied_index=sm.applied_index,
-            now=self.now,
+            storage=self.storages[i],
+            transport=self.transports[i],
+            state_machine=self.machines[i],
+            clock=self.clock,
             rng=random.Random(self.rng.getrandbits(64)),
+            bugs=self.host_bugs,
         )
-        if self.applier_rate[i]:
-            self.nodes[i].on_applied(sm.applied_index)
+        self.nodes[i] = host
+        host.node()
         self._at(self.now + self.rng.uniform(0, TICK), "tick", i, self.incarnation[i])
 
     def _crash(self, i: str) -> None:
         if self.nodes[i] is None:
             return
         self.nodes[i] = None
-        self.unapplied[i].clear()  # handed out, not applied: lost with the process
+        self.machines[i].restart()
         self.stats.crashes += 1
         if "forget_on_restart" in self.params.bugs:
-            self.durable[i] = DurableState()
+            durable = self.durable[i]
+            durable.promised, durable.accepted, durable.chosen = Ballot.ZERO, {}, {}
 
     def _step(self, i: str, action) -> None:
-        """Run one input on node i, then persist, send and apply, with a rare crash at any
-        point in between (volatile state lost, durable state kept)."""
-        node = self.nodes[i]
-        if node is None:
+        """Run one input through node i's host, with a rare crash at a point of the step
+        (volatile state lost, durable state kept)."""
+        host = self.nodes[i]
+        if host is None:
             return
         self.stats.steps += 1
+        if self.mid_step_crash and self.rng.random() < self.mid_step_crash:
+            self.crash_point = self.rng.choice((PERSIST, SEND, APPLY))
         try:
-            ready: Ready = action(node)
+            action(host)
+        except Crash:
+            self.crash_point = None
+            return self._crash(i)
+        except _Stop as stop:
+            raise stop.violation from None
         except InvariantViolation as e:
             raise Violation(f"node {i} detected: {e}") from None
-        if node.role is not Role.FOLLOWER and node.ballot not in self._ballots:
-            self._ballots.add(node.ballot)
-            self.stats.elections += 1
-        if node.role is Role.LEADER and node.ballot not in self._leader_ballots:
-            self._leader_ballots.add(node.ballot)
-            self.stats.leader_changes += 1
-        crash_at = None
-        if self.rng.random() < self.mid_step_crash:
-            crash_at = self.rng.choice(("before_persist", "before_send", "before_apply"))
-        if crash_at == "before_persist":
-            return self._crash(i)
-        if ready.must_persist or ready.chosen:
-            self.checker.on_persist(i, self.durable[i], ready, self.now)
-            self.durable[i].apply(ready)
-        if crash_at == "before_send":
-            return self._crash(i)
-        for to, message in ready.messages:
-            self._send(i, to, message)
-        for rid, index in ready.reads:
-            self._read_answered(i, rid, index)
-        if crash_at == "before_apply":
-            return self._crash(i)
-        # Step 3: chosen entries become durable with their application (or are lost).
-        self.durable[i].learn(ready)
-        self._apply(i, ready)
+        node = host.core
+        if node is not None and node.role is not Role.FOLLOWER:
+            if node.ballot not in self._ballots:
+                self._ballots.add(node.ballot)
+                self.stats.elections += 1
+            if node.role is Role.LEADER and node.ballot not in self._leader_ballots:
+                self._leader_ballots.add(node.ballot)
+                self.stats.leader_changes += 1
+        if self.crash_point is not None:  # the step passed every point: it dies after it
+            self.crash_point = None
+            self._crash(i)
 
-    def _apply(self, i: str, ready: Ready) -> None:
-        if self.applier_rate[i]:
-            self.unapplied[i].extend(ready.committed)
-            self.most_unapplied[i] = max(self.most_unapplied[i], len(self.unapplied[i]))
-        else:
-            self._apply_committed(i, ready.committed)
+    def _reach(self, point: int) -> None:
+        """A step of the node being run reached `point`: the armed crash strikes here if
+        it was armed for this point or an earlier one."""
+        if self.crash_point is not None and point >= self.crash_point:
+            raise Crash
 
-    def _run_applier(self, i: str) -> None:
-        """A lagging applier's turn (each tick): apply up to its rate, report the index."""
-        queue = self.unapplied[i]
-        if queue:
-            self._apply_committed(
-                i, [queue.popleft() for _ in range(min(self.applier_rate[i], len(queue)))]
-            )
-        if self.applier_rate[i]:
-            self.nodes[i].on_applied(self.machines[i].applied_index)
-
-    def _apply_committed(self, i: str, committed) -> None:
-        sm = self.machines[i]
-        dedup = "no_dedup" not in self.params.bugs
-        for slot, value in committed:
-            fresh = commands_to_apply(value, sm.applied_ids, dedup=dedup)
-            self.checker.on_apply(i, sm.applied_index, slot, value, fresh, sm.applied_ids)
-            for command in fresh:
-                sm.applied_ids.add(command.request_id)
-            sm.log.append((slot, tuple(c.request_id for c in fresh)))
-            sm.applied_index = slot
-            for command in value.commands:
-                self.outstanding.pop(command.request_id, None)
+    def _applied(self, i: str, slot: int, value: Value, fresh: list[Command]) -> None:
+        self.checker.on_apply(i, slot, value, fresh, self.machines[i].applied_ids)
+        for command in value.commands:
+            self.outstanding.pop(command.request_id, None)
 
     # ---------------------------------------------------------------- network
 
@@ -478,7 +503,7 @@ class Simulation:
             return
         if self._paused(dst, "deliver", src, dst, message):
             return
-        self._step(dst, lambda node: node.on_message(src, message, self.now))
+        self._step(dst, lambda host: host.on_message(src, message))
 
     def _paused(self, i: str, kind: str, *args) -> bool:
         """Node i is paused (as by SIGSTOP): the event waits until it resumes."""
@@ -493,8 +518,8 @@ class Simulation:
             return
         if self._paused(i, "tick", i, incarnation):
             return
-        self._run_applier(i)
-        self._step(i, lambda node: node.on_tick(self.now))
+        self.machines[i].run()  # the applier thread's turn
+        self._step(i, NodeHost.tick)
         self._at(self.now + TICK, "tick", i, incarnation)
 
     # ---------------------------------------------------------------- clients
@@ -534,7 +559,11 @@ class Simulation:
     def _ev_read(self, i: str, rid: str) -> None:
         if self._paused(i, "read", i, rid):
             return
-        self._step(i, lambda node: node.read_index([rid], self.now))
+        self._step(i, lambda host: host.read_index([rid]))
+
+    def _reads_answered(self, node: str, reads: list[tuple[str, int]]) -> None:
+        for rid, index in reads:
+            self._read_answered(node, rid, index)
 
     def _read_answered(self, node: str, rid: str, index: int) -> None:
         bound = self.reads.pop(rid, None)
@@ -553,7 +582,7 @@ class Simulation:
         ]
         if up:
             target = self.rng.choice(up)
-            self._step(target, lambda node: node.submit(commands, self.now))
+            self._step(target, lambda host: host.submit(commands))
 
     # ---------------------------------------------------------------- nemesis
 
@@ -595,9 +624,7 @@ class Simulation:
                         self.blocked.add((a, b))
             return
         if kind == "isolate_leader":
-            leaders = [
-                i for i in ids if self.nodes[i] is not None and self.nodes[i].role is Role.LEADER
-            ]
+            leaders = [i for i in ids if self._role(i) is Role.LEADER]
             side = {rng.choice(leaders)} if leaders else {rng.choice(ids)}
         else:
             rng.shuffle(ids)
@@ -619,7 +646,7 @@ class Simulation:
                 self._crash(i)
             elif self.nodes[i] is None:
                 self._start(i)
-        self.mid_step_crash = 0.0
+        self.mid_step_crash = self.persist_failure = 0.0
 
     def _ev_check(self) -> None:
         self._at(self.now + 0.1, "check")
@@ -630,3 +657,79 @@ class Simulation:
         up = [i for i in self.ids if self.nodes[i] is not None]
         indexes = {self.machines[i].applied_index for i in up}
         return len(indexes) == 1 and indexes.pop() >= self.checker.last_chosen_slot
+
+
+# ---------------------------------------------------------------------- the nodes' adapters
+
+
+class _SimClock:
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def now(self) -> float:
+        return self.sim.now
+
+
+class _SimStorage(MemoryStorage):
+    """The node's in-memory storage, checked (a promise never lower after a restart or
+    rebuild, every write against the checker's history), failing now and then (nothing
+    written), and a crash point."""
+
+    def __init__(self, sim: Simulation, i: str) -> None:
+        super().__init__(sim.durable[i], sim.machines[i])
+        self.sim = sim
+        self.i = i
+
+    def load(self) -> tuple[DurableState, int]:
+        self.sim.checker.on_restart(self.i, self.durable)
+        return super().load()
+
+    def persist(self, ready: Ready) -> None:
+        sim = self.sim
+        if sim.crash_point is not None:
+            sim._reach(PERSIST)
+        if sim.persist_failure and sim.rng.random() < sim.persist_failure:
+            sim.stats.persist_failures += 1
+            raise StorageFailure
+        try:
+            sim.checker.on_persist(self.i, self.durable, ready, sim.now)
+        except Violation as violation:
+            raise _Stop(violation) from None
+        self.durable.apply(ready)
+
+
+#: The messages that report durable acceptor state (checked against it as they leave).
+_VOTES = (Accepted, Promise)
+
+
+class _SimTransport:
+    """The simulated network, behind a crash point; every vote that leaves is checked
+    against what the node made durable (persist before send)."""
+
+    def __init__(self, sim: Simulation, i: str) -> None:
+        self.sim = sim
+        self.i = i
+
+    def send(self, peer: str, messages: list[Message]) -> None:
+        sim, i = self.sim, self.i
+        if sim.crash_point is not None:
+            sim._reach(SEND)
+        for message in messages:
+            if type(message) in _VOTES:
+                sim.checker.on_send(i, sim.durable[i], message, sim.now)
+            sim._send(i, peer, message)
+
+
+class _SimStateMachine(MemoryStateMachine):
+    """The node's in-memory state machine behind a crash point; what it learns is checked."""
+
+    def __init__(self, sim: Simulation, i: str, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sim = sim
+        self.i = i
+
+    def learned(self, chosen: list[tuple[int, Value]]) -> None:
+        if self.sim.crash_point is not None:
+            self.sim._reach(APPLY)
+        self.sim.checker.on_learned(self.i, chosen)
+        super().learned(chosen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +27,7 @@ class Summary:
     messages: int = 0
     wire_messages: int = 0
     crashes: int = 0
+    persist_failures: int = 0
     partitions: int = 0
     commands: int = 0
     reads: int = 0
@@ -40,7 +42,8 @@ class Summary:
         verdict = "ok" if not self.failures else f"{len(self.failures)} FAILED"
         return (
             f"sim {verdict}: {self.seeds} seeds, {self.steps} steps, {self.messages} messages, "
-            f"{self.crashes} crashes, {self.partitions} partitions, {self.commands} commands, "
+            f"{self.crashes} crashes, {self.persist_failures} failed persists, "
+            f"{self.partitions} partitions, {self.commands} commands, "
             f"{self.reads} reads, {self.elections} elections, {self.bytes / 1e6:.1f} MB sent "
             f"(largest message {self.max_message} B)"
             + (f", longest catch-up {self.catchup:.2f}s" if self.catchup else "")
@@ -60,10 +63,16 @@ def replay_command(seed: int, params: Params) -> str:
 
 def run_seed(seed: int, params: Params) -> Stats | Failure:
     """One seed: its stats, or the violation it found with the command that replays it."""
+    # The hosts log every failed persist, which the simulator causes on purpose.
+    host_log = logging.getLogger("consensus.host")
+    level = host_log.level
+    host_log.setLevel(logging.CRITICAL)
     try:
         return Simulation(seed, params).run()
     except Violation as violation:
         return Failure(seed, params.nodes, str(violation), replay_command(seed, params))
+    finally:
+        host_log.setLevel(level)
 
 
 def _run_chunk(args: tuple[list[tuple[int, Params]], bool]) -> list[Stats | Failure]:
@@ -100,6 +109,7 @@ def run_seeds(
         summary.messages += result.messages
         summary.wire_messages += result.wire_messages
         summary.crashes += result.crashes
+        summary.persist_failures += result.persist_failures
         summary.partitions += result.partitions
         summary.commands += result.submitted
         summary.reads += result.reads

@@ -1,10 +1,13 @@
-"""A hand-driven cluster of cores for transcript-style tests: the test decides which
-messages are delivered, dropped or held, and when time passes."""
+"""A hand-driven cluster for transcript-style tests: the test decides which messages are
+delivered, dropped or held, and when time passes. Each node is the production loop
+(consensus.host's NodeHost) with its in-memory adapters; every step returns the Ready
+its host handled."""
 
 from __future__ import annotations
 
 import random
 
+from consensus.host import ManualClock, MemoryStateMachine, MemoryStorage, NodeHost
 from consensus.paxos import (
     Command,
     Config,
@@ -15,56 +18,82 @@ from consensus.paxos import (
     PreVoteReply,
     Ready,
     Role,
-    commands_to_apply,
 )
+
+
+class _Wire:
+    """The harness's network: every message sent goes in flight (and on the record)."""
+
+    def __init__(self, harness: Harness, sender: str) -> None:
+        self.harness = harness
+        self.sender = sender
+
+    def send(self, peer: str, messages: list[Message]) -> None:
+        for message in messages:
+            self.harness.in_flight.append((self.sender, peer, message))
+            self.harness.sent.append((self.sender, peer, message))
 
 
 class Harness:
     def __init__(self, n: int = 3, **config) -> None:
         self.ids = tuple(f"n{i}" for i in range(1, n + 1))
         self.config = config
-        self.now = 0.0
+        self.clock = ManualClock()
         self.durable = {i: DurableState() for i in self.ids}
-        self.applied: dict[str, list[tuple[int, tuple[str, ...]]]] = {i: [] for i in self.ids}
-        self.applied_ids: dict[str, set[str]] = {i: set() for i in self.ids}
-        self.nodes: dict[str, Node | None] = {}
+        self.machines = {i: MemoryStateMachine(self.durable[i]) for i in self.ids}
+        self.hosts: dict[str, NodeHost | None] = {}
         self.in_flight: list[tuple[str, str, Message]] = []
         self.sent: list[tuple[str, str, Message]] = []
         for k, i in enumerate(self.ids):
-            self.nodes[i] = self._new_node(i, seed=k)
+            self.hosts[i] = self._new_host(i, seed=k)
 
-    def _new_node(self, i: str, seed: int) -> Node:
-        return Node(
+    @property
+    def now(self) -> float:
+        return self.clock.time
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.clock.time = value
+
+    @property
+    def applied(self) -> dict[str, list[tuple[int, tuple[str, ...]]]]:
+        """Each node's applied log: (slot, request ids applied), in the order applied."""
+        return {i: self.machines[i].applied_log for i in self.ids}
+
+    def _new_host(self, i: str, seed: int) -> NodeHost:
+        machine = self.machines[i]
+        host = NodeHost(
             Config(i, self.ids, **self.config),
-            self.durable[i],
-            applied_index=len(self.applied[i]),
-            now=self.now,
+            storage=MemoryStorage(self.durable[i], machine),
+            transport=_Wire(self, i),
+            state_machine=machine,
+            clock=self.clock,
             rng=random.Random(seed),
         )
+        host.node()
+        return host
+
+    def host(self, i: str) -> NodeHost:
+        host = self.hosts[i]
+        assert host is not None, f"{i} is down"
+        return host
 
     def node(self, i: str) -> Node:
-        node = self.nodes[i]
-        assert node is not None, f"{i} is down"
-        return node
+        """Node i's core (to inspect, or to step by hand without handling the Ready)."""
+        return self.host(i).node()
 
-    def handle(self, i: str, ready: Ready) -> Ready:
-        self.durable[i].apply(ready)
-        self.durable[i].learn(ready)
-        for to, message in ready.messages:
-            self.in_flight.append((i, to, message))
-            self.sent.append((i, to, message))
-        for slot, value in ready.committed:
-            fresh = commands_to_apply(value, self.applied_ids[i])
-            self.applied_ids[i].update(c.request_id for c in fresh)
-            self.applied[i].append((slot, tuple(c.request_id for c in fresh)))
-        return ready
+    def receive(self, i: str, sender: str, message: Message) -> Ready:
+        return self.host(i).on_message(sender, message)
+
+    def read(self, i: str, *read_ids: str) -> Ready:
+        return self.host(i).read_index(read_ids)
 
     def tick(self, i: str) -> Ready:
-        return self.handle(i, self.node(i).on_tick(self.now))
+        return self.host(i).tick()
 
     def submit(self, i: str, *request_ids: str) -> Ready:
         commands = [Command(r, f"payload of {r}") for r in request_ids]
-        return self.handle(i, self.node(i).submit(commands, self.now))
+        return self.host(i).submit(commands)
 
     def deliver(self, *, drop=lambda src, dst, msg: False, rounds: int = 1000) -> int:
         """Deliver in-flight messages (and what they cause) until none is left, dropping
@@ -75,10 +104,10 @@ class Harness:
                 return delivered
             batch, self.in_flight = self.in_flight, []
             for src, dst, message in batch:
-                if self.nodes[dst] is None or drop(src, dst, message):
+                if self.hosts[dst] is None or drop(src, dst, message):
                     continue
                 delivered += 1
-                self.handle(dst, self.node(dst).on_message(src, message, self.now))
+                self.receive(dst, src, message)
         raise AssertionError("messages still flowing after many rounds")
 
     def advance(self, seconds: float, *, drop=lambda src, dst, msg: False, step: float = 0.01):
@@ -87,7 +116,7 @@ class Harness:
         while self.now < end:
             self.now = round(self.now + step, 6)
             for i in self.ids:
-                if self.nodes[i] is not None:
+                if self.hosts[i] is not None:
                     self.tick(i)
             self.deliver(drop=drop)
 
@@ -99,8 +128,8 @@ class Harness:
         while any(isinstance(m, (PreVote, PreVoteReply)) for _, _, m in self.in_flight):
             batch, self.in_flight = self.in_flight, []
             for src, dst, message in batch:
-                if isinstance(message, (PreVote, PreVoteReply)) and self.nodes[dst] is not None:
-                    self.handle(dst, self.node(dst).on_message(src, message, self.now))
+                if isinstance(message, (PreVote, PreVoteReply)) and self.hosts[dst] is not None:
+                    self.receive(dst, src, message)
         assert self.node(i).role is not Role.FOLLOWER, f"{i} lost its pre-vote"
 
     def elect(self, i: str) -> None:
@@ -111,11 +140,12 @@ class Harness:
         assert self.node(i).role is Role.LEADER
 
     def crash(self, i: str) -> None:
-        self.nodes[i] = None
+        self.hosts[i] = None
+        self.machines[i].restart()
 
     def restart(self, i: str, seed: int = 99) -> Node:
-        self.nodes[i] = self._new_node(i, seed)
-        return self.nodes[i]
+        self.hosts[i] = self._new_host(i, seed)
+        return self.node(i)
 
     def leaders(self) -> list[str]:
-        return [i for i, n in self.nodes.items() if n is not None and n.role is Role.LEADER]
+        return [i for i, h in self.hosts.items() if h is not None and h.node().role is Role.LEADER]

@@ -51,7 +51,7 @@ def test_the_candidate_persists_its_own_promise_before_sending_prepare():
     assert [type(m) for _, m in asked.messages] == [PreVote, PreVote] and not asked.must_persist
     reply = h.node("n2").on_message("n1", asked.messages[0][1], h.now).messages[0][1]
     assert reply == PreVoteReply(asked.messages[0][1].ballot, True)
-    ready = h.handle("n1", h.node("n1").on_message("n2", reply, h.now))
+    ready = h.receive("n1", "n2", reply)
     prepares = [m for _, m in ready.messages if isinstance(m, Prepare)]
     assert prepares and ready.promised == prepares[0].ballot
 
@@ -71,7 +71,7 @@ def test_a_follower_learns_a_slot_chosen_one_hop_after_the_leader_proposes_it():
     h.submit("n1", "r1")
     accept_to_n2 = [(s, d, m) for s, d, m in h.in_flight if d == "n2" and isinstance(m, Accept)]
     h.in_flight = []
-    ready = h.handle("n2", h.node("n2").on_message("n1", accept_to_n2[0][2], h.now))
+    ready = h.receive("n2", "n1", accept_to_n2[0][2])
     assert ready.committed == [(1, value_of("r1"))]
 
 
@@ -122,13 +122,9 @@ def test_the_highest_ballot_wins_when_promises_report_different_values():
     prepare = next(m for _, _, m in h.in_flight if isinstance(m, Prepare))
     h.in_flight = []
     low, high = Ballot(1, "n1"), Ballot(1, "n2")
-    h.handle(
-        "n3", n3.on_message("n1", Promise(prepare.ballot, 1, ((1, low, value_of("a")),)), h.now)
-    )
+    h.receive("n3", "n1", Promise(prepare.ballot, 1, ((1, low, value_of("a")),)))
     assert n3.role is Role.CANDIDATE
-    ready = h.handle(
-        "n3", n3.on_message("n2", Promise(prepare.ballot, 1, ((1, high, value_of("b")),)), h.now)
-    )
+    ready = h.receive("n3", "n2", Promise(prepare.ballot, 1, ((1, high, value_of("b")),)))
     assert n3.role is Role.LEADER
     accepts = [m for _, m in ready.messages if isinstance(m, Accept)]
     assert accepts and all(m.entries == ((1, value_of("b")),) for m in accepts)
@@ -137,12 +133,9 @@ def test_the_highest_ballot_wins_when_promises_report_different_values():
 def test_a_new_leader_fills_gaps_with_no_ops():
     h = Harness(3)
     h.elect("n1")
-    n2 = h.node("n2")
     b = h.node("n1").ballot
     # n2 accepted slots 1 and 3 from n1, never slot 2.
-    h.handle(
-        "n2", n2.on_message("n1", Accept(b, ((1, value_of("a")), (3, value_of("c"))), 0), h.now)
-    )
+    h.receive("n2", "n1", Accept(b, ((1, value_of("a")), (3, value_of("c"))), 0))
     h.crash("n1")
     h.in_flight = []
     # n2 knows slots 1 and 3 chosen (n1's Accept was n1's vote): it fills slot 2 and
@@ -167,9 +160,8 @@ def test_a_retried_request_is_applied_once():
 def test_the_applier_drops_a_request_id_chosen_twice():
     h = Harness(3)
     h.elect("n1")
-    n2 = h.node("n2")
     twice = value_of("r1", "r1")
-    h.handle("n2", n2.on_message("n1", Chosen(1, (value_of("r1"), twice)), h.now))
+    h.receive("n2", "n1", Chosen(1, (value_of("r1"), twice)))
     # Slot 2 chose r1 again (twice over): it is applied once, in slot 1, and never again.
     assert h.applied["n2"] == [(1, ("r1",)), (2, ())]
 
@@ -491,7 +483,7 @@ def test_a_read_is_answered_after_a_heartbeat_round_a_majority_acknowledged():
     h.submit("n2", "r1")
     h.deliver()
     h.in_flight = []
-    ready = h.handle("n2", h.node("n2").read_index(["q1"], h.now))
+    ready = h.read("n2", "q1")
     assert ready.reads == []
     h.deliver(drop=lambda s, d, m: isinstance(m, ReadIndexReply))
     leader = h.node("n1")
@@ -510,7 +502,7 @@ def test_a_leader_cut_off_from_the_others_answers_no_read():
     h.submit("n1", "r1")
     h.deliver()
     cut = lambda s, d, m: "n1" in (s, d)  # noqa: E731
-    ready = h.handle("n1", h.node("n1").read_index(["q1"], h.now))
+    ready = h.read("n1", "q1")
     h.deliver(drop=cut)
     answered = list(ready.reads)
     for _ in range(20):

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from consensus.host import HOST_BUGS
+from consensus.paxos import KNOWN_BUGS
 from consensus.sim import Failure, Params, Stats, run_seed, run_seeds
 
 # Thousands of seeds, CPU-bound on every core: out of the inner-loop tier (README, "Test tiers").
@@ -27,8 +29,9 @@ def test_ci_seeds_keep_every_safety_and_liveness_property(nodes):
     print(f"\n{nodes} nodes: {summary.line()}")
     assert not summary.failures, _failures_text(summary)
     assert summary.seeds == CI_SEEDS
-    # The faults really happened.
+    # The faults really happened, failed persists (the host rebuilt its core) among them.
     assert summary.crashes > CI_SEEDS and summary.partitions > CI_SEEDS
+    assert summary.persist_failures > CI_SEEDS // 20
     assert summary.commands > 20 * CI_SEEDS
 
 
@@ -62,7 +65,8 @@ def test_a_seed_replays_exactly_in_another_process_with_another_hash_seed():
 
 
 # Each broken behaviour: the scenario that exposes it, the seeds CI runs for it, and the
-# words of the violation the checks must report (any one of them).
+# words of the violation the checks must report (any one of them). The core's (KNOWN_BUGS),
+# then the host's (HOST_BUGS: the runtime's loop and its state machine).
 BROKEN = {
     "ignore_promise": ("faults", 300, ("below its promise",)),
     "no_adopt": ("faults", 300, ("two values chosen",)),
@@ -73,7 +77,14 @@ BROKEN = {
     "ignore_prevote": ("rejoin", 8, ("disruption",)),
     "catchup_unpaced": ("rejoin", 8, ("unpaced catch-up",)),
     "ignore_forward": ("faults", 300, ("liveness",)),
+    "send_before_persist": ("faults", 300, ("before persisting",)),
+    "apply_out_of_order": ("faults", 300, ("out of order",)),
+    "forget_applied_on_restart": ("faults", 300, ("again",)),
 }
+
+
+def test_every_broken_behaviour_has_a_canary():
+    assert set(BROKEN) == KNOWN_BUGS | HOST_BUGS | {"forget_on_restart"}
 
 
 def _params(bug: str, nodes: int) -> Params:
