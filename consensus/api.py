@@ -45,10 +45,11 @@ from consensus.client import (
 from consensus.cluster import cluster_status, leader_contact_age, node_has_quorum
 from consensus.metrics import LATENCY_BUCKETS, REGISTRY, status_families
 from consensus.paxos import Command
-from consensus.storage import APPLIED_INDEX_SQL, StateMachine
+from consensus.storage import APPLIED_INDEX_SQL, ApplyCommands
 
 __all__ = [
     "APPLIED_INDEX_SQL",
+    "ApplyCommands",
     "LATENCY_BUCKETS",
     "REGISTRY",
     "Command",
@@ -56,7 +57,6 @@ __all__ = [
     "NotConfirmed",
     "Outcome",
     "Rejected",
-    "StateMachine",
     "Subscription",
     "applied_index",
     "barrier",
