@@ -10,7 +10,7 @@ and the schemas that apply, in one statement); its writes are queued in the pipe
 
 Never raises for a bad command: a payload that is not a valid command, a version that does
 not match, a value its schema refuses -- each is applied as a rejected command, recorded in
-the history with its reason, and the state is unchanged. Everything decode() accepts is
+the history with its reason, and the state is unchanged. Everything decode() decodes is
 storable (configstore.validation), so no statement here fails on the content of a command.
 
 Idempotency keys (a command's origin.idempotency_key, "<actor>:<client key>") are decided

@@ -407,7 +407,7 @@ class Submitter:
                 ) as conn:
                     conn.execute(f"LISTEN {APPLIED_CHANNEL}")
                     # Notifications sent while not listening are lost: every waiter checks
-                    # again, and subscribers learn the index from the database. (No query
+                    # again, and subscribers read the index from the database. (No query
                     # inside the notifies() loop below: psycopg 3.3 would hang.)
                     (index,) = conn.execute(f"SELECT {APPLIED_INDEX_SQL}").fetchone()
                     self._wake({"ids": None, "index": index})

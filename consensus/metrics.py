@@ -73,7 +73,7 @@ _REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _COUNTERS: tuple[tuple[str, str, dict[str, dict[str, str]]], ...] = (
     (
         "configstore_worker_tasks_in",
-        "Task messages the worker accepted (signed, fresh), by task",
+        "Task messages the worker authenticated (signed, fresh), by task",
         {"envelopes_in": {"task": "deliver"}, "submissions_in": {"task": "submit"}},
     ),
     (

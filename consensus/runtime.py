@@ -174,7 +174,7 @@ class NodeRuntime:
     def _step(self, inputs: list[tuple[str, object]]) -> None:
         """The checked envelopes of `inputs` in one step of the host (one persist, one
         envelope per peer)."""
-        accepted: list[Input] = []
+        authenticated: list[Input] = []
         for task, envelope in inputs:
             opened = self._open(task, envelope)
             if opened is None:
@@ -182,16 +182,16 @@ class NodeRuntime:
             if opened.kind == "submit":
                 reads, commands = _split_reads(opened.commands)
                 if commands:
-                    accepted.append(Submission(commands))
+                    authenticated.append(Submission(commands))
                 if reads:
                     self.counters["reads_in"] += len(reads)
-                    accepted.append(ReadRequests(reads))
+                    authenticated.append(ReadRequests(reads))
             else:
-                accepted.append(FromPeer(opened.sender, opened.messages))
-        if not accepted:
+                authenticated.append(FromPeer(opened.sender, opened.messages))
+        if not authenticated:
             return
         with self._lock:
-            self.host.step(accepted)
+            self.host.step(authenticated)
 
     def _open(self, task: str, envelope) -> Opened | None:
         """The checked envelope of one input, or None (refused, dropped, counted)."""
