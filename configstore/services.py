@@ -317,7 +317,7 @@ def read_barrier(*, timeout: float | None = None) -> int:
     outcome = consensus.barrier(
         timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_READ_TIMEOUT")
     )
-    if isinstance(outcome, consensus.NotConfirmed):
+    if isinstance(outcome, consensus.TimedOut):
         raise exceptions.NotConfirmed(
             "the cluster did not confirm a linearizable read in time",
             request_id=outcome.request_id,
@@ -386,7 +386,7 @@ def _submit(command: commands.Operation, timeout: float | None, *, prevalidate=N
         fresh=True,
         timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_WRITE_TIMEOUT"),
     )
-    if isinstance(outcome, consensus.NotConfirmed):
+    if isinstance(outcome, consensus.TimedOut):
         raise exceptions.NotConfirmed(
             f"not confirmed in time: it may still commit; look up request {request_id}",
             request_id=request_id,
