@@ -202,7 +202,7 @@ class Submitter:
         started, so a read of the local state that follows is linearizable. TimedOut:
         the cluster could not confirm it in time.
 
-        Why sharing keeps that promise: a barrier B is a read index asked for at time t_B;
+        Why sharing keeps that guarantee: a barrier B is a read index asked for at time t_B;
         its index covers every slot chosen before t_B (see Node.read_index), and this
         node applies in slot order. A reader joins only a barrier that is still pending,
         i.e. not yet asked for: so t_B is after the reader started, and B orders the
