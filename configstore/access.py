@@ -22,7 +22,7 @@ from django.contrib.auth.hashers import make_password
 
 from configstore import commands, exceptions
 from configstore.api.auth import hash_secret
-from configstore.commands import AccessCommand
+from configstore.commands import AccessOperation
 from configstore.services import Actor, _origin, _submit
 
 TOKEN_PREFIX = "cs_"
@@ -57,7 +57,7 @@ def _change(
     idempotency_key: str | None,
     timeout: float | None,
 ) -> AccessChanged:
-    command = AccessCommand(op, subject, _origin(actor, reason, idempotency_key), fields)
+    command = AccessOperation(op, subject, _origin(actor, reason, idempotency_key), fields)
     try:
         commands.decode(commands.encode(command))
     except commands.Malformed as error:

@@ -1,6 +1,9 @@
-"""The commands of the replicated state machine and their JSON form (a Command's payload).
+"""The config store's operations and their JSON form: the payload of a log command.
 
-The web tier builds a command and `encode`s it; the applier `decode`s it on every node. A
+An `Operation` is what the config store was asked to do (a put, a txn, a schema or an
+access change, a noop), decoded; the Paxos core's `Command` (consensus.paxos) is the
+request id and the opaque payload it chooses, and a payload is an encoded `Operation`.
+The web tier builds an operation and `encode`s it; the applier `decode`s it on every node. A
 payload `decode` refuses is applied as a rejected command (recorded in the history with
 the reason), never as an error: the applier must be able to apply every chosen slot.
 
@@ -102,7 +105,7 @@ _KEY_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 class Malformed(ValueError):
-    """A payload that is not a valid command. Carries what could be read of it, so that the
+    """A payload that is not a valid operation. Carries what could be read of it, so that the
     rejection can still be recorded with its actor, key and time."""
 
     def __init__(self, message: str, *, op: str = "", key: str = "", origin: Origin | None = None):
@@ -167,7 +170,7 @@ class Check:
 
 
 @dataclass(frozen=True)
-class WriteCommand:
+class WriteOperation:
     """put and delete (one write, with its own conditions) or txn (many writes, guarded by
     checks, all or nothing)."""
 
@@ -178,7 +181,7 @@ class WriteCommand:
 
 
 @dataclass(frozen=True)
-class SchemaCommand:
+class SchemaOperation:
     op: Literal["put_schema", "delete_schema"]
     key: str
     origin: Origin
@@ -193,7 +196,7 @@ class Noop:
 
 
 @dataclass(frozen=True)
-class AccessCommand:
+class AccessOperation:
     """A change to the replicated identities (see the module's docstring for each op's
     fields). `subject` is the username, group name or token id it changes; `fields` the
     op's other fields, validated."""
@@ -209,7 +212,8 @@ class AccessCommand:
         return f"{kind}:{self.subject}"
 
 
-Command = WriteCommand | SchemaCommand | AccessCommand | Noop
+#: A decoded config-store operation (the payload of a consensus.paxos.Command).
+Operation = WriteOperation | SchemaOperation | AccessOperation | Noop
 
 
 @dataclass
@@ -297,8 +301,8 @@ def _origin(r: _Reader) -> Origin:
     )
 
 
-def decode(payload: str) -> Command:
-    """The command of a payload; Malformed if it is not one."""
+def decode(payload: str) -> Operation:
+    """The operation of a payload; Malformed if it is not one."""
     try:
         data = json.loads(payload, parse_constant=_no_constant)
     except (ValueError, RecursionError, TypeError) as error:
@@ -320,7 +324,7 @@ def decode(payload: str) -> Command:
         return _decode_schema(r)
     if op == "txn":
         return _decode_txn(r)
-    return WriteCommand(op=op, writes=(_decode_write(r, op, single=True),), origin=r.origin)
+    return WriteOperation(op=op, writes=(_decode_write(r, op, single=True),), origin=r.origin)
 
 
 def _decode_write(r: _Reader, op: str, *, single: bool) -> Write:
@@ -347,7 +351,7 @@ def _decode_write(r: _Reader, op: str, *, single: bool) -> Write:
     return write
 
 
-def _decode_txn(r: _Reader) -> WriteCommand:
+def _decode_txn(r: _Reader) -> WriteOperation:
     writes: list[Write] = []
     for i, item in enumerate(r.list("ops")):
         sub = _Reader(
@@ -372,22 +376,22 @@ def _decode_txn(r: _Reader) -> WriteCommand:
     for what, keys in (("ops", [w.key for w in writes]), ("checks", [c.key for c in checks])):
         if len(set(keys)) != len(keys):
             r.fail(f"a txn names a key twice in its {what}")
-    return WriteCommand(op="txn", writes=tuple(writes), checks=tuple(checks), origin=r.origin)
+    return WriteOperation(op="txn", writes=tuple(writes), checks=tuple(checks), origin=r.origin)
 
 
-def _decode_schema(r: _Reader) -> SchemaCommand:
+def _decode_schema(r: _Reader) -> SchemaOperation:
     key = r.key_field(schema_target=True)
     expected = r.version("expected_version")
     if r.op == "delete_schema":
-        return SchemaCommand("delete_schema", key, r.origin, expected_version=expected)
+        return SchemaOperation("delete_schema", key, r.origin, expected_version=expected)
     schema = r.json("schema")
     if (error := schemas.schema_error(schema)) is not None:
         r.fail(f"schema: {error}")
     description = r.text("description", MAX_DESCRIPTION_LENGTH, optional=True)
-    return SchemaCommand("put_schema", key, r.origin, schema, description, expected)
+    return SchemaOperation("put_schema", key, r.origin, schema, description, expected)
 
 
-def _decode_access(r: _Reader) -> AccessCommand:
+def _decode_access(r: _Reader) -> AccessOperation:
     kind = r.op.split("_", 1)[1]
     name = {"user": "username", "group": "name", "token": "token_id"}[kind]
     subject = r.data.get(name)
@@ -451,7 +455,7 @@ def _decode_access(r: _Reader) -> AccessCommand:
                 r.fail("expires_at must be an ISO 8601 time with a timezone, or null")
             expires = when.isoformat()
         fields["expires_at"] = expires
-    return AccessCommand(r.op, subject, r.origin, fields)
+    return AccessOperation(r.op, subject, r.origin, fields)
 
 
 def _names(r: _Reader, name: str, pattern: re.Pattern) -> list[str] | None:
@@ -504,16 +508,16 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def encode(command: Command) -> str:
-    """The payload of a command. `decode(encode(c)) == c` for every valid command."""
+def encode(command: Operation) -> str:
+    """The payload of an operation. `decode(encode(o)) == o` for every valid operation."""
     if isinstance(command, Noop):
         return json.dumps({"op": "noop"})
     data: dict[str, Any] = {"op": command.op}
-    if isinstance(command, AccessCommand):
+    if isinstance(command, AccessOperation):
         kind = command.op.split("_", 1)[1]
         data[{"user": "username", "group": "name", "token": "token_id"}[kind]] = command.subject
         data.update(command.fields)
-    elif isinstance(command, SchemaCommand):
+    elif isinstance(command, SchemaOperation):
         data["key"] = command.key
         if command.op == "put_schema":
             data["schema"] = command.schema
@@ -546,7 +550,7 @@ def encode(command: Command) -> str:
 _NOT_FINGERPRINTED = ("at", "node", "idempotency_key", "auth")
 
 
-def fingerprint(command: WriteCommand | SchemaCommand | AccessCommand) -> str:
+def fingerprint(command: WriteOperation | SchemaOperation | AccessOperation) -> str:
     """The SHA-256 (hex) of the canonical JSON of what `command` asks for: equal for a retry
     of the same request through any node at any time, different if anything it asks differs
     (an operation, a key, a value, a condition, the description, the actor or the reason)."""

@@ -4,7 +4,7 @@ of a command's credential at apply, and the access commands' effect.
 Users, groups, memberships, the config store's permissions of users and groups
 (commands.GRANTABLE), prefix permissions and API tokens are replicated state: only the
 applier writes them (Django's auth tables, configstore_prefix_permission,
-configstore_api_token), from access commands (configstore.commands.AccessCommand), on every
+configstore_api_token), from access commands (configstore.commands.AccessOperation), on every
 node alike, each change leaving a row in configstore_access_history. Deterministic like
 the rest of the state machine: a decision depends only on the command and the state before
 it (a token's expiry is compared with the time the request was taken, the command's
@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from configstore.commands import AccessCommand, Origin, SchemaCommand, WriteCommand
+from configstore.commands import AccessOperation, Origin, SchemaOperation, WriteOperation
 
 COMMITTED, REJECTED = "committed", "rejected"
 VIEW, CHANGE, DELETE = "view", "change", "delete"
@@ -176,7 +176,7 @@ def authorize(cursor, command, cache: dict | None = None) -> dict | None:
     token = rights.token
     if token is not None and token.expires_at is not None and token.expires_at <= origin.at:
         return _forbidden(f"the token {token.token_id} had expired")
-    if isinstance(command, WriteCommand):
+    if isinstance(command, WriteOperation):
         for write in command.writes:
             action = CHANGE if write.op == "put" else DELETE
             if not rights.allows_key(action, write.key):
@@ -185,12 +185,12 @@ def authorize(cursor, command, cache: dict | None = None) -> dict | None:
             if not rights.allows_key(VIEW, check.key):
                 return _forbidden(f"{origin.actor} may not read {check.key}")
         return None
-    if isinstance(command, SchemaCommand):
+    if isinstance(command, SchemaOperation):
         action = CHANGE if command.op == "put_schema" else DELETE
         if not rights.allows_schema(action, command.key):
             return _forbidden(f"{origin.actor} may not {action} the schema of {command.key}")
         return None
-    if isinstance(command, AccessCommand):
+    if isinstance(command, AccessOperation):
         if not rights.manages_access():
             return _forbidden(f"{origin.actor} may not change users, groups or tokens")
         if not rights.superuser and _escalates(cursor, command):
@@ -205,7 +205,7 @@ def _forbidden(detail: str) -> dict:
     return {"error": "forbidden", "detail": f"not authorised at apply: {detail}"}
 
 
-def _escalates(cursor, command: AccessCommand) -> bool:
+def _escalates(cursor, command: AccessOperation) -> bool:
     f = command.fields
     if MANAGE in (f.get("permissions") or ()):
         return True
@@ -281,7 +281,7 @@ def _one(cursor, sql: str, params) -> tuple | None:
 
 
 def record(
-    cursor, slot, request_id, command: AccessCommand, outcome, old=None, new=None, refusal=None
+    cursor, slot, request_id, command: AccessOperation, outcome, old=None, new=None, refusal=None
 ) -> None:
     """The command's row in the access history."""
     origin = command.origin
@@ -306,7 +306,7 @@ def record(
     )
 
 
-def apply_access(cursor, slot: int, request_id: str, command: AccessCommand) -> tuple[str, dict]:
+def apply_access(cursor, slot: int, request_id: str, command: AccessOperation) -> tuple[str, dict]:
     """Apply an (authorised) access command; its row in the access history either way."""
     # The identity tables refuse other writers (migration 0005): this transaction may.
     cursor.execute("SELECT set_config('configstore.applying', 'on', true)")
@@ -342,7 +342,7 @@ def _user(cursor, username: str):
 _USER_FIELDS = ("is_active", "is_staff", "is_superuser", "email", "first_name", "last_name")
 
 
-def _put_user(cursor, slot: int, command: AccessCommand):
+def _put_user(cursor, slot: int, command: AccessOperation):
     f, name, at = command.fields, command.subject, command.origin.at
     old, user_id, old_password = _user(cursor, name)
     if old is None and f["must_exist"]:
@@ -402,7 +402,7 @@ def _put_user(cursor, slot: int, command: AccessCommand):
     return old, new, None
 
 
-def _delete_user(cursor, slot: int, command: AccessCommand):
+def _delete_user(cursor, slot: int, command: AccessOperation):
     old, user_id, _ = _user(cursor, command.subject)
     if old is None:
         return None, None, _not_found(f"the user {command.subject!r}")
@@ -427,7 +427,7 @@ def _group(cursor, name: str):
     return (None, None) if row is None else (json.loads(row[0]), row[1])
 
 
-def _put_group(cursor, slot: int, command: AccessCommand):
+def _put_group(cursor, slot: int, command: AccessOperation):
     f, name = command.fields, command.subject
     old, group_id = _group(cursor, name)
     if old is not None and f["create_only"]:
@@ -454,7 +454,7 @@ def _put_group(cursor, slot: int, command: AccessCommand):
     return old, new, None
 
 
-def _delete_group(cursor, slot: int, command: AccessCommand):
+def _delete_group(cursor, slot: int, command: AccessOperation):
     old, group_id = _group(cursor, command.subject)
     if old is None:
         return None, None, _not_found(f"the group {command.subject!r}")
@@ -469,7 +469,7 @@ def _token(cursor, token_id: str):
     return None if row is None else json.loads(row[0])
 
 
-def _put_token(cursor, slot: int, command: AccessCommand):
+def _put_token(cursor, slot: int, command: AccessOperation):
     f, token_id = command.fields, command.subject
     old = _token(cursor, token_id)
     if old is not None:
@@ -498,7 +498,7 @@ def _put_token(cursor, slot: int, command: AccessCommand):
     return None, _token(cursor, token_id), None
 
 
-def _delete_token(cursor, slot: int, command: AccessCommand):
+def _delete_token(cursor, slot: int, command: AccessOperation):
     old = _token(cursor, command.subject)
     if old is None:
         return None, None, _not_found(f"the token {command.subject}")

@@ -26,7 +26,7 @@ from typing import Any
 from django.conf import settings
 
 from configstore import commands, conf, exceptions, schemas, selectors
-from configstore.commands import Check, Origin, SchemaCommand, Write, WriteCommand
+from configstore.commands import Check, Origin, SchemaOperation, Write, WriteOperation
 from configstore.models import Entry, IdempotencyRecord, Schema
 from configstore.statemachine import IDEMPOTENCY_WINDOW
 from configstore.validation import (
@@ -146,7 +146,7 @@ def entry_put(
     if description is not None:
         _text(description, "description", commands.MAX_DESCRIPTION_LENGTH)
     write = Write("put", key, value, description, expected_version, create_only, must_exist)
-    command = WriteCommand("put", (write,), origin)
+    command = WriteOperation("put", (write,), origin)
     done = _submit(command, timeout, prevalidate=lambda: _prevalidate(key, value))
     entry = _written(Entry, key, done, origin, value=value)
     return EntryWritten(done.request_id, done.index, done.result["created"], entry)
@@ -179,7 +179,7 @@ def entry_delete(
     """Delete `key` (NotFound if absent); with `expected_version`, only at that version."""
     _key(key)
     _conditions(expected_version, False, False)
-    command = WriteCommand(
+    command = WriteOperation(
         "delete",
         (Write("delete", key, expected_version=expected_version),),
         _origin(actor, reason, idempotency_key),
@@ -241,7 +241,7 @@ def entry_txn(
             if write.op == "put":
                 _prevalidate(write.key, write.value, budget)
 
-    command = WriteCommand(
+    command = WriteOperation(
         "txn", tuple(writes), _origin(actor, reason, idempotency_key), tuple(checks)
     )
     done = _submit(command, timeout, prevalidate=prevalidate)
@@ -272,7 +272,7 @@ def schema_put(
     if description is not None:
         _text(description, "description", commands.MAX_DESCRIPTION_LENGTH)
     origin = _origin(actor, reason, idempotency_key)
-    command = SchemaCommand("put_schema", key, origin, schema, description, expected_version)
+    command = SchemaOperation("put_schema", key, origin, schema, description, expected_version)
     done = _submit(command, timeout)
     written = _written(Schema, key, done, origin, schema=schema)
     return SchemaWritten(done.request_id, done.index, done.result["created"], written)
@@ -289,7 +289,7 @@ def schema_delete(
 ) -> SchemaDeleted:
     _schema_target(key)
     _conditions(expected_version, False, False)
-    command = SchemaCommand(
+    command = SchemaOperation(
         "delete_schema",
         key,
         _origin(actor, reason, idempotency_key),
@@ -317,7 +317,7 @@ def read_barrier(*, timeout: float | None = None) -> int:
     outcome = consensus.barrier(
         timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_READ_TIMEOUT")
     )
-    if isinstance(outcome, consensus.NotConfirmed):
+    if isinstance(outcome, consensus.TimedOut):
         raise exceptions.NotConfirmed(
             "the cluster did not confirm a linearizable read in time",
             request_id=outcome.request_id,
@@ -352,7 +352,7 @@ class _Done:
     result: dict
 
 
-def _submit(command: commands.Command, timeout: float | None, *, prevalidate=None) -> _Done:
+def _submit(command: commands.Operation, timeout: float | None, *, prevalidate=None) -> _Done:
     """Submit under a fresh request id and wait. Returns the committed outcome; raises for
     every other one. A command under an idempotency key this node already knows is not
     submitted (nor prevalidated: a retry gets its first outcome even if the state has moved
@@ -386,7 +386,7 @@ def _submit(command: commands.Command, timeout: float | None, *, prevalidate=Non
         fresh=True,
         timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_WRITE_TIMEOUT"),
     )
-    if isinstance(outcome, consensus.NotConfirmed):
+    if isinstance(outcome, consensus.TimedOut):
         raise exceptions.NotConfirmed(
             f"not confirmed in time: it may still commit; look up request {request_id}",
             request_id=request_id,

@@ -10,7 +10,7 @@ and the schemas that apply, in one statement); its writes are queued in the pipe
 
 Never raises for a bad command: a payload that is not a valid command, a version that does
 not match, a value its schema refuses -- each is applied as a rejected command, recorded in
-the history with its reason, and the state is unchanged. Everything decode() accepts is
+the history with its reason, and the state is unchanged. Everything decode() decodes is
 storable (configstore.validation), so no statement here fails on the content of a command.
 
 Idempotency keys (a command's origin.idempotency_key, "<actor>:<client key>") are decided
@@ -48,13 +48,13 @@ import json
 
 from configstore import identity, schemas
 from configstore.commands import (
-    AccessCommand,
+    AccessOperation,
     Malformed,
     Noop,
     Origin,
-    SchemaCommand,
+    SchemaOperation,
     Write,
-    WriteCommand,
+    WriteOperation,
     decode,
     fingerprint,
 )
@@ -162,9 +162,9 @@ def apply_command(cursor, slot: int, command: Command, node_id: str) -> tuple[st
     refusal = identity.authorize(cursor, decoded)
     if refusal is not None:
         return _reject(cursor, slot, command.request_id, decoded, refusal)
-    if isinstance(decoded, WriteCommand):
+    if isinstance(decoded, WriteOperation):
         return _apply_writes(cursor, slot, command.request_id, decoded)
-    if isinstance(decoded, AccessCommand):
+    if isinstance(decoded, AccessOperation):
         return _apply_access(cursor, slot, command.request_id, decoded)
     return _apply_schema(cursor, slot, command.request_id, decoded)
 
@@ -185,8 +185,8 @@ def apply_commands(
             decoded.append(decode(command.payload))
         except Malformed as error:
             decoded.append(error)
-    writes = [d for d in decoded if isinstance(d, WriteCommand)]
-    if not writes or any(isinstance(d, SchemaCommand | AccessCommand) for d in decoded):
+    writes = [d for d in decoded if isinstance(d, WriteOperation)]
+    if not writes or any(isinstance(d, SchemaOperation | AccessOperation) for d in decoded):
         return [apply_command(cursor, slot, c, node_id) for c in commands]
     # No access command in this slot: rights do not change within it, and they come with
     # the state the slot's writes need, in its one round trip.
@@ -207,9 +207,9 @@ def apply_commands(
 def _reject(cursor, slot: int, request_id: str, cmd, refusal: dict) -> tuple[str, dict]:
     """A command refused as a whole (forbidden, idempotency_key_reused): its rows in the
     history, nothing else changed."""
-    if isinstance(cmd, AccessCommand):
+    if isinstance(cmd, AccessOperation):
         identity.record(cursor, slot, request_id, cmd, REJECTED, refusal=refusal)
-    elif isinstance(cmd, SchemaCommand):
+    elif isinstance(cmd, SchemaOperation):
         _record_rejected_schema(cursor, slot, request_id, cmd, refusal)
     else:
         for write in cmd.writes:
@@ -217,14 +217,14 @@ def _reject(cursor, slot: int, request_id: str, cmd, refusal: dict) -> tuple[str
     return REJECTED, refusal
 
 
-def _apply_access(cursor, slot: int, request_id: str, cmd: AccessCommand) -> tuple[str, dict]:
+def _apply_access(cursor, slot: int, request_id: str, cmd: AccessOperation) -> tuple[str, dict]:
     return _apply_one(cursor, slot, request_id, cmd, identity.apply_access)
 
 
 # ---------------------------------------------------------------------------------- writes
 
 
-def _read_state(cursor, cmds: list[WriteCommand], *, with_rights: bool = False):
+def _read_state(cursor, cmds: list[WriteOperation], *, with_rights: bool = False):
     """(entries: key -> (version, created_index, description), attached schemas, idempotency
     records: key -> [fingerprint, request_id, index, outcome, result]) for every key, schema
     target and idempotency key the commands touch, in one round trip; `with_rights`: that
@@ -249,7 +249,7 @@ def _read_state(cursor, cmds: list[WriteCommand], *, with_rights: bool = False):
 
 
 def _apply_writes(
-    cursor, slot: int, request_id: str, cmd: WriteCommand, state: tuple | None = None
+    cursor, slot: int, request_id: str, cmd: WriteOperation, state: tuple | None = None
 ) -> tuple[str, dict]:
     """`state` (from _read_state, covering this command) is kept current as this writes."""
     entries, attached, records = state if state is not None else _read_state(cursor, [cmd])
@@ -262,7 +262,7 @@ def _apply_writes(
 
 
 def _write(
-    cursor, slot: int, request_id: str, cmd: WriteCommand, entries: dict, attached: dict
+    cursor, slot: int, request_id: str, cmd: WriteOperation, entries: dict, attached: dict
 ) -> tuple[str, dict]:
     def version_of(key: str) -> int:
         return entries[key][0] if key in entries else 0
@@ -336,7 +336,7 @@ def _conflict(key: str, expected, current: int, what: str = "") -> dict:
     }
 
 
-def _single_refusal(cmd: WriteCommand, version_of) -> dict | None:
+def _single_refusal(cmd: WriteOperation, version_of) -> dict | None:
     (w,) = cmd.writes
     current = version_of(w.key)
     if w.op == "delete" and not current:
@@ -350,7 +350,7 @@ def _single_refusal(cmd: WriteCommand, version_of) -> dict | None:
     return None
 
 
-def _txn_refusal(cmd: WriteCommand, version_of) -> dict | None:
+def _txn_refusal(cmd: WriteOperation, version_of) -> dict | None:
     failed = [
         {"key": c.key, "expected_version": c.version, "current_version": version_of(c.key) or None}
         for c in cmd.checks
@@ -373,7 +373,7 @@ def _txn_refusal(cmd: WriteCommand, version_of) -> dict | None:
     return {"error": "txn_failed", "detail": f"txn checks failed: {named}", "failed": failed}
 
 
-def _schema_refusal(cmd: WriteCommand, attached: dict) -> dict | None:
+def _schema_refusal(cmd: WriteOperation, attached: dict) -> dict | None:
     budget = schemas.Budget()  # one per command: a txn of many values is bounded too
     for write in cmd.writes:
         if write.op != "put":
@@ -407,7 +407,7 @@ def _origin_params(origin: Origin | None) -> dict:
 
 
 def _idempotent(
-    cursor, slot: int, request_id: str, cmd: WriteCommand | SchemaCommand, records: dict
+    cursor, slot: int, request_id: str, cmd: WriteOperation | SchemaOperation, records: dict
 ) -> tuple[str, dict] | None:
     """The outcome of a command whose idempotency key has a live record: the first one's
     (a replay: nothing written) or idempotency_key_reused (rejected history rows written).
@@ -434,7 +434,7 @@ def _remember(
     cursor,
     slot: int,
     request_id: str,
-    cmd: WriteCommand | SchemaCommand,
+    cmd: WriteOperation | SchemaOperation,
     outcome: str,
     result: dict,
     records: dict,
@@ -495,7 +495,7 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _apply_schema(cursor, slot: int, request_id: str, cmd: SchemaCommand) -> tuple[str, dict]:
+def _apply_schema(cursor, slot: int, request_id: str, cmd: SchemaOperation) -> tuple[str, dict]:
     return _apply_one(cursor, slot, request_id, cmd, _change_schema)
 
 
@@ -513,7 +513,7 @@ def _apply_one(cursor, slot: int, request_id: str, cmd, change) -> tuple[str, di
     return outcome, result
 
 
-def _record_rejected_schema(cursor, slot, request_id, cmd: SchemaCommand, refusal: dict) -> None:
+def _record_rejected_schema(cursor, slot, request_id, cmd: SchemaOperation, refusal: dict) -> None:
     cursor.execute(
         _REJECTED_SCHEMA,
         {
@@ -530,7 +530,7 @@ def _record_rejected_schema(cursor, slot, request_id, cmd: SchemaCommand, refusa
     )
 
 
-def _change_schema(cursor, slot: int, request_id: str, cmd: SchemaCommand) -> tuple[str, dict]:
+def _change_schema(cursor, slot: int, request_id: str, cmd: SchemaOperation) -> tuple[str, dict]:
     cursor.execute(
         "SELECT version, description, created_index FROM configstore_schema WHERE key = %s",
         [cmd.key],
@@ -571,7 +571,7 @@ def _change_schema(cursor, slot: int, request_id: str, cmd: SchemaCommand) -> tu
     }
 
 
-def _existing_values_refusal(cursor, cmd: SchemaCommand) -> dict | None:
+def _existing_values_refusal(cursor, cmd: SchemaOperation) -> dict | None:
     """A schema is attached only if every value it would govern already satisfies it: no
     node may hold a value its schema forbids."""
     if cmd.key.endswith("/"):

@@ -1,6 +1,6 @@
 """What a key, a prefix and a value may be. Pure functions, used both by the services
 (before a command is submitted) and by the state machine (again, when it is applied), so
-that a command the applier accepts can never make PostgreSQL fail: a statement error
+that a command the applier does not reject can never make PostgreSQL fail: a statement error
 inside the apply transaction would stop the node from applying anything after it.
 """
 
@@ -135,5 +135,5 @@ def _refuse_constant(name: str):
 
 
 def loads(text: str | bytes):
-    """Strict json.loads: NaN and Infinity are refused (Python accepts them by default)."""
+    """Strict json.loads: NaN and Infinity are refused (Python reads them by default)."""
     return json.loads(text, parse_constant=_refuse_constant)

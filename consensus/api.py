@@ -5,13 +5,13 @@ that rule.
 
 Everything here acts on this process's own node (Django settings: CONFIGSTORE_NODE_ID, its
 database and broker). Outcomes are typed: Committed / Rejected (the command was chosen and
-applied here; `result` is what the state machine returned for it) or NotConfirmed (not
+applied here; `result` is what the state machine returned for it) or TimedOut (not
 applied here in time: it may still commit; look it up later by its request id).
 
     submit(payload, request_id=, fresh=, timeout=)  a command; its outcome once applied here
     barrier(timeout=)           a linearizable read barrier: Committed(read id, index) once
                                 this node has applied everything acknowledged before the
-                                call (ReadIndex: no log slot), or NotConfirmed
+                                call (ReadIndex: no log slot), or TimedOut
     lookup(request_id)          the outcome of a request this node has applied, or None
     applied_index()             this node's applied index, read on the caller's Django
                                 connection: inside a transaction, the index of its snapshot
@@ -36,28 +36,28 @@ from django.db import connection
 
 from consensus.client import (
     Committed,
-    NotConfirmed,
     Outcome,
     Rejected,
     Subscription,
+    TimedOut,
     default_submitter,
 )
 from consensus.cluster import cluster_status, leader_contact_age, node_has_quorum
 from consensus.metrics import LATENCY_BUCKETS, REGISTRY, status_families
 from consensus.paxos import Command
-from consensus.storage import APPLIED_INDEX_SQL, StateMachine
+from consensus.storage import APPLIED_INDEX_SQL, ApplyCommands
 
 __all__ = [
     "APPLIED_INDEX_SQL",
     "LATENCY_BUCKETS",
     "REGISTRY",
+    "ApplyCommands",
     "Command",
     "Committed",
-    "NotConfirmed",
     "Outcome",
     "Rejected",
-    "StateMachine",
     "Subscription",
+    "TimedOut",
     "applied_index",
     "barrier",
     "cluster_status",
@@ -76,14 +76,14 @@ def submit(
     """Submit `payload` (a command the state machine decodes) and wait until this node has
     applied it, at most `timeout` seconds. A given `request_id` may be a retry: its outcome
     is looked up first, unless `fresh` says the id was just made; without one a fresh id is
-    made. Returns Committed, Rejected or NotConfirmed."""
+    made. Returns Committed, Rejected or TimedOut."""
     return default_submitter().submit(payload, request_id=request_id, fresh=fresh, timeout=timeout)
 
 
-def barrier(*, timeout: float) -> Committed | NotConfirmed:
+def barrier(*, timeout: float) -> Committed | TimedOut:
     """A linearizable read barrier, shared with the process's concurrent readers (never one
     asked for before this call): Committed(read id, index) once this node has applied
-    `index`, so a read of this node that follows is linearizable; NotConfirmed when the
+    `index`, so a read of this node that follows is linearizable; TimedOut when the
     cluster did not confirm it within `timeout` seconds."""
     return default_submitter().barrier(timeout=timeout)
 

@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class Applier:
-    def __init__(self, state_machine, node_id: str) -> None:
-        self.state_machine = state_machine
+    def __init__(self, apply_commands, node_id: str) -> None:
+        self.apply_commands = apply_commands
         self.node_id = node_id
         self.applied_slots = 0
         self.failures = 0
@@ -95,7 +95,7 @@ class Applier:
             started, learned_at = time.perf_counter(), self._learned_at
             try:
                 result = storage.apply_learned(
-                    self.state_machine,
+                    self.apply_commands,
                     self.node_id,
                     batch,
                     applied_index=self._applied_index,

@@ -12,7 +12,7 @@ outcomes (unless large), and wakes exactly their waiters, which read a large out
     submitter.submit(payload, timeout=5.0) ->
         Committed(request_id, slot, result)     chosen and applied here
         Rejected(request_id, slot, result)      chosen, but the state machine refused it
-        NotConfirmed(request_id)                not applied here in time: it may still
+        TimedOut(request_id)                    not applied here in time: it may still
                                                 commit; look it up later by request id
 
 Linearizable reads: `submitter.barrier(timeout)` asks this node's worker for a read index
@@ -66,11 +66,11 @@ class Rejected:
 
 
 @dataclass(frozen=True)
-class NotConfirmed:
+class TimedOut:
     request_id: str
 
 
-Outcome = Committed | Rejected | NotConfirmed
+Outcome = Committed | Rejected | TimedOut
 
 #: How often an unanswered read index request is sent again (the worker may have restarted).
 READ_RETRY = 1.0
@@ -93,7 +93,7 @@ class Subscription:
 @dataclass
 class _Barrier:
     request_id: str
-    outcome: Committed | NotConfirmed | None = None
+    outcome: Committed | TimedOut | None = None
 
 
 class Submitter:
@@ -186,7 +186,7 @@ class Submitter:
                 known = known or self.lookup(request_id)
                 if known is not None:
                     break
-            known = known or self.lookup(request_id) or NotConfirmed(request_id)
+            known = known or self.lookup(request_id) or TimedOut(request_id)
             metrics.COMMIT_SECONDS.labels(metrics.outcome_name(known)).observe(
                 time.perf_counter() - started
             )
@@ -196,13 +196,13 @@ class Submitter:
                 self._waiters.pop(request_id, None)
                 self._notified.pop(request_id, None)
 
-    def barrier(self, *, timeout: float = 5.0) -> Committed | NotConfirmed:
+    def barrier(self, *, timeout: float = 5.0) -> Committed | TimedOut:
         """A linearizable read barrier: when it returns Committed(read id, index), this node
         has applied every command acknowledged as committed (on any node) before this call
-        started, so a read of the local state that follows is linearizable. NotConfirmed:
+        started, so a read of the local state that follows is linearizable. TimedOut:
         the cluster could not confirm it in time.
 
-        Why sharing keeps that promise: a barrier B is a read index asked for at time t_B;
+        Why sharing keeps that guarantee: a barrier B is a read index asked for at time t_B;
         its index covers every slot chosen before t_B (see Node.read_index), and this
         node applies in slot order. A reader joins only a barrier that is still pending,
         i.e. not yet asked for: so t_B is after the reader started, and B orders the
@@ -228,9 +228,9 @@ class Submitter:
                     break  # this thread asks for it
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return NotConfirmed(joined.request_id)
+                    return TimedOut(joined.request_id)
                 self._barriers.wait(remaining)
-        outcome: Committed | NotConfirmed = NotConfirmed(joined.request_id)
+        outcome: Committed | TimedOut = TimedOut(joined.request_id)
         try:
             outcome = self._confirm_read(
                 joined.request_id, timeout=max(deadline - time.monotonic(), 0.0)
@@ -243,9 +243,9 @@ class Submitter:
                 self._barriers.notify_all()
         return outcome
 
-    def _confirm_read(self, read_id: str, *, timeout: float) -> Committed | NotConfirmed:
+    def _confirm_read(self, read_id: str, *, timeout: float) -> Committed | TimedOut:
         """Ask this node's worker for a read index (asked again every READ_RETRY), then wait
-        until this node has applied it: Committed(read_id, index), or NotConfirmed."""
+        until this node has applied it: Committed(read_id, index), or TimedOut."""
         deadline = time.monotonic() + timeout
         self._ensure_listener(timeout)
         event = threading.Event()
@@ -262,9 +262,9 @@ class Submitter:
                     with self._waiters_lock:
                         index = self._read_indexes.pop(read_id, None)
                 if index is None and time.monotonic() >= deadline:
-                    return NotConfirmed(read_id)
+                    return TimedOut(read_id)
             if not self._wait_applied(index, deadline):
-                return NotConfirmed(read_id)
+                return TimedOut(read_id)
             return Committed(read_id, index)
         finally:
             with self._waiters_lock:
@@ -407,7 +407,7 @@ class Submitter:
                 ) as conn:
                     conn.execute(f"LISTEN {APPLIED_CHANNEL}")
                     # Notifications sent while not listening are lost: every waiter checks
-                    # again, and subscribers learn the index from the database. (No query
+                    # again, and subscribers read the index from the database. (No query
                     # inside the notifies() loop below: psycopg 3.3 would hang.)
                     (index,) = conn.execute(f"SELECT {APPLIED_INDEX_SQL}").fetchone()
                     self._wake({"ids": None, "index": index})

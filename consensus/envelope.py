@@ -8,7 +8,7 @@ its freshness and an HMAC-SHA256 over its body with the cluster secret:
             "inc": "<ms>-<16 hex>", "seq": 7, "at": <ms>, "messages": [...]}
 
 Freshness is inside the MAC: `inc` is the sealing process's incarnation (its start time in
-ms and 64 random bits, chosen once per process), `seq` counts the envelopes that
+ms and 64 random bits, drawn once per process), `seq` counts the envelopes that
 incarnation sealed for that receiver (1, 2, ...), `at` is the sealing time in ms. A
 `Freshness` on the receiving side refuses an envelope sealed more than FRESH_FOR seconds
 from its own clock (nodes' clocks must agree that closely, as Celery's expiry already

@@ -136,7 +136,7 @@ class FromPeer:
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """Commands submitted at this node; their outcome is learned from the applied state."""
+    """Commands submitted at this node; their outcome is read from the applied state."""
 
     commands: Sequence[Command]
 

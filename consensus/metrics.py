@@ -60,9 +60,14 @@ for _outcome in ("committed", "not_confirmed"):
     BARRIERS.labels(_outcome)
 
 
+#: The published `outcome` label of each consensus.client outcome: a TimedOut is the
+#: API's 503 `not_confirmed` (submitted, not applied here in time: it may still commit).
+_OUTCOME_LABELS = {"Committed": "committed", "Rejected": "rejected", "TimedOut": "not_confirmed"}
+
+
 def outcome_name(outcome) -> str:
     """`committed`, `rejected` or `not_confirmed` for a consensus.client outcome."""
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", type(outcome).__name__).lower()
+    return _OUTCOME_LABELS[type(outcome).__name__]
 
 
 MAX_REASONS = 32
@@ -73,7 +78,7 @@ _REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _COUNTERS: tuple[tuple[str, str, dict[str, dict[str, str]]], ...] = (
     (
         "configstore_worker_tasks_in",
-        "Task messages the worker accepted (signed, fresh), by task",
+        "Task messages the worker authenticated (signed, fresh), by task",
         {"envelopes_in": {"task": "deliver"}, "submissions_in": {"task": "submit"}},
     ),
     (

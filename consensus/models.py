@@ -1,7 +1,7 @@
 """A node's durable Paxos state, in the node's own PostgreSQL database.
 
 Written only by the node's worker (consensus.runtime), in one transaction per core step;
-the web tier reads `AppliedRequest` to learn the outcome of what it submitted.
+the web tier reads `AppliedRequest` to find the outcome of what it submitted.
 """
 
 from django.db import models

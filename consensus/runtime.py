@@ -68,7 +68,7 @@ class NodeRuntime:
         node_id: str,
         peers: dict[str, str],
         secret: bytes,
-        state_machine,
+        apply_commands,
         transport: CeleryTransport,
         faults: Faults,
         core_options: dict | None = None,
@@ -78,12 +78,12 @@ class NodeRuntime:
         self.peers = peers
         self.nodes = tuple(sorted(peers))
         self.secret = secret
-        self.state_machine = state_machine
+        self.apply_commands = apply_commands
         self.transport = transport
         self.faults = faults
         self.config = Config(node_id=node_id, nodes=self.nodes, **(core_options or {}))
         self.counters: Counter[str] = Counter()
-        self.applier = Applier(state_machine, node_id)
+        self.applier = Applier(apply_commands, node_id)
         self.last_contact: dict[str, float] = {}
         self._lock = threading.RLock()
         self._status_at = 0.0
@@ -129,7 +129,7 @@ class NodeRuntime:
             node_id=settings.CONFIGSTORE_NODE_ID,
             peers=peers,
             secret=settings.CONFIGSTORE_SECRET.encode(),
-            state_machine=load_state_machine(settings.CONFIGSTORE_STATE_MACHINE),
+            apply_commands=load_state_machine(settings.CONFIGSTORE_STATE_MACHINE),
             transport=CeleryTransport(peers, max_bytes=settings.CONFIGSTORE_MAX_ENVELOPE_BYTES),
             faults=Faults(settings.CONFIGSTORE_FAULTS_FILE or None),
             core_options=settings.CONFIGSTORE_PAXOS,
@@ -174,7 +174,7 @@ class NodeRuntime:
     def _step(self, inputs: list[tuple[str, object]]) -> None:
         """The checked envelopes of `inputs` in one step of the host (one persist, one
         envelope per peer)."""
-        accepted: list[Input] = []
+        authenticated: list[Input] = []
         for task, envelope in inputs:
             opened = self._open(task, envelope)
             if opened is None:
@@ -182,16 +182,16 @@ class NodeRuntime:
             if opened.kind == "submit":
                 reads, commands = _split_reads(opened.commands)
                 if commands:
-                    accepted.append(Submission(commands))
+                    authenticated.append(Submission(commands))
                 if reads:
                     self.counters["reads_in"] += len(reads)
-                    accepted.append(ReadRequests(reads))
+                    authenticated.append(ReadRequests(reads))
             else:
-                accepted.append(FromPeer(opened.sender, opened.messages))
-        if not accepted:
+                authenticated.append(FromPeer(opened.sender, opened.messages))
+        if not authenticated:
             return
         with self._lock:
-            self.host.step(accepted)
+            self.host.step(authenticated)
 
     def _open(self, task: str, envelope) -> Opened | None:
         """The checked envelope of one input, or None (refused, dropped, counted)."""

@@ -43,9 +43,12 @@ READ_INDEX_PAYLOAD = "read_index"
 NOTIFY_LIMIT = 7000  # bytes per NOTIFY payload (PostgreSQL caps it at 8000)
 OUTCOME_LIMIT = 1000  # bytes: a larger outcome is not sent in the NOTIFY, only its id
 
-#: apply(cursor, slot, commands, node_id) -> [(outcome, result), ...], one per command, in
-#: order. Runs inside the apply transaction with a psycopg cursor; it must be deterministic.
-StateMachine = Callable[[object, int, list[Command], str], list[tuple[str, dict]]]
+#: The product's apply function (configstore.statemachine.apply_commands, loaded by the
+#: CONFIGSTORE_STATE_MACHINE setting): apply_commands(cursor, slot, commands, node_id) ->
+#: [(outcome, result), ...], one per command, in order. Runs inside the apply transaction
+#: with a psycopg cursor; it must be deterministic. The node host's StateMachine
+#: (consensus.host) is the applier (consensus.applier) that calls it.
+ApplyCommands = Callable[[object, int, list[Command], str], list[tuple[str, dict]]]
 
 _PROMISE = (
     "INSERT INTO consensus_acceptor_state (id, promised_round, promised_node) VALUES (1, %s, %s) "
@@ -193,7 +196,7 @@ def _write_acceptor(cursor, ready: Ready) -> None:
 
 
 def apply_chosen(
-    state_machine: StateMachine,
+    apply_commands: ApplyCommands,
     node_id: str,
     new_chosen: list[tuple[int, Value]] = (),
     *,
@@ -203,7 +206,7 @@ def apply_chosen(
     follow the applied index, in order and without gaps, at most `limit` of them, all in one
     transaction. Returns how many slots it applied (0: nothing to apply yet). Only the
     node's applier calls it."""
-    return apply_learned(state_machine, node_id, new_chosen, limit=limit).applied
+    return apply_learned(apply_commands, node_id, new_chosen, limit=limit).applied
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ class Applied:
 
 
 def apply_learned(
-    state_machine: StateMachine,
+    apply_commands: ApplyCommands,
     node_id: str,
     new_chosen: list[tuple[int, Value]] = (),
     *,
@@ -261,11 +264,11 @@ def apply_learned(
                 committed.append(
                     (slot, value if isinstance(value, Value) else Value.from_json(value))
                 )
-            outcomes = _apply(cursor, committed, state_machine, node_id)
+            outcomes = _apply(cursor, committed, apply_commands, node_id)
     return Applied(len(committed), applied_index + len(committed), more, tuple(outcomes))
 
 
-def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list[tuple[str, str]]:
+def _apply(cursor, committed, apply_commands: ApplyCommands, node_id: str) -> list[tuple[str, str]]:
     """Apply `committed` and record it; (outcome, rejection code or "") per command."""
     if not committed:
         return []
@@ -284,7 +287,7 @@ def _apply(cursor, committed, state_machine: StateMachine, node_id: str) -> list
         if not fresh:
             continue
         for command, (outcome, result) in zip(
-            fresh, state_machine(cursor, slot, fresh, node_id), strict=True
+            fresh, apply_commands(cursor, slot, fresh, node_id), strict=True
         ):
             done.add(command.request_id)
             code = result.get("error") if isinstance(result, dict) else None

@@ -4,7 +4,7 @@ After `CONFIGSTORE_TOKEN_FAILURE_LIMIT` failed token authentications from one ad
 a window of `CONFIGSTORE_TOKEN_FAILURE_WINDOW_S` seconds (the window opens at the first
 failure), every token authentication from that address is refused with 429
 `too_many_failures` and `Retry-After` until the window ends: a valid token too, so a guesser
-learns nothing while locked out. A limit of 0 turns the guard off.
+finds out nothing while locked out. A limit of 0 turns the guard off.
 
 Per process, which is per node (the web server runs one Django process a node): the counts
 live in memory, are not replicated and are lost on a restart. A guesser therefore gets at

@@ -19,7 +19,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from configstore.commands import Origin, Write, WriteCommand, encode
+from configstore.commands import Origin, Write, WriteOperation, encode
 from consensus.client import Committed
 
 pytestmark = pytest.mark.cluster
@@ -45,7 +45,7 @@ def shots():
 def seed(cluster, key: str, value) -> int:
     """Put a value through consensus, as the services do; returns its log index."""
     origin = Origin(at=datetime.now(UTC), actor="seed", reason="seed", node="n1")
-    payload = encode(WriteCommand("put", (Write("put", key, value),), origin))
+    payload = encode(WriteOperation("put", (Write("put", key, value),), origin))
     outcome = cluster.submitter("n1").submit(payload, timeout=10)
     assert isinstance(outcome, Committed), outcome
     return outcome.slot

@@ -13,9 +13,9 @@ from configstore.commands import (
     Malformed,
     Noop,
     Origin,
-    SchemaCommand,
+    SchemaOperation,
     Write,
-    WriteCommand,
+    WriteOperation,
     decode,
     encode,
 )
@@ -25,18 +25,18 @@ ORIGIN = Origin(
 )
 
 COMMANDS = [
-    WriteCommand("put", (Write("put", "a/b", {"x": [1, None]}, "desc", 3),), ORIGIN),
-    WriteCommand("put", (Write("put", "a", None, create_only=True),), ORIGIN),
-    WriteCommand("put", (Write("put", "a", "s", must_exist=True),), ORIGIN),
-    WriteCommand("delete", (Write("delete", "a", expected_version=2),), ORIGIN),
-    WriteCommand(
+    WriteOperation("put", (Write("put", "a/b", {"x": [1, None]}, "desc", 3),), ORIGIN),
+    WriteOperation("put", (Write("put", "a", None, create_only=True),), ORIGIN),
+    WriteOperation("put", (Write("put", "a", "s", must_exist=True),), ORIGIN),
+    WriteOperation("delete", (Write("delete", "a", expected_version=2),), ORIGIN),
+    WriteOperation(
         "txn",
         (Write("put", "a", 1), Write("delete", "b"), Write("put", "c", [], "d")),
         ORIGIN,
         (Check("a", 0), Check("z", 7)),
     ),
-    SchemaCommand("put_schema", "a/", ORIGIN, {"type": "integer"}, "ints", 1),
-    SchemaCommand("delete_schema", "a/b", ORIGIN, expected_version=None),
+    SchemaOperation("put_schema", "a/", ORIGIN, {"type": "integer"}, "ints", 1),
+    SchemaOperation("delete_schema", "a/b", ORIGIN, expected_version=None),
     Noop(),
 ]
 

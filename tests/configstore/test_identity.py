@@ -176,7 +176,7 @@ def test_bad_access_commands_are_rejected_and_change_nothing(alice):
 
 def test_access_commands_round_trip_through_their_json_form():
     origin = commands.Origin(at=datetime.fromisoformat(AT), actor="r", auth="token:t1")
-    command = commands.AccessCommand(
+    command = commands.AccessOperation(
         "put_group",
         "ops",
         origin,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consensus.client import Committed, NotConfirmed
+from consensus.client import Committed, TimedOut
 from consensus.envelope import seal
 from consensus.paxos import Accept, Ballot, Command, Prepare, Value
 from consensus.transport import CeleryTransport
@@ -113,7 +113,7 @@ class Writer(threading.Thread):
         super().__init__(daemon=True)
         self.cluster, self.nodes, self.timeout = cluster, list(nodes), timeout
         self.acked: list[tuple[float, float, Committed]] = []  # (submitted, acked, outcome)
-        self.unconfirmed: list[NotConfirmed] = []
+        self.unconfirmed: list[TimedOut] = []
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -213,7 +213,7 @@ def test_an_isolated_node_cannot_commit_and_converges_after_healing(make_cluster
         assert isinstance(outcome, Committed), outcome
         acked.append(outcome)
     lonely = [put(cluster, isolated, "isolated/key", k, timeout=1.0) for k in range(3)]
-    assert all(isinstance(o, NotConfirmed) for o in lonely), lonely
+    assert all(isinstance(o, TimedOut) for o in lonely), lonely
     assert cluster.submitter(isolated).lookup(lonely[0].request_id) is None
     cluster.heal()
     after = put(cluster, isolated, "isolated/after-heal", 1, timeout=10)

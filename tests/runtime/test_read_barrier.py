@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from consensus.client import Committed, NotConfirmed, Submitter
+from consensus.client import Committed, Submitter, TimedOut
 from consensus.storage import READ_INDEX_PAYLOAD
 from tests.linearizability.checker import check
 from tests.linearizability.history import OK, PUT, READ, UNKNOWN, Operation
@@ -35,7 +35,7 @@ class GatedSubmitter(Submitter):
             self.gates.append(gate)
             self.changed.notify_all()
         if not gate.wait(timeout):
-            return NotConfirmed(request_id)
+            return TimedOut(request_id)
         return Committed(request_id, len(self.submitted))
 
     def wait_submitted(self, count: int) -> None:
@@ -120,7 +120,7 @@ def test_a_reader_whose_time_runs_out_while_waiting_is_not_confirmed_and_nothing
     submitter.wait_submitted(1)
     (impatient,) = _start([Reader(submitter, timeout=0.1)])
     impatient.join(2)
-    assert isinstance(impatient.outcome, NotConfirmed)
+    assert isinstance(impatient.outcome, TimedOut)
     assert submitter.barriers_submitted == 1
 
     submitter.gates[0].set()
