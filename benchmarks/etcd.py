@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.http import Client, Endpoint, Request
-from consensus.localcluster import free_ports, stop_groups
+from devcluster.localcluster import free_ports, stop_groups
 
 SYSTEM_PORTS = (2379, 2380)
 INSTALL_HINT = "install it with: apt-get install -y etcd-server   (as root; Debian's etcd 3.4)"

@@ -265,7 +265,7 @@ def summary(label: str, times: list[float], base: list[float] | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from consensus.localcluster import LocalCluster, free_ports
+    from devcluster.localcluster import LocalCluster, free_ports
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--long-polls", type=int, default=1000)

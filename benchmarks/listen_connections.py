@@ -25,7 +25,7 @@ import requests
 
 
 def main(argv: list[str] | None = None) -> None:
-    from consensus.localcluster import LocalCluster, free_ports
+    from devcluster.localcluster import LocalCluster, free_ports
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(

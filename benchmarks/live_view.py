@@ -24,7 +24,7 @@ from pathlib import Path
 
 from configstore_client import Client, LiveView
 
-from consensus.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster
 
 
 def _per_second(call, seconds: float) -> float:

@@ -448,7 +448,7 @@ def load(cluster, stop: threading.Event, seed: int) -> None:
 
 
 def run(seconds: float, clients: int, kill_at: float | None) -> tuple[dict, list]:
-    from consensus.localcluster import LocalCluster, free_ports
+    from devcluster.localcluster import LocalCluster, free_ports
 
     data = Path(tempfile.mkdtemp(prefix="configstore-metrics-"))
     cluster = LocalCluster.from_environment(

@@ -1,4 +1,4 @@
-"""The configstore side: a fresh 3-node cluster with web servers (consensus.localcluster),
+"""The configstore side: a fresh 3-node cluster with web servers (devcluster.localcluster),
 the REST API's requests, and what a committed write costs inside the cluster.
 
 Costs, read around a phase:
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from benchmarks.http import Endpoint, Request
-from consensus.localcluster import LocalCluster, free_ports
+from devcluster.localcluster import LocalCluster, free_ports
 
 PREFERRED_BASE_PORT = 8201
 #: Workers publish their status (and counters) every 0.5 s.

@@ -2,7 +2,7 @@
 
 What a returning node costs a healthy 3-node cluster (issue "A node that comes back must
 not hurt the cluster"), measured on real processes through the web tier's submit API
-(consensus.localcluster, as `manage.py bench`), on the servers named by
+(devcluster.localcluster, as `manage.py bench`), on the servers named by
 CONFIGSTORE_CLUSTER_DATABASE_URL / _BROKER_URL (else embedded ones):
 
 for each count of writes: a follower's worker is SIGKILLed, that many writes commit
@@ -34,8 +34,8 @@ import psutil
 import redis
 
 from consensus.client import Committed
-from consensus.localcluster import LocalCluster
 from consensus.runtime import status_key
+from devcluster.localcluster import LocalCluster
 
 #: The issue's figures for today's code (catch-up seconds by writes while down).
 BEFORE = {5000: 34.0, 20000: 178.0, 50000: 142.0}

@@ -1,6 +1,6 @@
 """python -m benchmarks.restart_scale [--slots 1000,100000] [--clients 64] [--rounds 3]
 
-Does a worker's start cost grow with the log? One real 3-node cluster (consensus.localcluster,
+Does a worker's start cost grow with the log? One real 3-node cluster (devcluster.localcluster,
 on the servers named by CONFIGSTORE_CLUSTER_DATABASE_URL / _BROKER_URL, else embedded ones)
 is grown to each size of `--slots` in turn; at each size a follower's worker is SIGKILLed and
 started `--rounds` times, and printed: the time from its start until its core published a
@@ -31,7 +31,7 @@ from benchmarks.rejoin import (
     write,
 )
 from consensus.client import Committed
-from consensus.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster
 
 
 def _rows(cluster: LocalCluster, node: str) -> str:

@@ -35,8 +35,8 @@ import psutil
 import redis
 
 from consensus.client import Committed
-from consensus.localcluster import LocalCluster
 from consensus.runtime import status_key
+from devcluster.localcluster import LocalCluster
 
 
 def _payload(key: str) -> str:

@@ -1,5 +1,6 @@
 """Settings come from the environment; the README lists every one of them."""
 
+import importlib.util
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -65,6 +66,10 @@ INSTALLED_APPS = [
     "consensus",
     "configstore",
 ]
+# The tooling that runs clusters on one machine (devcluster/: the runcluster and bench
+# commands), where the package is present: a production node needs none of it.
+if importlib.util.find_spec("devcluster") is not None:
+    INSTALLED_APPS += ["devcluster"]
 
 MIDDLEWARE = [
     "configstore.metrics.RequestMetricsMiddleware",  # outermost: times the whole request

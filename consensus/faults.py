@@ -6,6 +6,9 @@ where each pair is (sender, receiver). Both ends check it (the sender before sen
 receiver before handing an envelope to its core), so a partition holds even for messages
 already queued when it was made. Every node of a local cluster reads the same file, and a
 test changes the network by rewriting it; the file is re-read when it changes.
+
+Part of the runtime, not of the tooling (devcluster/) that writes the file: every node's
+transport and envelope checks read it, and the file's format stays with its one reader.
 """
 
 from __future__ import annotations

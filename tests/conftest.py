@@ -1,7 +1,7 @@
 """Shared fixtures: the servers the real-cluster tests run on, and fresh clusters.
 
 Servers: where CONFIGSTORE_CLUSTER_DATABASE_URL / CONFIGSTORE_CLUSTER_BROKER_URL name
-templates (see consensus/localcluster.py), the tests use those servers; otherwise one
+templates (see devcluster/localcluster.py), the tests use those servers; otherwise one
 embedded PostgreSQL and one embedded Redis are started for the whole session.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from consensus.localcluster import BROKER_URL_ENV, DATABASE_URL_ENV, LocalCluster, free_ports
+from devcluster.localcluster import BROKER_URL_ENV, DATABASE_URL_ENV, LocalCluster, free_ports
 
 
 def _scratch(prefix: str) -> Path:
@@ -52,7 +52,7 @@ def servers():
     root = _scratch("configstore-servers-")
     try:
         if not db or not broker:
-            from consensus import embedded
+            from devcluster import embedded
 
             if not db:
                 pg = embedded.start_postgres(root / "postgres")

@@ -1,15 +1,20 @@
-"""Who may import what between the runtime and the product (docs/architecture.md, "Who may
-import what"): an AST walk of every module, so an import inside a function counts too.
+"""Who may import what between the runtime, the product and the tooling (docs/architecture.md,
+"Who may import what"): an AST walk of every module, so an import inside a function counts too.
 
 - The product (configstore/) imports from the runtime only its public modules, PUBLIC.
-- The runtime (consensus/, but for the tooling that runs clusters on one machine, DEV_TOOLING)
-  imports nothing of the product. Loading the state machine named by a setting
-  (consensus.runtime.load_state_machine) is not an import of a module named in the code.
+- The runtime (consensus/) imports nothing of the product. Loading the state machine named by
+  a setting (consensus.runtime.load_state_machine) is not an import of a module named in the
+  code.
+- Neither imports the tooling that runs clusters on one machine (TOOLING, devcluster/), which
+  may import both: a node runs without it.
 """
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The runtime's public modules: its API for the web tier and the state machine's types,
 #: and the worker's bootstep, which the product's Celery app installs (configstore/celery.py).
 PUBLIC = {"consensus.api", "consensus.worker"}
-#: Modules of consensus/ that run clusters on one machine (development and tests), exempt
-#: from "the runtime imports no product module" until they move to a package of their own.
-DEV_TOOLING = ("embedded.py", "localcluster.py", "bench.py", "faults.py", "management/")
+#: The tooling that runs clusters on one machine (development, tests, benchmarks).
+TOOLING = "devcluster"
 
 
 def _is_module(name: str, root: Path) -> bool:
@@ -81,14 +85,23 @@ def product_violations(root: Path = ROOT) -> list[str]:
 
 
 def runtime_violations(root: Path = ROOT) -> list[str]:
-    """Imports of a product module by a runtime module (dev tooling exempt)."""
-    runtime = root / "consensus"
+    """Imports of a product module by a runtime module."""
     return [
         f"{path.relative_to(root)}:{line} imports {module}"
-        for path in sorted(runtime.rglob("*.py"))
-        if not str(path.relative_to(runtime)).startswith(DEV_TOOLING)
+        for path in sorted((root / "consensus").rglob("*.py"))
         for line, module in _imports(path, root)
         if _within(module, "configstore")
+    ]
+
+
+def tooling_violations(root: Path = ROOT) -> list[str]:
+    """Imports of the tooling by a module of the runtime or the product."""
+    return [
+        f"{path.relative_to(root)}:{line} imports {module}"
+        for package in ("consensus", "configstore")
+        for path in sorted((root / package).rglob("*.py"))
+        for line, module in _imports(path, root)
+        if _within(module, TOOLING)
     ]
 
 
@@ -98,6 +111,32 @@ def test_the_product_imports_only_the_runtimes_public_modules():
 
 def test_the_runtime_imports_no_product_module():
     assert runtime_violations() == []
+
+
+def test_neither_the_runtime_nor_the_product_imports_the_tooling():
+    assert tooling_violations() == []
+
+
+def test_a_node_loads_its_apps_and_urls_without_the_tooling():
+    """With devcluster unimportable (as in the Docker image, which leaves it out), the settings
+    load, the apps and URLs load, and the node's own commands are there but not runcluster."""
+    script = f"""
+import sys
+sys.modules[{TOOLING!r}] = None  # absent: importing it fails, find_spec finds nothing
+import django
+django.setup()
+import configstore.urls, consensus.runtime, consensus.worker
+from django.core.management import get_commands
+commands = get_commands()
+assert "clusterstatus" in commands and "grant_app_role" in commands, sorted(commands)
+assert "runcluster" not in commands and "bench" not in commands, commands.get("runcluster")
+assert not [m for m in sys.modules if m.startswith({TOOLING!r} + ".")]
+"""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "configstore.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_public_modules_exist():
@@ -135,12 +174,35 @@ def test_a_product_module_importing_a_runtime_internal_is_named(tmp_path):
 
 
 def test_a_runtime_module_importing_the_product_is_named(tmp_path):
-    """runtime_violations on a copy of the tree: the tooling may import the product."""
-    for package in ("configstore", "consensus", "consensus/management"):
+    """runtime_violations on a copy of the tree: every module of consensus/ counts (its
+    management commands too); the tooling may import the product."""
+    for package in ("configstore", "consensus", "consensus/management", "devcluster"):
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text("")
     (tmp_path / "configstore" / "models.py").write_text("")
     (tmp_path / "consensus" / "storage.py").write_text("from configstore import models\n")
-    (tmp_path / "consensus" / "localcluster.py").write_text("import configstore.models\n")
     (tmp_path / "consensus" / "management" / "x.py").write_text("import configstore\n")
-    assert runtime_violations(tmp_path) == ["consensus/storage.py:1 imports configstore.models"]
+    (tmp_path / "devcluster" / "localcluster.py").write_text("import configstore.models\n")
+    assert runtime_violations(tmp_path) == [
+        "consensus/management/x.py:1 imports configstore",
+        "consensus/storage.py:1 imports configstore.models",
+    ]
+
+
+def test_a_runtime_or_product_module_importing_the_tooling_is_named(tmp_path):
+    """tooling_violations on a copy of the tree: the tooling may import both."""
+    for package in ("configstore", "consensus", "devcluster"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "devcluster" / "localcluster.py").write_text(
+        "import configstore\nfrom consensus import client\n"
+    )
+    (tmp_path / "consensus" / "client.py").write_text("")
+    (tmp_path / "consensus" / "runtime.py").write_text(
+        "def f():\n    from devcluster.localcluster import free_ports\n"
+    )
+    (tmp_path / "configstore" / "settings.py").write_text("import devcluster\n")
+    assert tooling_violations(tmp_path) == [
+        "consensus/runtime.py:2 imports devcluster.localcluster",
+        "configstore/settings.py:1 imports devcluster",
+    ]

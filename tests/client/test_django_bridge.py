@@ -22,7 +22,7 @@ import pytest
 import requests
 from configstore_client import Client
 
-from consensus.localcluster import free_ports
+from devcluster.localcluster import free_ports
 from tests.conftest import admin_web_cluster
 
 pytestmark = pytest.mark.cluster

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from consensus.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster
 from tests.conftest import start_cluster, stop_cluster
 
 pytestmark = pytest.mark.cluster

@@ -18,7 +18,7 @@ import pytest
 import requests
 from django.contrib.admin.utils import quote
 
-from consensus.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster
 from tests.configstore.admin_html import Page
 from tests.conftest import start_cluster, stop_cluster
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from consensus.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster
 from tests.conftest import start_cluster, stop_cluster
 
 pytestmark = pytest.mark.cluster

@@ -23,8 +23,8 @@ import psycopg
 import pytest
 import requests
 
-from consensus.localcluster import free_ports, stop_groups, web_server_args
 from consensus.runtime import status_key
+from devcluster.localcluster import free_ports, stop_groups, web_server_args
 from tests.conftest import admin_web_cluster
 
 pytestmark = pytest.mark.cluster

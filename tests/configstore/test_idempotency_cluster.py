@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from configstore.api.auth import hash_secret
-from consensus.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster
 from tests.conftest import start_cluster, stop_cluster
 
 pytestmark = pytest.mark.cluster

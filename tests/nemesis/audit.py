@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from consensus.localcluster import LocalCluster
 from consensus.paxos.types import Value
+from devcluster.localcluster import LocalCluster
 from tests.linearizability.history import CONFLICT, DELETE, NOT_FOUND, OK, PUT, Operation, canonical
 
 _CHOSEN_HASH = """

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from consensus.faults import isolate
-from consensus.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster
 
 FAULTS = (
     "kill-worker",

@@ -36,7 +36,6 @@ from datetime import UTC, datetime, timedelta
 import redis
 import requests
 
-from consensus.localcluster import LocalCluster
 from consensus.transport import (
     DELIVER_TASK,
     Undeliverable,
@@ -44,6 +43,7 @@ from consensus.transport import (
     read_task_message,
     task_message,
 )
+from devcluster.localcluster import LocalCluster
 
 PREFIX = "hostile"
 REDOS_PATTERN = "^(a+)+$"

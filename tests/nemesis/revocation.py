@@ -17,8 +17,8 @@ from collections import Counter
 
 import requests
 
-from consensus.localcluster import LocalCluster
 from consensus.paxos.types import Value
+from devcluster.localcluster import LocalCluster
 from tests.nemesis import workload
 
 PERMISSION = "configstore.change_entry"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import requests
 
-from consensus.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster
 from tests.linearizability.checker import Verdict, check
 from tests.linearizability.history import DELETE, PUT, History
 from tests.nemesis import workload

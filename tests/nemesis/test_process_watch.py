@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from consensus.localcluster import NodeProcesses
+from devcluster.localcluster import NodeProcesses
 from tests.nemesis.faults import Nemesis, ProcessWatch
 
 

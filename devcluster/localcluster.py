@@ -180,7 +180,7 @@ class LocalCluster:
             raise
 
     def _start(self) -> None:
-        from consensus.embedded import DirLock
+        from devcluster.embedded import DirLock
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
@@ -249,7 +249,7 @@ class LocalCluster:
         """Stop the node processes a previous owner of the data folder left running (it was
         killed with SIGKILL, so it stopped nothing): none may keep a port or consume an inbox.
         A listed pid counts only if its process started when the list says (no reused pid)."""
-        from consensus.embedded import process_if_alive
+        from devcluster.embedded import process_if_alive
 
         path = self.data_dir / NODE_PROCESSES_FILE
         try:
@@ -316,7 +316,7 @@ class LocalCluster:
         return value
 
     def _start_servers(self) -> None:
-        from consensus import embedded
+        from devcluster import embedded
 
         if self.database_url_template is None:
             self._pg = embedded.start_postgres(self.data_dir / "postgres")
@@ -655,7 +655,7 @@ class LocalCluster:
     def _respawn(self, node_id: str, role: str) -> None:
         """Start node_id's `role` process again after it exited; whatever is left of the dead
         one's group (a killed gunicorn master's workers, holding the port) is killed first."""
-        from consensus.embedded import kill_group_remains
+        from devcluster.embedded import kill_group_remains
 
         old = getattr(self.processes[node_id], role)
         if old is not None:

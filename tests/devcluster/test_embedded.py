@@ -25,7 +25,7 @@ from django.db import connections
 from django.db.backends.postgresql.base import DatabaseWrapper
 
 from configstore.settings import database_from_url
-from consensus.embedded import (
+from devcluster.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServerError,
@@ -162,7 +162,7 @@ _DYING_OWNER = textwrap.dedent("""
     import os, sys
     from pathlib import Path
     import psycopg, redis
-    from consensus.embedded import start_postgres, start_redis
+    from devcluster.embedded import start_postgres, start_redis
     pg_dir, redis_dir, value = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     pg = start_postgres(pg_dir)
     pg.create_database("store")

@@ -1,4 +1,4 @@
-"""python -m consensus.bench: the Paxos core's own speed, without I/O.
+"""python -m devcluster.bench: the Paxos core's own speed, without I/O.
 
 Three nodes in one process, no faults: each is the production loop (consensus.host's
 NodeHost) with its in-memory adapters; messages go straight from one node to another
@@ -83,7 +83,7 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m consensus.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devcluster.bench", description=__doc__)
     parser.add_argument("--commands", type=int, default=300_000)
     parser.add_argument("--chunk", type=int, default=100, help="commands per submit call")
     parser.add_argument("--window", type=int, default=64)

@@ -1,6 +1,6 @@
 """python manage.py runcluster [--nodes 3] [--data DIR] [--base-port 8001]
 
-Starts a real cluster on this machine (consensus.localcluster): each node with its own
+Starts a real cluster on this machine (devcluster.localcluster): each node with its own
 PostgreSQL database, Celery worker, broker queue and web server; creates an admin user on
 every node; prints the URLs and credentials. Servers: CONFIGSTORE_CLUSTER_DATABASE_URL /
 CONFIGSTORE_CLUSTER_BROKER_URL (templates with {node} / {index}) when set, else an embedded
@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 from django.core.management.base import BaseCommand
 
-from consensus.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

@@ -30,7 +30,7 @@ import psycopg
 from django.core.management.base import BaseCommand
 
 from consensus.client import Committed
-from consensus.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster
 
 
 def _payload(key: str, value: int) -> str:

@@ -29,8 +29,8 @@ import psutil
 import pytest
 import requests
 
-from consensus.embedded import DirLock, EmbeddedServerError
-from consensus.localcluster import (
+from devcluster.embedded import DirLock, EmbeddedServerError
+from devcluster.localcluster import (
     BROKER_URL_ENV,
     DATABASE_URL_ENV,
     NODE_PROCESSES_FILE,
