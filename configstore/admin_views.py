@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
@@ -57,7 +56,7 @@ class Failure:
 
 def _failure(error: exceptions.ConfigstoreError) -> Failure:
     """The one mapping of service errors (other than conflicts) to what the admin shows."""
-    node = settings.CONFIGSTORE_NODE_ID
+    node = consensus.node_id()
     if isinstance(error, exceptions.NoQuorum):
         return Failure(
             "Nothing was committed: the cluster has no quorum.",
@@ -68,7 +67,7 @@ def _failure(error: exceptions.ConfigstoreError) -> Failure:
             "unavailable",
         )
     if isinstance(error, exceptions.NotConfirmed):
-        seconds = conf.get("CONFIGSTORE_WRITE_TIMEOUT")
+        seconds = conf.store().write_timeout
         return Failure(
             "Not confirmed in time: your change may still commit.",
             f"It was submitted as request {error.request_id}, but node {node} did not see it "
@@ -165,7 +164,7 @@ class ReplicatedAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "app_label": self.opts.app_label,
-            "node_id": settings.CONFIGSTORE_NODE_ID,
+            "node_id": consensus.node_id(),
             "applied_index": selectors.applied_index(),
             "document_field": self.document_field,
             "changelist_url": self._url("changelist"),
@@ -607,7 +606,7 @@ def cluster_view(request):
             {
                 **node,
                 "is_leader": node["node_id"] == state["leader"],
-                "is_here": node["node_id"] == settings.CONFIGSTORE_NODE_ID,
+                "is_here": node["node_id"] == consensus.node_id(),
                 "age": round(now - node["time"], 1) if node.get("time") else None,
                 "contacts": [
                     {"peer": peer, "seconds": None if seconds is None else round(seconds, 1)}
@@ -621,7 +620,7 @@ def cluster_view(request):
         "title": "Cluster status",
         "state": state,
         "nodes": nodes,
-        "node_id": settings.CONFIGSTORE_NODE_ID,
+        "node_id": consensus.node_id(),
         "here_has_quorum": quorum,
         "refresh": int(refresh) if refresh.isdigit() and 0 < int(refresh) <= 60 else 0,
     }

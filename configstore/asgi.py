@@ -38,7 +38,7 @@ from configstore.wsgi import application as _django  # noqa: E402
 from a2wsgi import WSGIMiddleware  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from configstore import watch  # noqa: E402
+from configstore import conf, watch  # noqa: E402
 
 _PARK_HEADER = watch.PARK_HEADER.lower().encode()
 _PARK_TIMEOUT_HEADER = b"x-configstore-park-timeout"
@@ -216,7 +216,7 @@ def exit_with_server() -> None:
 exit_with_server()
 application = FrontEnd(
     _django,
-    threads=settings.CONFIGSTORE_WEB_THREADS,
-    body_timeout=settings.CONFIGSTORE_BODY_TIMEOUT,
+    threads=conf.store().web_threads,
+    body_timeout=conf.store().body_timeout,
     max_body=settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
 )

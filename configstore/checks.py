@@ -11,6 +11,8 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
+from consensus import conf
+
 MIN_SECRET_LENGTH = 32
 #: The development defaults of settings.py, and what any default or placeholder contains.
 DEVELOPMENT_SECRETS = ("dev-insecure-secret-key-change-me", "dev-cluster-secret-change-me")
@@ -38,13 +40,18 @@ _SECRETS = (
 )
 
 
+def _secret(name: str) -> str:
+    return conf.node().secret if name == "CONFIGSTORE_SECRET" else settings.SECRET_KEY
+
+
+
 @checks.register(checks.Tags.security)
 def check_secrets(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """An Error per weak secret with DEBUG off; a Warning with DEBUG on."""
     level = checks.Warning if settings.DEBUG else checks.Error
     found = []
     for name, check_id, purpose in _SECRETS:
-        weakness = secret_weakness(getattr(settings, name, ""))
+        weakness = secret_weakness(_secret(name))
         if weakness is not None:
             env = "DJANGO_SECRET_KEY" if name == "SECRET_KEY" else name
             found.append(

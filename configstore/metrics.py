@@ -11,12 +11,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import os
 import time
 from pathlib import Path
 
 import psutil
-from django.conf import settings
 from django.core.signals import request_finished
 from django.db import connections
 from django.http import HttpResponse
@@ -29,12 +27,13 @@ from prometheus_client import (
     multiprocess,
 )
 
+from configstore import conf
 from consensus import api as consensus
 
 log = logging.getLogger(__name__)
 
 #: Set by runcluster (one folder per node, emptied when its web server starts).
-MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+MULTIPROCESS = bool(conf.store().prometheus_multiproc_dir)
 
 
 def forget_dead_processes(folder: str) -> None:
@@ -47,7 +46,7 @@ def forget_dead_processes(folder: str) -> None:
 
 
 if MULTIPROCESS:
-    forget_dead_processes(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    forget_dead_processes(conf.store().prometheus_multiproc_dir)
 
 REQUEST_SECONDS = Histogram(
     "configstore_http_request_seconds",
@@ -114,7 +113,7 @@ class WorkerCollector:
     """The node's worker, from the status it published on its broker."""
 
     def collect(self):
-        node_id = settings.CONFIGSTORE_NODE_ID
+        node_id = consensus.node_id()
         view = consensus.cluster_status()
         mine = next((n for n in view["nodes"] if n["node_id"] == node_id), None)
         status = mine if mine and mine["reachable"] else None
@@ -141,7 +140,7 @@ def scrape() -> bytes:
 
 def allowed(request) -> tuple[bool, int]:
     """Whether `request` may scrape, and the status to answer when not."""
-    token = settings.CONFIGSTORE_METRICS_TOKEN
+    token = conf.store().metrics_token
     if token:
         given = request.headers.get("Authorization", "").encode()
         return hmac.compare_digest(given, f"Bearer {token}".encode()), 401

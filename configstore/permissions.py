@@ -26,7 +26,7 @@ _CACHE = "_configstore_prefix_cache"
 
 
 def anonymous_reads() -> bool:
-    return bool(conf.get("CONFIGSTORE_ANONYMOUS_READS"))
+    return conf.store().anonymous_reads
 
 
 def _prefixes(user) -> dict[str, list[str]]:

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.conf import settings
-
 from configstore import commands, conf, exceptions, schemas, selectors
 from configstore.commands import Check, Origin, SchemaOperation, Write, WriteOperation
 from configstore.models import Entry, IdempotencyRecord, Schema
@@ -219,7 +217,7 @@ def entry_txn(
             writes.append(Write("put", op.key, op.value, op.description))
         else:
             writes.append(Write("delete", op.key))
-    limit = conf.get("CONFIGSTORE_MAX_TXN_BYTES")
+    limit = conf.store().max_txn_bytes
     if total > limit:
         raise exceptions.TooLarge(
             f"the txn's values total {total} bytes, over the limit of {limit}",
@@ -315,7 +313,7 @@ def read_barrier(*, timeout: float | None = None) -> int:
         )
     # Shared with this process's concurrent readers: never one submitted before this call.
     outcome = consensus.barrier(
-        timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_READ_TIMEOUT")
+        timeout=timeout if timeout is not None else conf.store().read_timeout
     )
     if isinstance(outcome, consensus.TimedOut):
         raise exceptions.NotConfirmed(
@@ -384,7 +382,7 @@ def _submit(command: commands.Operation, timeout: float | None, *, prevalidate=N
         payload,
         request_id=request_id,
         fresh=True,
-        timeout=timeout if timeout is not None else conf.get("CONFIGSTORE_WRITE_TIMEOUT"),
+        timeout=timeout if timeout is not None else conf.store().write_timeout,
     )
     if isinstance(outcome, consensus.TimedOut):
         raise exceptions.NotConfirmed(
@@ -472,7 +470,7 @@ def _origin(actor: str | Actor, reason: str, idempotency_key: str | None = None)
         at=datetime.now(UTC),
         actor=actor,
         reason=reason,
-        node=settings.CONFIGSTORE_NODE_ID,
+        node=consensus.node_id(),
         idempotency_key=idempotency_key,
         auth=auth,
     )
@@ -500,7 +498,7 @@ def _value(value: object, *, field: str = "value") -> int:
     except InvalidValue as error:
         raise exceptions.InvalidInput(str(error), field=field) from None
     size = json_size(value)
-    limit = conf.get("CONFIGSTORE_MAX_VALUE_BYTES")
+    limit = conf.store().max_value_bytes
     if size > limit:
         raise exceptions.TooLarge(
             f"{field} is {size} bytes as JSON, over the limit of {limit}", size=size, limit=limit

@@ -1,4 +1,7 @@
-"""Settings come from the environment; the README lists every one of them."""
+"""Django's settings. Every setting of a node comes from the environment, declared once
+(typed, validated, documented) in consensus/conf.py (the runtime's) and configstore/conf.py
+(the config store's and the deployment's); they are read here, once, and a bad value stops
+the process at start. The README's settings table is generated from those declarations."""
 
 import importlib.util
 import os
@@ -6,13 +9,19 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
+
+from configstore.conf import StoreSettings
+from consensus.conf import NodeSettings, SettingError, from_environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-
-def env(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+try:
+    CONFIGSTORE_NODE = from_environ(NodeSettings, os.environ)
+    CONFIGSTORE = from_environ(StoreSettings, os.environ)
+except SettingError as error:
+    raise ImproperlyConfigured(f"bad setting: {error}") from None
 
 
 def database_from_url(url: str) -> dict:
@@ -35,8 +44,8 @@ def database_from_url(url: str) -> dict:
         "OPTIONS": {
             "pool": {
                 "min_size": 1,
-                "max_size": int(env("CONFIGSTORE_DB_POOL_SIZE", "8")),
-                "timeout": float(env("CONFIGSTORE_DB_POOL_TIMEOUT_MS", "5000")) / 1000,
+                "max_size": CONFIGSTORE.db_pool_size,
+                "timeout": CONFIGSTORE.db_pool_timeout,
             },
             **query,
         },
@@ -46,14 +55,9 @@ def database_from_url(url: str) -> dict:
     }
 
 
-SECRET_KEY = env("DJANGO_SECRET_KEY", "dev-insecure-secret-key-change-me")
-DEBUG = env("DJANGO_DEBUG", "0") == "1"
-ALLOWED_HOSTS = [h for h in env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
-
-# This node's id and the cluster: "n1=redis://127.0.0.1:6379/0,n2=...,n3=...".
-CONFIGSTORE_NODE_ID = env("CONFIGSTORE_NODE_ID", "n1")
-CONFIGSTORE_PEERS = env("CONFIGSTORE_PEERS", "n1=redis://127.0.0.1:6379/0")
-CONFIGSTORE_SECRET = env("CONFIGSTORE_SECRET", "dev-cluster-secret-change-me")
+SECRET_KEY = CONFIGSTORE.django_secret_key
+DEBUG = CONFIGSTORE.debug
+ALLOWED_HOSTS = CONFIGSTORE.allowed_hosts
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -84,13 +88,6 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "configstore.urls"
 WSGI_APPLICATION = "configstore.wsgi.application"
-# The web server (configstore.asgi under granian): Django runs in this many threads per
-# process; a request body must arrive whole within the body timeout (else 408).
-# `/metrics` (configstore.metrics): a bearer token the scraper must send; unset, only
-# loopback clients may scrape.
-CONFIGSTORE_METRICS_TOKEN = env("CONFIGSTORE_METRICS_TOKEN")
-CONFIGSTORE_WEB_THREADS = int(env("CONFIGSTORE_WEB_THREADS", "16"))
-CONFIGSTORE_BODY_TIMEOUT = float(env("CONFIGSTORE_BODY_TIMEOUT_MS", "10000")) / 1000
 
 TEMPLATES = [
     {
@@ -109,18 +106,10 @@ TEMPLATES = [
 
 DATABASES = {
     "default": database_from_url(
-        env(
-            "DATABASE_URL",
-            f"postgresql://postgres@127.0.0.1:5432/configstore_{CONFIGSTORE_NODE_ID}",
-        )
+        CONFIGSTORE.database_url
+        or f"postgresql://postgres@127.0.0.1:5432/configstore_{CONFIGSTORE_NODE.node_id}"
     )
 }
-# Least privilege (consensus/dbroles.py): when set, `manage.py migrate` (run as the tables'
-# owner) creates this role and grants it row access only, the audit history append-only;
-# the web server and the worker then connect as it (their DATABASE_URL names it).
-CONFIGSTORE_APP_DB_ROLE = env("CONFIGSTORE_APP_DB_ROLE")
-# Set on that role at each migrate when given (servers that require passwords).
-CONFIGSTORE_APP_DB_PASSWORD = env("CONFIGSTORE_APP_DB_PASSWORD")
 
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en-us"
@@ -132,7 +121,7 @@ STATIC_ROOT = BASE_DIR / "data" / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Celery carries Paxos messages only: JSON, no pickle, fire-and-forget.
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+CELERY_BROKER_URL = CONFIGSTORE.broker_url
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -144,27 +133,11 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env("CONFIGSTORE_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": CONFIGSTORE.log_level},
 }
 
 # The replicated state machine: apply(cursor, slot, commands, node_id) -> [(outcome, result)].
 CONFIGSTORE_STATE_MACHINE = "configstore.statemachine.apply_commands"
-# Test-only fault switches (see consensus/faults.py); off unless this names a file.
-CONFIGSTORE_FAULTS_FILE = env("CONFIGSTORE_FAULTS_FILE")
-# How often the worker ticks the Paxos core, and the core's timings (consensus.paxos.Config).
-CONFIGSTORE_TICK_SECONDS = float(env("CONFIGSTORE_TICK_MS", "10")) / 1000
-CONFIGSTORE_PAXOS = {
-    "heartbeat_interval": float(env("CONFIGSTORE_HEARTBEAT_MS", "50")) / 1000,
-    "election_timeout": float(env("CONFIGSTORE_ELECTION_TIMEOUT_MS", "300")) / 1000,
-    "retransmit_interval": float(env("CONFIGSTORE_RETRANSMIT_MS", "200")) / 1000,
-    # A small window makes commands that arrive while slots are in flight share the next
-    # slot: batching under load, no waiting when idle.
-    "window": int(env("CONFIGSTORE_WINDOW", "2")),
-    "forward_interval": float(env("CONFIGSTORE_FORWARD_MS", "5")) / 1000,
-    "max_batch": int(env("CONFIGSTORE_MAX_BATCH", "512")),
-    # Catch-up streamed to a returning node, at most (0: unlimited; see the README).
-    "catchup_bytes_per_second": float(env("CONFIGSTORE_CATCHUP_KB_PER_S", "128")) * 1024,
-}
 # Celery in the node's worker: fire-and-forget Paxos envelopes only.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 16
 CELERY_TASK_ACKS_LATE = False
@@ -172,7 +145,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The node's inbox is consumed without acks: a Paxos envelope lost with a crashed worker is
 # just a lost message (the protocol retransmits), and acks cost most of a Celery hop.
-_INBOX = f"consensus.{CONFIGSTORE_NODE_ID}"
+_INBOX = f"consensus.{CONFIGSTORE_NODE.node_id}"
 CELERY_TASK_QUEUES = [
     Queue(_INBOX, Exchange(_INBOX, type="direct"), routing_key=_INBOX, no_ack=True)
 ]
@@ -184,14 +157,10 @@ if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
 # No remote control: anyone who can publish on the broker could otherwise shut the worker
 # down with a broadcast, and its mailbox costs start-up time.
 CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
-# A queue item longer than this is dropped before it is decoded; the protocol's own
-# envelopes stay far below it (the largest write, CONFIGSTORE_MAX_TXN_BYTES, fits with its
-# encoding).
-CONFIGSTORE_MAX_ENVELOPE_BYTES = int(env("CONFIGSTORE_MAX_ENVELOPE_BYTES", str(16 * 1024 * 1024)))
 
 # --- config store API ---
-# The REST API (configstore.api) and the config store's own settings (configstore/conf.py
-# has the defaults). Every error is JSON {"error", "detail"} (configstore.api.errors).
+# The REST API (configstore.api). Every error is JSON {"error", "detail"}
+# (configstore.api.errors).
 INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
 REST_FRAMEWORK = {
     # Token first: a request without credentials gets 401 with WWW-Authenticate: Token.
@@ -222,14 +191,9 @@ SPECTACULAR_SETTINGS = {
         "configstore.api.openapi.postprocess",
     ],
 }
-CONFIGSTORE_MAX_VALUE_BYTES = int(env("CONFIGSTORE_MAX_VALUE_BYTES", str(1024 * 1024)))
-CONFIGSTORE_MAX_TXN_BYTES = int(env("CONFIGSTORE_MAX_TXN_BYTES", str(4 * 1024 * 1024)))
-CONFIGSTORE_WRITE_TIMEOUT = float(env("CONFIGSTORE_WRITE_TIMEOUT_MS", "5000")) / 1000
-CONFIGSTORE_READ_TIMEOUT = float(env("CONFIGSTORE_READ_TIMEOUT_MS", "5000")) / 1000
-CONFIGSTORE_ANONYMOUS_READS = env("CONFIGSTORE_ANONYMOUS_READS", "0") == "1"
 # Request bodies up to a whole txn: escaped JSON may be larger than its compact size. Past
 # this, the API answers 413.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * CONFIGSTORE_MAX_TXN_BYTES + 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * CONFIGSTORE.max_txn_bytes + 1024 * 1024
 
 # --- brute-force protection (README, "Brute-force protection") ---
 # Admin login: django-axes, lockouts per node (its own database's axes_accessattempt table):
@@ -243,8 +207,8 @@ AUTHENTICATION_BACKENDS = [
     # Logins check the replicated users without ever writing them.
     "configstore.auth_backend.ReplicatedUserBackend",
 ]
-AXES_FAILURE_LIMIT = int(env("CONFIGSTORE_LOGIN_FAILURE_LIMIT", "5"))
-AXES_COOLOFF_TIME = timedelta(minutes=float(env("CONFIGSTORE_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_FAILURE_LIMIT = CONFIGSTORE.login_failure_limit
+AXES_COOLOFF_TIME = timedelta(minutes=CONFIGSTORE.login_cooloff_minutes)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "configstore.api.throttle.client_address"
@@ -252,6 +216,5 @@ AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
 AXES_LOCKOUT_CALLABLE = "configstore.admin_lockout.lockout_response"
 AXES_ENABLE_ADMIN = False  # unlock with `manage.py axes_reset_username <user>` on the node
 AXES_DISABLE_ACCESS_LOG = True  # no row per successful login, kept forever
-# Token authentication (configstore.api.throttle): per process, i.e. per node.
-CONFIGSTORE_TOKEN_FAILURE_LIMIT = int(env("CONFIGSTORE_TOKEN_FAILURE_LIMIT", "50"))
-CONFIGSTORE_TOKEN_FAILURE_WINDOW = float(env("CONFIGSTORE_TOKEN_FAILURE_WINDOW_S", "60"))
+# Token authentication (configstore.api.throttle): per process, i.e. per node; its limits
+# are CONFIGSTORE.token_failure_limit and token_failure_window.

@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl, urlencode
 from django.db import DatabaseError, connection
 from django.http import HttpResponse
 
+from configstore import conf
 from configstore.selectors import changes_since, key_changed_since, snapshot, touched_keys
 from consensus import api as consensus
 
@@ -245,17 +246,10 @@ class AppliedWatcher:
                 waiter.wake()
 
 
-_watcher: AppliedWatcher | None = None
-_watcher_lock = threading.Lock()
-
-
 def applied_watcher() -> AppliedWatcher:
-    """This process's watcher (its node's: the one the consensus API serves)."""
-    global _watcher
-    with _watcher_lock:
-        if _watcher is None:
-            _watcher = AppliedWatcher()
-        return _watcher
+    """This process's watcher (its node's: the one the consensus API serves; kept by
+    configstore.conf)."""
+    return conf.kept("watcher", AppliedWatcher)
 
 
 def _parking(request) -> tuple[bool, float | None]:

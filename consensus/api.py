@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 from django.db import connection
 
+from consensus import conf
 from consensus.client import (
     Committed,
     Outcome,
@@ -63,6 +64,7 @@ __all__ = [
     "cluster_status",
     "leader_contact_age",
     "lookup",
+    "node_id",
     "node_has_quorum",
     "status_families",
     "submit",
@@ -91,6 +93,11 @@ def barrier(*, timeout: float) -> Committed | TimedOut:
 def lookup(request_id: str) -> Committed | Rejected | None:
     """The outcome of a request id this node has applied, or None (not yet, or never)."""
     return default_submitter().lookup(request_id)
+
+
+def node_id() -> str:
+    """This process's node (CONFIGSTORE_NODE_ID, consensus.conf)."""
+    return conf.node().node_id
 
 
 def applied_index() -> int:

@@ -13,7 +13,6 @@ when it may hold slots it was not handed (at start, after a gap or a failure).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter, deque
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class Applier:
-    def __init__(self, apply_commands, node_id: str) -> None:
+    def __init__(self, apply_commands, node_id: str, *, trace: bool = False) -> None:
         self.apply_commands = apply_commands
         self.node_id = node_id
         self.applied_slots = 0
@@ -38,7 +37,7 @@ class Applier:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         #: Log every apply's timings (CONFIGSTORE_TRACE_STEPS=1, as the runtime's steps).
-        self.trace = os.environ.get("CONFIGSTORE_TRACE_STEPS") == "1"
+        self.trace = trace
         self._learned_at = 0.0
         self._applied_index: int | None = None  # as this thread left it; None: read it
         self._behind = True  # the chosen log may hold slots to apply that we were not handed

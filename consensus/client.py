@@ -469,25 +469,20 @@ def _release_django_connection() -> None:
         connection.close()
 
 
-_default: Submitter | None = None
-_default_lock = threading.Lock()
-
-
 def default_submitter() -> Submitter:
-    """The submitter of this process's own node, from Django settings."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            from django.conf import settings
+    """The submitter of this process's own node (consensus.conf: one per process)."""
+    from django.conf import settings
 
-            from consensus.transport import parse_peers
+    from consensus import conf
 
-            peers = parse_peers(settings.CONFIGSTORE_PEERS)
-            _default = Submitter(
-                node_id=settings.CONFIGSTORE_NODE_ID,
-                dsn=dsn_from_django(settings.DATABASES["default"]),
-                broker_url=peers[settings.CONFIGSTORE_NODE_ID],
-                secret=settings.CONFIGSTORE_SECRET.encode(),
-                before_wait=_release_django_connection,
-            )
-        return _default
+    def make() -> Submitter:
+        node = conf.node()
+        return Submitter(
+            node_id=node.node_id,
+            dsn=dsn_from_django(settings.DATABASES["default"]),
+            broker_url=node.broker_url,
+            secret=node.secret.encode(),
+            before_wait=_release_django_connection,
+        )
+
+    return conf.process().get("consensus.submitter", make)

@@ -13,10 +13,9 @@ import math
 import time
 
 import redis
-from django.conf import settings
 
+from consensus import conf
 from consensus.runtime import status_key
-from consensus.transport import parse_peers
 
 STALE = 3.0
 log = logging.getLogger(__name__)
@@ -32,20 +31,36 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-_clients: dict[str, redis.Redis] = {}
-
-
-def _client(broker_url: str) -> redis.Redis:
-    """One client (with its connection pool) per broker, reused across calls."""
-    if broker_url not in _clients:
-        _clients[broker_url] = redis.Redis.from_url(
-            broker_url, socket_timeout=0.5, socket_connect_timeout=0.5
-        )
-    return _clients[broker_url]
-
-
 WARN_EVERY = 60.0
-_warned: dict[str, float] = {}
+#: How long node_has_quorum reuses a status it read: the status itself is published
+#: every 0.5 s, and every write and linearizable read asks.
+QUORUM_CHECK_REUSE = 0.1
+
+
+class _Reader:
+    """What this process keeps to read statuses (one per process, consensus.conf): a Redis
+    client (with its connection pool) per broker, the statuses read recently, and when a
+    malformed status was last logged per node."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, redis.Redis] = {}
+        self.recent: dict[str, tuple[float, dict | None]] = {}
+        self.warned: dict[str, float] = {}
+
+    def client(self, broker_url: str) -> redis.Redis:
+        if broker_url not in self.clients:
+            self.clients[broker_url] = redis.Redis.from_url(
+                broker_url, socket_timeout=0.5, socket_connect_timeout=0.5
+            )
+        return self.clients[broker_url]
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+
+def _reader() -> _Reader:
+    return conf.process().get("consensus.status_reader", _Reader)
 
 
 def parse_status(raw: bytes | str) -> dict | None:
@@ -70,16 +85,17 @@ def parse_status(raw: bytes | str) -> dict | None:
 def read_status(node_id: str, broker_url: str) -> dict | None:
     """The node's status as it published it, or None when it is missing, older than STALE
     seconds, malformed or unreadable (the broker down)."""
+    reader = _reader()
     try:
-        raw = _client(broker_url).get(status_key(node_id))
+        raw = reader.client(broker_url).get(status_key(node_id))
     except redis.RedisError:
         return None
     if raw is None:
         return None
     status = parse_status(raw)
     if status is None:
-        if time.monotonic() - _warned.get(node_id, -1e9) > WARN_EVERY:  # not once per request
-            _warned[node_id] = time.monotonic()
+        if time.monotonic() - reader.warned.get(node_id, -1e9) > WARN_EVERY:  # not per request
+            reader.warned[node_id] = time.monotonic()
             log.warning("the status of %s on its broker is malformed: treated as unknown", node_id)
         return None
     return status if time.time() - status["time"] <= STALE else None
@@ -88,7 +104,7 @@ def read_status(node_id: str, broker_url: str) -> dict | None:
 def cluster_status(peers: dict[str, str] | None = None) -> dict:
     """Every node's id, reachability, view of the leader, ballot, chosen and applied index,
     and lag behind the most advanced node."""
-    peers = peers or parse_peers(settings.CONFIGSTORE_PEERS)
+    peers = peers or conf.node().peers
     nodes = []
     for node_id, url in sorted(peers.items()):
         status = read_status(node_id, url)
@@ -108,21 +124,17 @@ def cluster_status(peers: dict[str, str] | None = None) -> dict:
     }
 
 
-#: How long node_has_quorum reuses a status it read: the status itself is published
-#: every 0.5 s, and every write and linearizable read asks.
-QUORUM_CHECK_REUSE = 0.1
-_recent: dict[str, tuple[float, dict | None]] = {}
-
-
 def node_has_quorum(node_id: str | None = None) -> tuple[bool, dict | None]:
     """Whether this node can reach a quorum: it is the leader and heard from a quorum
     recently, or it follows a leader it heard from recently. Returns (ok, its status)."""
-    node_id = node_id or settings.CONFIGSTORE_NODE_ID
+    node = conf.node()
+    node_id = node_id or node.node_id
     now = time.monotonic()
-    read_at, status = _recent.get(node_id, (-1e9, None))
+    recent = _reader().recent
+    read_at, status = recent.get(node_id, (-1e9, None))
     if now - read_at > QUORUM_CHECK_REUSE:
-        status = read_status(node_id, parse_peers(settings.CONFIGSTORE_PEERS)[node_id])
-        _recent[node_id] = (now, status)
+        status = read_status(node_id, node.peers[node_id])
+        recent[node_id] = (now, status)
     if status is None:
         return False, None
     return bool(status.get("quorum")), status

@@ -147,14 +147,13 @@ def with_user(url: str, user: str, password: str | None = None) -> str:
 def grant_after_migrate(using: str = "default", **kwargs) -> None:
     """post_migrate handler (consensus/apps.py): grant CONFIGSTORE_APP_DB_ROLE its privileges
     on the database just migrated; nothing when the setting is empty."""
-    from django.conf import settings
     from django.db import connections
 
-    role = getattr(settings, "CONFIGSTORE_APP_DB_ROLE", "")
+    from consensus import conf
+
+    role = conf.node().app_db_role
     if not role:
         return
     connection = connections[using]
     connection.ensure_connection()
-    grant_app_role(
-        connection.connection, role, getattr(settings, "CONFIGSTORE_APP_DB_PASSWORD", "") or None
-    )
+    grant_app_role(connection.connection, role, conf.node().app_db_password or None)

@@ -115,29 +115,13 @@ class Sealer:
         return self._seal(body, now)
 
 
-_sealers: dict[tuple[bytes, str], Sealer] = {}
-_sealers_lock = threading.Lock()
-
-
 def process_sealer(secret: bytes, sender: str) -> Sealer:
-    """This process's sealer for `sender`: one incarnation per process (a forked child gets
-    its own, see below)."""
-    with _sealers_lock:
-        sealer = _sealers.get((secret, sender))
-        if sealer is None:
-            sealer = _sealers[(secret, sender)] = Sealer(secret, sender)
-        return sealer
+    """This process's sealer for `sender`: one incarnation per process (kept by
+    consensus.conf, which gives a forked child its own: reusing its parent's incarnation
+    and sequence numbers would make receivers take its envelopes for replays)."""
+    from consensus import conf
 
-
-def _forget_sealers_in_child() -> None:
-    # A forked child (a web server's worker process) must not reuse its parent's
-    # incarnation and sequence numbers: the receiver would take its envelopes for replays.
-    global _sealers_lock
-    _sealers.clear()
-    _sealers_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_sealers_in_child)
+    return conf.process().get(("consensus.sealer", secret, sender), lambda: Sealer(secret, sender))
 
 
 def seal(secret: bytes, sender: str, to: str, messages: list[Message]) -> dict:

@@ -76,14 +76,17 @@ class Drops:
             return {f"{self.prefix}{reason}": n for reason, n in self.counts.items()}
 
 
-#: The drops of this process's inbox (the worker has one).
-drops = Drops()
+def drops() -> Drops:
+    """The drops of this process's inbox (the worker has one; kept by consensus.conf)."""
+    from consensus import conf
+
+    return conf.process().get("consensus.inbox_drops", Drops)
 
 
 def max_bytes() -> int:
-    from django.conf import settings
+    from consensus import conf
 
-    return settings.CONFIGSTORE_MAX_ENVELOPE_BYTES
+    return conf.node().max_envelope_bytes
 
 
 class Oversized(int):
@@ -131,16 +134,16 @@ def _guard_item(queue: bytes | str, item: bytes) -> bytes | None:
     """The item rebuilt as a task message of this transport, or None (dropped, counted)."""
     name = queue.decode(errors="replace") if isinstance(queue, bytes) else queue
     if isinstance(item, Oversized):
-        drops.drop("oversized", f"on {name[:80]!r}: {int(item)} bytes, more than {max_bytes()}")
+        drops().drop("oversized", f"on {name[:80]!r}: {int(item)} bytes, more than {max_bytes()}")
         return None
     try:
         message = read_task_message(item, max_bytes())
         if message.expired():  # Celery would discard it too, uncounted
-            drops.drop("expired", f"on {name[:80]!r}: {message.task} past its expiry")
+            drops().drop("expired", f"on {name[:80]!r}: {message.task} past its expiry")
             return None
         return message.canonical(name).encode()
     except Undeliverable as undeliverable:
-        drops.drop(undeliverable.reason, f"on {name[:80]!r}: {undeliverable}")
+        drops().drop(undeliverable.reason, f"on {name[:80]!r}: {undeliverable}")
         return None
 
 

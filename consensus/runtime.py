@@ -29,7 +29,7 @@ from importlib import import_module
 import redis
 from django.conf import settings
 
-from consensus import inbox, storage
+from consensus import conf, inbox, storage
 from consensus.applier import Applier
 from consensus.envelope import BadEnvelope, Freshness, Opened, Sealer, open_envelope
 from consensus.faults import Faults
@@ -41,7 +41,6 @@ from consensus.transport import (
     CeleryTransport,
     EnvelopeTransport,
     Inbox,
-    parse_peers,
 )
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ DRAIN_ROUNDS = 8  # steps of drained messages per task execution, at most (ticks
 
 
 def status_key(node_id: str) -> str:
-    return f"configstore:status:{node_id}"
+    return f"consensus:status:{node_id}"
 
 
 def load_state_machine(path: str):
@@ -73,6 +72,7 @@ class NodeRuntime:
         faults: Faults,
         core_options: dict | None = None,
         max_envelope_bytes: int = 16 * 1024 * 1024,
+        trace: bool = False,
     ) -> None:
         self.node_id = node_id
         self.peers = peers
@@ -83,20 +83,20 @@ class NodeRuntime:
         self.faults = faults
         self.config = Config(node_id=node_id, nodes=self.nodes, **(core_options or {}))
         self.counters: Counter[str] = Counter()
-        self.applier = Applier(apply_commands, node_id)
+        self.applier = Applier(apply_commands, node_id, trace=trace)
         self.last_contact: dict[str, float] = {}
         self._lock = threading.RLock()
         self._status_at = 0.0
         self._tick_failure_logged = float("-inf")
         self._redis = None
         #: Envelopes this worker seals (its incarnation) and the freshness of those it
-        #: receives; queue items dropped before decoding count in consensus.inbox.drops.
+        #: receives; queue items dropped before decoding count in consensus.inbox.drops().
         self.sealer = Sealer(secret, node_id)
         self.freshness = Freshness()
         self.refusals = inbox.Drops(prefix="refused_", what="an envelope")
         self.max_envelope_bytes = max_envelope_bytes
         self.inbox = Inbox(
-            node_id, peers[node_id], max_bytes=max_envelope_bytes, refused=inbox.drops.drop
+            node_id, peers[node_id], max_bytes=max_envelope_bytes, refused=inbox.drops().drop
         )
         #: Drained messages that carry a delay (the test-only fault switch): (eta, task,
         #: envelope), handled by the tick once due.
@@ -115,25 +115,22 @@ class NodeRuntime:
             clock=MonotonicClock(),
             rng=random.Random(int.from_bytes(os.urandom(8), "big")),
             #: Log every step's timings (CONFIGSTORE_TRACE_STEPS=1): for profiling only.
-            trace=os.environ.get("CONFIGSTORE_TRACE_STEPS") == "1",
+            trace=trace,
         )
 
     @classmethod
     def from_settings(cls) -> NodeRuntime:
-        peers = parse_peers(settings.CONFIGSTORE_PEERS)
-        if settings.CONFIGSTORE_NODE_ID not in peers:
-            raise ValueError(
-                f"CONFIGSTORE_NODE_ID {settings.CONFIGSTORE_NODE_ID!r} is not in CONFIGSTORE_PEERS"
-            )
+        node = conf.node()
         return cls(
-            node_id=settings.CONFIGSTORE_NODE_ID,
-            peers=peers,
-            secret=settings.CONFIGSTORE_SECRET.encode(),
+            node_id=node.node_id,
+            peers=node.peers,
+            secret=node.secret.encode(),
             apply_commands=load_state_machine(settings.CONFIGSTORE_STATE_MACHINE),
-            transport=CeleryTransport(peers, max_bytes=settings.CONFIGSTORE_MAX_ENVELOPE_BYTES),
-            faults=Faults(settings.CONFIGSTORE_FAULTS_FILE or None),
-            core_options=settings.CONFIGSTORE_PAXOS,
-            max_envelope_bytes=settings.CONFIGSTORE_MAX_ENVELOPE_BYTES,
+            transport=CeleryTransport(node.peers, max_bytes=node.max_envelope_bytes),
+            faults=Faults(node.faults_file or None),
+            core_options=node.core_options(),
+            max_envelope_bytes=node.max_envelope_bytes,
+            trace=node.trace_steps,
         )
 
     # ------------------------------------------------------------------ inputs
@@ -163,7 +160,7 @@ class NodeRuntime:
             for message in drained:
                 eta = message.eta_timestamp()
                 if message.expired():
-                    inbox.drops.drop("expired", f"{message.task} past its expiry")
+                    inbox.drops().drop("expired", f"{message.task} past its expiry")
                 elif eta is not None and eta > now:
                     self.counters["drained_delayed"] += 1
                     self._delayed.append((eta, message.task, message.envelope))
@@ -259,7 +256,7 @@ class NodeRuntime:
             "counters": {
                 **self.counters,
                 **self.refusals.snapshot(),
-                **inbox.drops.snapshot(),
+                **inbox.drops().snapshot(),
                 "send_errors": self.transport.send_errors,
                 "oversized_out": self.transport.oversized,
                 "slots_applied": self.applier.applied_slots,
@@ -290,13 +287,10 @@ def _split_reads(commands) -> tuple[list[str], list]:
     return reads, [c for c in commands if c.payload != storage.READ_INDEX_PAYLOAD]
 
 
-_current: NodeRuntime | None = None
-
-
 def current() -> NodeRuntime | None:
-    return _current
+    """This process's node runtime while its worker runs (consensus.worker), else None."""
+    return conf.process().runtime
 
 
 def set_current(runtime: NodeRuntime | None) -> None:
-    global _current
-    _current = runtime
+    conf.process().runtime = runtime

@@ -47,21 +47,6 @@ def queue_name(node_id: str) -> str:
     return f"consensus.{node_id}"
 
 
-def parse_peers(text: str) -> dict[str, str]:
-    """'n1=redis://h1:6379/0,n2=...' -> {'n1': 'redis://h1:6379/0', ...}"""
-    peers: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        node_id, sep, url = item.partition("=")
-        if not sep or not node_id.strip() or not url.strip():
-            raise ValueError(f"CONFIGSTORE_PEERS entry {item!r} is not id=broker-url")
-        if node_id.strip() in peers:
-            raise ValueError(f"CONFIGSTORE_PEERS names {node_id.strip()!r} twice")
-        peers[node_id.strip()] = url.strip()
-    if not peers:
-        raise ValueError("CONFIGSTORE_PEERS is empty")
-    return peers
-
-
 def sender_app() -> Celery:
     """A Celery app used only to publish: the connection (so the broker) is given per call,
     since Celery's broker_url setting (and CELERY_BROKER_URL) names only one broker."""

@@ -9,9 +9,8 @@ import time
 
 import psutil
 from celery import bootsteps
-from django.conf import settings
 
-from consensus import runtime
+from consensus import conf, runtime
 from consensus.transport import queue_name
 
 log = logging.getLogger(__name__)
@@ -25,7 +24,7 @@ class PaxosNode(bootsteps.StartStopStep):
         self.tref = None
 
     def start(self, worker) -> None:
-        queue = queue_name(settings.CONFIGSTORE_NODE_ID)
+        queue = queue_name(conf.node().node_id)
         consuming = set(worker.app.amqp.queues.consume_from or {})
         if queue not in consuming:
             log.info("this worker does not consume %s: no Paxos node here", queue)
@@ -33,7 +32,7 @@ class PaxosNode(bootsteps.StartStopStep):
         node = runtime.NodeRuntime.from_settings()
         node.applier.start()
         runtime.set_current(node)
-        interval = settings.CONFIGSTORE_TICK_SECONDS
+        interval = conf.node().tick
         self.tref = worker.timer.call_repeatedly(interval, node.tick, priority=10)
         log.warning(
             "Paxos node %s ticking every %.0f ms, %.2f s after its process started",

@@ -63,6 +63,7 @@ import redis
 
 from consensus.client import Submitter
 from consensus.cluster import cluster_status
+from consensus.conf import from_environ, setting, text
 from consensus.dbroles import APP_ROLE, ensure_app_role, grant_app_role, with_user
 from consensus.faults import isolate, write_faults
 
@@ -71,6 +72,28 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL_ENV = "CONFIGSTORE_CLUSTER_DATABASE_URL"
 BROKER_URL_ENV = "CONFIGSTORE_CLUSTER_BROKER_URL"
+
+
+@dataclass(frozen=True)
+class DevclusterSettings:
+    """The servers of clusters run on one machine (runcluster, the tests, the benchmarks)."""
+
+    database_url_template: str | None = setting(
+        DATABASE_URL_ENV,
+        None,
+        text,
+        "runcluster/tests/bench: database URL template with `{node}`, as the tables' owner "
+        "(the node processes connect as `configstore_app`, created on that server); unset = "
+        "embedded PostgreSQL",
+        shown_default="unset",
+    )
+    broker_url_template: str | None = setting(
+        BROKER_URL_ENV,
+        None,
+        text,
+        "runcluster/tests/bench: broker URL template with `{index}`; unset = embedded Redis",
+        shown_default="unset",
+    )
 
 
 #: Length in hex digits of the secrets generated for a cluster (256 bits).
@@ -160,10 +183,11 @@ class LocalCluster:
 
     @classmethod
     def from_environment(cls, data_dir: Path, **kwargs) -> LocalCluster:
+        servers = from_environ(DevclusterSettings, os.environ)
         return cls(
             data_dir,
-            database_url_template=os.environ.get(DATABASE_URL_ENV) or None,
-            broker_url_template=os.environ.get(BROKER_URL_ENV) or None,
+            database_url_template=servers.database_url_template or None,
+            broker_url_template=servers.broker_url_template or None,
             **kwargs,
         )
 

@@ -39,6 +39,27 @@ BROKER_INDEX_OFFSET = (
 ) * BROKER_INDEXES_PER_WORKER
 
 
+@pytest.fixture
+def configure(settings):
+    """`configure(max_value_bytes=100, ...)`: change fields of the typed settings
+    (consensus.conf.NodeSettings, configstore.conf.StoreSettings) for one test."""
+    import dataclasses
+
+    from consensus.conf import NodeSettings
+
+    node_fields = {f.name for f in dataclasses.fields(NodeSettings)}
+
+    def change(**fields) -> None:
+        node = {k: v for k, v in fields.items() if k in node_fields}
+        store = {k: v for k, v in fields.items() if k not in node_fields}
+        if node:
+            settings.CONFIGSTORE_NODE = dataclasses.replace(settings.CONFIGSTORE_NODE, **node)
+        if store:
+            settings.CONFIGSTORE = dataclasses.replace(settings.CONFIGSTORE, **store)
+
+    return change
+
+
 @pytest.fixture(scope="session")
 def servers():
     """(database URL template, broker URL template) for every cluster of the session. Under

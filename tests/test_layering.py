@@ -22,8 +22,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 #: The runtime's public modules: its API for the web tier and the state machine's types,
-#: and the worker's bootstep, which the product's Celery app installs (configstore/celery.py).
-PUBLIC = {"consensus.api", "consensus.worker"}
+#: the worker's bootstep, which the product's Celery app installs (configstore/celery.py),
+#: and the settings machinery and process objects (consensus.conf), which the product's
+#: own settings use.
+PUBLIC = {"consensus.api", "consensus.worker", "consensus.conf"}
 #: The tooling that runs clusters on one machine (development, tests, benchmarks).
 TOOLING = "devcluster"
 

@@ -25,15 +25,22 @@ from django.db import connection
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 
+from configstore import conf
 from configstore.api import throttle
 from configstore.identity import TokenLimits
 from configstore.models import ApiToken
 
 TOKEN_ATTRIBUTE = "_configstore_token"
 LAST_USE_EVERY = 60.0  # seconds between two writes of a token's last use, per process
-_last_use: dict[str, float] = {}
-_last_use_lock = threading.Lock()
 _LAST_USE_KEPT = 10_000
+
+
+class _LastUse:
+    """When this process last wrote each token's last use (kept by configstore.conf)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.written: dict[str, float] = {}
 
 
 def hash_secret(secret: str) -> str:
@@ -101,12 +108,13 @@ class TokenAuthentication(authentication.TokenAuthentication):
 
 def _note_use(token_id: str) -> None:
     now = time.monotonic()
-    with _last_use_lock:
-        if now - _last_use.get(token_id, -LAST_USE_EVERY) < LAST_USE_EVERY:
+    last_use = conf.kept("token_last_use", _LastUse)
+    with last_use.lock:
+        if now - last_use.written.get(token_id, -LAST_USE_EVERY) < LAST_USE_EVERY:
             return
-        if len(_last_use) >= _LAST_USE_KEPT:
-            _last_use.clear()
-        _last_use[token_id] = now
+        if len(last_use.written) >= _LAST_USE_KEPT:
+            last_use.written.clear()
+        last_use.written[token_id] = now
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO configstore_token_use (token_id, last_used_at) VALUES (%s, now()) "

@@ -91,7 +91,9 @@ class FailureCounter:
 
 
 #: This process's counter.
-failures = FailureCounter()
+def failures() -> FailureCounter:
+    """This process's counter (kept by configstore.conf)."""
+    return conf.kept("token_failures", FailureCounter)
 
 
 def client_address(request) -> str | None:
@@ -101,7 +103,7 @@ def client_address(request) -> str | None:
 
 
 def _limits() -> tuple[int, float]:
-    return conf.get("CONFIGSTORE_TOKEN_FAILURE_LIMIT"), conf.get("CONFIGSTORE_TOKEN_FAILURE_WINDOW")
+    return conf.store().token_failure_limit, conf.store().token_failure_window
 
 
 def before_token_lookup(request) -> None:
@@ -111,7 +113,7 @@ def before_token_lookup(request) -> None:
     if limit <= 0:
         return
     address = client_address(request) or ""
-    wait = failures.locked_for(address, time.monotonic(), limit=limit, window=window)
+    wait = failures().locked_for(address, time.monotonic(), limit=limit, window=window)
     if wait > 0:
         raise TooManyFailures(wait)
 
@@ -122,7 +124,7 @@ def token_lookup_failed(request) -> None:
     limit, window = _limits()
     if limit > 0:
         address = client_address(request) or ""
-        failures.record_failure(address, time.monotonic(), window=window)
+        failures().record_failure(address, time.monotonic(), window=window)
 
 
 @contextlib.contextmanager

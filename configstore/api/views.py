@@ -13,7 +13,6 @@ import json
 import re
 import time
 
-from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -785,7 +784,7 @@ class ClusterView(ApiView):
         index = selectors.applied_index()
         return Response(
             {
-                "node_id": settings.CONFIGSTORE_NODE_ID,
+                "node_id": consensus.node_id(),
                 "applied_index": index,
                 **consensus.cluster_status(),
             },
@@ -837,7 +836,7 @@ def healthz(request) -> JsonResponse:
         index, database = None, False
     status = status or {}
     body = {
-        "node_id": settings.CONFIGSTORE_NODE_ID,
+        "node_id": consensus.node_id(),
         "quorum": quorum,
         "database": database,
         "applied_index": index,

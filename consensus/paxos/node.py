@@ -116,16 +116,18 @@ class Config:
     heartbeat_interval: float = 0.05
     #: A follower waits a random time in [election_timeout, 2 * election_timeout).
     election_timeout: float = 0.3
-    retransmit_interval: float = 0.1
-    #: Slots proposed and not yet chosen, at most.
-    window: int = 64
+    retransmit_interval: float = 0.2
+    #: Slots proposed and not yet chosen, at most. A small window makes commands that
+    #: arrive while slots are in flight share the next slot: batching under load, no
+    #: waiting when idle.
+    window: int = 2
     #: Commands per slot, at most.
-    max_batch: int = 1024
+    max_batch: int = 512
     #: Bytes of commands per slot (Value.size), at most (a larger command goes alone).
     max_batch_bytes: int = 1 << 20
     #: A follower forwards new commands at once if it forwarded nothing for this long, and
     #: otherwise with its next tick: under load, many submissions share one Forward.
-    forward_interval: float = 0.0
+    forward_interval: float = 0.005
     #: Slots per catch-up chunk, at most.
     max_catchup: int = 256
     #: Bytes per catch-up chunk, promise chunk, Accept and Forward, at most (a larger

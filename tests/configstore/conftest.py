@@ -17,11 +17,11 @@ from django.contrib.auth.models import Group, Permission, User
 from django.db import connection
 from rest_framework.test import APIClient
 
-from configstore import watch
 from configstore.access import new_secret
 from configstore.models import ApiToken, PrefixPermission
 from configstore.statemachine import apply_commands
-from consensus import client, storage
+from consensus import conf, storage
+from consensus.conf import parse_peers
 from consensus.paxos import Command, Value
 
 AT = "2026-11-27T12:00:00+00:00"
@@ -33,10 +33,7 @@ def _side_connections_closed(django_db_setup, django_db_blocker):
     """The submitter (its listener, which the watcher subscribes to) holds its own
     connections to the test database: close them before pytest-django drops it."""
     yield
-    if watch._watcher is not None:
-        watch._watcher.stop()
-    if client._default is not None:
-        client._default.close()
+    conf.reset_process()
     if not connection.settings_dict["NAME"].startswith("test_"):
         return  # no test of this session used the database
     with django_db_blocker.unblock(), connection.cursor() as cursor:
@@ -47,9 +44,8 @@ def _side_connections_closed(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(autouse=True)
-def _no_cluster(settings):
-    settings.CONFIGSTORE_PEERS = UNREACHABLE_PEERS
-    settings.CONFIGSTORE_NODE_ID = "n1"
+def _no_cluster(settings, configure):
+    configure(peers=parse_peers(UNREACHABLE_PEERS), node_id="n1")
     # Set-up writes users, groups and tokens straight into this one test database
     # (configstore.identity_guard refuses that outside tests).
     settings.CONFIGSTORE_ALLOW_LOCAL_IDENTITY_WRITES = True

@@ -15,6 +15,7 @@ from django.test import Client
 
 from configstore.admin_diff import DiffLine, preview, value_diff
 from configstore.models import AccessHistory, History, PrefixPermission
+from consensus.conf import parse_peers
 from tests.configstore.admin_html import Page
 from tests.configstore.conftest import payload, replicated_state
 
@@ -190,8 +191,8 @@ def test_a_save_with_bad_input_is_refused_with_the_input_kept_and_changes_nothin
     assert replicated_state() == before
 
 
-def test_a_value_over_the_size_limit_is_refused_on_the_value(seeded, people, settings):
-    settings.CONFIGSTORE_MAX_VALUE_BYTES = 100
+def test_a_value_over_the_size_limit_is_refused_on_the_value(seeded, people, settings, configure):
+    configure(max_value_bytes=100)
     form = page(people["admin"].get(change_url("payments/timeout")))
     before = replicated_state()
     again = page(
@@ -513,8 +514,10 @@ def test_only_access_managers_see_the_identity_pages(seeded, people):
         assert people["viewer"].get(path).status_code == 403, path
 
 
-def test_the_cluster_page_shows_every_node_and_the_index_links_it(seeded, people, settings):
-    settings.CONFIGSTORE_PEERS = ",".join(f"n{i}=redis://127.0.0.1:1/{i}" for i in (1, 2, 3))
+def test_the_cluster_page_shows_every_node_and_the_index_links_it(
+    seeded, people, settings, configure
+):
+    configure(peers=parse_peers(",".join(f"n{i}=redis://127.0.0.1:1/{i}" for i in (1, 2, 3))))
     index = page(people["admin"].get("/admin/"))
     assert index.href("Cluster status") == "/admin/cluster/"
     cluster = page(people["viewer"].get("/admin/cluster/"))

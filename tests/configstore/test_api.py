@@ -168,8 +168,8 @@ def test_a_body_over_the_upload_limit_is_413(seeded, clients, settings):
     assert replicated_state() == before
 
 
-def test_the_value_size_limit_is_a_setting(seeded, clients, settings):
-    settings.CONFIGSTORE_MAX_VALUE_BYTES = 100
+def test_the_value_size_limit_is_a_setting(seeded, clients, settings, configure):
+    configure(max_value_bytes=100)
     response = send(clients["admin"], "put", KEYS + "k", {"value": "x" * 200})
     assert response.status_code == 413
     assert response.json()["limit"] == 100
@@ -315,8 +315,8 @@ def test_a_user_without_any_read_right_is_refused(seeded, clients):
         assert (response.status_code, error_of(response)) == (403, "permission_denied"), path
 
 
-def test_anonymous_reads_when_the_setting_allows_them(seeded, clients, settings):
-    settings.CONFIGSTORE_ANONYMOUS_READS = True
+def test_anonymous_reads_when_the_setting_allows_them(seeded, clients, settings, configure):
+    configure(anonymous_reads=True)
     anonymous = clients["anonymous"]
     assert anonymous.get(KEYS + "other/flag?consistency=stale").json()["value"] is True
     assert anonymous.get("/api/v1/history/?consistency=stale").json()["count"] == 6

@@ -188,10 +188,10 @@ def test_the_csv_export_neutralises_formulas(seeded, clients):
 # ------------------------------------------------------------------- the secrets
 
 
-def test_the_development_secrets_fail_the_check_with_debug_off(settings):
+def test_the_development_secrets_fail_the_check_with_debug_off(settings, configure):
     settings.DEBUG = False
     settings.SECRET_KEY = "dev-insecure-secret-key-change-me"
-    settings.CONFIGSTORE_SECRET = "dev-cluster-secret-change-me"
+    configure(secret="dev-cluster-secret-change-me")
     found = check_secrets()
     assert [(type(m), m.id) for m in found] == [
         (Error, "configstore.E001"),
@@ -202,19 +202,19 @@ def test_the_development_secrets_fail_the_check_with_debug_off(settings):
 @pytest.mark.parametrize(
     "weak", ["short-but-random-9Xq", "x" * 40, "django-insecure-" + "a1b2c3" * 6]
 )
-def test_a_short_or_placeholder_secret_fails_the_check(settings, weak):
+def test_a_short_or_placeholder_secret_fails_the_check(settings, weak, configure):
     settings.DEBUG = False
     settings.SECRET_KEY = STRONG
-    settings.CONFIGSTORE_SECRET = weak
+    configure(secret=weak)
     assert [m.id for m in check_secrets() if m.is_serious()] == ["configstore.E001"]
 
 
-def test_with_debug_on_a_weak_secret_is_a_warning_and_strong_ones_pass(settings):
+def test_with_debug_on_a_weak_secret_is_a_warning_and_strong_ones_pass(settings, configure):
     settings.DEBUG = True
     settings.SECRET_KEY = STRONG
-    settings.CONFIGSTORE_SECRET = "dev-cluster-secret-change-me"
+    configure(secret="dev-cluster-secret-change-me")
     assert [type(m) for m in check_secrets()] == [Warning]
-    settings.CONFIGSTORE_SECRET = STRONG[::-1]
+    configure(secret=STRONG[::-1])
     assert check_secrets() == []
 
 

@@ -20,9 +20,9 @@ LIMIT, WINDOW = 3, 60.0
 
 @pytest.fixture(autouse=True)
 def _fresh_counter():
-    throttle.failures.clear()
+    throttle.failures().clear()
     yield
-    throttle.failures.clear()
+    throttle.failures().clear()
 
 
 # --- the counter, pure: time is an argument ---
@@ -79,9 +79,9 @@ def test_failures_counted_from_many_threads_are_all_counted():
 
 
 @pytest.fixture
-def limits(settings):
-    settings.CONFIGSTORE_TOKEN_FAILURE_LIMIT = LIMIT
-    settings.CONFIGSTORE_TOKEN_FAILURE_WINDOW = WINDOW
+def limits(settings, configure):
+    configure(token_failure_limit=LIMIT)
+    configure(token_failure_window=WINDOW)
 
 
 def bad_token_client(**extra) -> APIClient:
@@ -122,8 +122,8 @@ def test_malformed_and_inactive_tokens_count_as_failures(db, limits):
     assert inactive.get(KEY).status_code == 429
 
 
-def test_a_limit_of_zero_turns_the_guard_off(db, settings):
-    settings.CONFIGSTORE_TOKEN_FAILURE_LIMIT = 0
+def test_a_limit_of_zero_turns_the_guard_off(db, settings, configure):
+    configure(token_failure_limit=0)
     bad = bad_token_client()
     assert {bad.get(KEY).status_code for _ in range(20)} == {401}
 

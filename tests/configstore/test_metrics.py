@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from django.test import RequestFactory, override_settings
+from django.test import RequestFactory
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -83,16 +83,16 @@ def test_reasons_from_the_broker_are_bounded_and_well_formed():
     assert ("configstore_worker_tasks_in_total", (("task", "deliver"),)) not in samples
 
 
-def test_metrics_are_for_loopback_clients_unless_a_token_is_set():
+def test_metrics_are_for_loopback_clients_unless_a_token_is_set(configure):
     factory = RequestFactory()
     local = factory.get("/metrics", REMOTE_ADDR="127.0.0.1")
     remote = factory.get("/metrics", REMOTE_ADDR="10.1.2.3")
-    with override_settings(CONFIGSTORE_METRICS_TOKEN=""):
-        assert allowed(local) == (True, 403)
-        assert allowed(remote) == (False, 403)
-    with override_settings(CONFIGSTORE_METRICS_TOKEN="s3cret"):
-        assert allowed(local) == (False, 401)
-        bearer = factory.get("/metrics", REMOTE_ADDR="10.1.2.3", HTTP_AUTHORIZATION="Bearer s3cret")
-        assert allowed(bearer) == (True, 401)
-        wrong = factory.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cre")
-        assert allowed(wrong) == (False, 401)
+    configure(metrics_token="")
+    assert allowed(local) == (True, 403)
+    assert allowed(remote) == (False, 403)
+    configure(metrics_token="s3cret")
+    assert allowed(local) == (False, 401)
+    bearer = factory.get("/metrics", REMOTE_ADDR="10.1.2.3", HTTP_AUTHORIZATION="Bearer s3cret")
+    assert allowed(bearer) == (True, 401)
+    wrong = factory.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cre")
+    assert allowed(wrong) == (False, 401)

@@ -51,8 +51,8 @@ def test_a_refused_put_changes_nothing(log, kwargs, error):
     assert replicated_state() == before
 
 
-def test_the_size_limit_is_a_setting_counted_on_compact_json(db, settings):
-    settings.CONFIGSTORE_MAX_VALUE_BYTES = 20
+def test_the_size_limit_is_a_setting_counted_on_compact_json(db, settings, configure):
+    configure(max_value_bytes=20)
     with pytest.raises(exceptions.TooLarge) as refused:
         put(value={"a": "x" * 20})
     assert (refused.value.size, refused.value.limit) == (28, 20)
@@ -109,8 +109,8 @@ def test_a_refused_txn_changes_nothing(log, kwargs, error):
     assert replicated_state() == before
 
 
-def test_a_txn_is_limited_by_its_total_size_not_its_number_of_ops(db, settings):
-    settings.CONFIGSTORE_MAX_TXN_BYTES = 1000
+def test_a_txn_is_limited_by_its_total_size_not_its_number_of_ops(db, settings, configure):
+    configure(max_txn_bytes=1000)
     with pytest.raises(exceptions.TooLarge) as refused:
         services.entry_txn(ops=[Write("put", f"k{i}", "x" * 100) for i in range(10)], actor="a")
     assert refused.value.limit == 1000
