@@ -1,11 +1,14 @@
 """python -m benchmarks.restart_scale [--slots 1000,100000] [--clients 64] [--rounds 3]
 
-Does a worker's start cost grow with the log? One real 3-node cluster (devcluster.localcluster,
-on the servers named by CONFIGSTORE_CLUSTER_DATABASE_URL / _BROKER_URL, else embedded ones)
-is grown to each size of `--slots` in turn; at each size a follower's worker is SIGKILLed and
-started `--rounds` times, and printed: the time from its start until its core published a
-status, the time until it applied a new write, and its RSS (worker and children) 3 s after
-the start. Then the ratios between the largest and the smallest size, from this one run.
+Does a worker's start, or a leader's failover, cost more as the log grows? One real 3-node
+cluster (devcluster.localcluster, on the servers named by CONFIGSTORE_CLUSTER_DATABASE_URL /
+_BROKER_URL, else embedded ones) is grown to each size of `--slots` in turn; at each size a
+follower's worker is SIGKILLed and started `--rounds` times, and printed: the time from its
+start until its core published a status, the time until it applied a new write, and its RSS
+(worker and children) 3 s after the start. Then the leader's worker is SIGKILLed `--rounds`
+times (started again and caught up between rounds), and printed: the time from the kill
+until a write submitted after it commits at a surviving node. Then the ratios between the
+largest and the smallest size, from this one run.
 
 So that a log of 100,000 slots grows in minutes, the nodes run with one command per slot
 (CONFIGSTORE_MAX_BATCH=1) and a window of 64 slots: every write is a log slot, a chosen-log
@@ -65,19 +68,47 @@ def _restart_once(
     return up, applying, _worker_rss(cluster, node)
 
 
-def measure(cluster: LocalCluster, rounds: int, k: int) -> tuple[int, float, float, float]:
+def _failover_once(cluster: LocalCluster, k: int) -> float:
+    """Seconds from SIGKILLing the leader's worker until a write submitted after the kill
+    commits at a surviving node (a write the dead leader proposed before it does not count:
+    each attempt is a new request, submitted after the kill)."""
+    leader = cluster.wait_for_leader()
+    others = [i for i in cluster.ids if i != leader]
+    cluster.kill_worker(leader)
+    killed = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        node = others[attempt % len(others)]
+        outcome = cluster.submitter(node).submit(_payload(f"failover/{k}", attempt), timeout=1.0)
+        if isinstance(outcome, Committed):
+            took = time.monotonic() - killed
+            break
+        if time.monotonic() - killed > 60:
+            raise SystemExit(f"no write committed within 60 s of killing {leader}")
+    _start_and_wait_for_core(cluster, leader)
+    target = applied_index(cluster, node)
+    while applied_index(cluster, leader) < target:
+        time.sleep(0.05)
+    return took
+
+
+def measure(cluster: LocalCluster, rounds: int, k: int) -> tuple[int, float, float, float, float]:
     leader = cluster.wait_for_leader()
     node = next(i for i in cluster.ids if i != leader)
     samples = [_restart_once(cluster, node, leader, k * 100 + r) for r in range(rounds)]
     ups, applying, rss = (statistics.median(s) for s in zip(*samples, strict=True))
+    failovers = [_failover_once(cluster, k * 100 + 50 + r) for r in range(rounds)]
+    failover = statistics.median(failovers)
     slots = applied_index(cluster, node)
     print(
         f"at {slots:,} slots ({_rows(cluster, node)}): core running {ups:.2f} s after the "
         f"start, applying new writes after {applying:.2f} s, worker RSS {rss:.0f} MB "
-        f"(medians of {rounds}: {', '.join(f'{u:.2f}' for u, _, _ in samples)} s)",
+        f"(medians of {rounds}: {', '.join(f'{u:.2f}' for u, _, _ in samples)} s); leader "
+        f"failover {failover:.2f} s ({', '.join(f'{f:.2f}' for f in failovers)} s)",
         flush=True,
     )
-    return slots, ups, applying, rss
+    return slots, ups, applying, rss, failover
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             results.append(measure(cluster, args.rounds, k))
         (small, *_), (large, *_) = results[0], results[-1]
-        for name, i in (("core running", 1), ("applying", 2), ("RSS", 3)):
+        for name, i in (("core running", 1), ("applying", 2), ("RSS", 3), ("leader failover", 4)):
             print(
                 f"{name}: {results[-1][i] / results[0][i]:.2f}x at {large:,} slots vs {small:,}",
                 flush=True,
