@@ -34,6 +34,12 @@ class Summary:
     elections: int = 0
     bytes: int = 0
     max_message: int = 0
+    snapshots: int = 0
+    compactions: int = 0
+    installs: int = 0
+    transfer_chunks: int = 0
+    transfer_crashes: int = 0
+    damaged_refused: int = 0
     catchup: float = 0.0  # rejoin: the longest catch-up, simulated seconds
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
@@ -45,7 +51,10 @@ class Summary:
             f"{self.crashes} crashes, {self.persist_failures} failed persists, "
             f"{self.partitions} partitions, {self.commands} commands, "
             f"{self.reads} reads, {self.elections} elections, {self.bytes / 1e6:.1f} MB sent "
-            f"(largest message {self.max_message} B)"
+            f"(largest message {self.max_message} B), {self.snapshots} snapshots, "
+            f"{self.compactions} compactions, {self.installs} snapshot installs "
+            f"({self.transfer_chunks} chunks, {self.transfer_crashes} crashes during a "
+            f"transfer or install, {self.damaged_refused} damaged refused)"
             + (f", longest catch-up {self.catchup:.2f}s" if self.catchup else "")
             + f", {self.seconds:.1f}s"
         )
@@ -116,6 +125,12 @@ def run_seeds(
         summary.elections += result.elections
         summary.bytes += result.bytes
         summary.max_message = max(summary.max_message, result.max_message)
+        summary.snapshots += result.snapshots
+        summary.compactions += result.compactions
+        summary.installs += result.installs
+        summary.transfer_chunks += result.transfer_chunks
+        summary.transfer_crashes += result.transfer_crashes
+        summary.damaged_refused += result.damaged_refused
         summary.catchup = max(summary.catchup, result.catchup)
     summary.failures.sort(key=lambda f: (f.seed, f.nodes))
     return summary
