@@ -459,8 +459,10 @@ class Node:
 
     def on_compacted(self, through: int) -> None:
         """The host pruned its durable log through `through` (at most its state machine's
-        latest snapshot index and its applied index)."""
+        latest snapshot index and its applied index): what it kept of those slots in
+        memory goes too, so that catch-up below the point is by snapshot only."""
         self.compacted_through = max(self.compacted_through, through)
+        self._forget_through(min(through, self.applied_index))
 
     @property
     def applied(self) -> int:
@@ -990,7 +992,7 @@ class Node:
                 return
         if len(stream.in_flight) < config.catchup_in_flight:
             first = stream.next
-            if first <= self.compacted_through and first not in self.chosen:
+            if first <= self.compacted_through:
                 # Pruned here: the peer installs our snapshot (fetched outside Paxos, as
                 # long as it takes); asked again only when this goes unanswered (tick).
                 if not stream.in_flight:
@@ -1097,12 +1099,15 @@ class Node:
         """Drop from memory the chosen values and accepted slots more than `kept_chosen`
         slots below the applied index (storage keeps them)."""
         horizon = self.applied_index - self.config.kept_chosen
-        if horizon - self._forgotten_through < 64:
-            return
-        for slot in range(self._forgotten_through + 1, horizon + 1):
-            self.chosen.pop(slot, None)
-        self.acceptor.forget_through(horizon)
-        self._forgotten_through = horizon
+        if horizon - self._forgotten_through >= 64:
+            self._forget_through(horizon)
+
+    def _forget_through(self, slot: int) -> None:
+        """Drop from memory the chosen values and accepted slots <= `slot` (applied)."""
+        for old in range(self._forgotten_through + 1, slot + 1):
+            self.chosen.pop(old, None)
+        self.acceptor.forget_through(slot)
+        self._forgotten_through = max(self._forgotten_through, slot)
 
     def _installed(self, index: int) -> None:
         """The state machine installed a snapshot at `index` (a peer's, fetched by the
