@@ -354,6 +354,8 @@ class Node:
             case InstallSnapshot():
                 if message.index >= self.first_unchosen:
                     self._ready.snapshots.append((sender, message.index))
+                else:  # installed already (or caught up otherwise): the stream goes on
+                    self._send(sender, ChosenAck(self.first_unchosen, self.applied), now)
             case ChosenAck():
                 self._report(
                     sender, message.first_unchosen, now, open_stream=False, applied=message.applied

@@ -95,6 +95,30 @@ def _run_chunk(args: tuple[list[tuple[int, Params]], bool]) -> list[Stats | Fail
     return results
 
 
+#: The Summary's totals: (its field, the Stats field summed into it).
+_SUMMED = tuple(
+    (name, "submitted" if name == "commands" else name)
+    for name in (
+        "steps",
+        "messages",
+        "wire_messages",
+        "crashes",
+        "persist_failures",
+        "partitions",
+        "commands",
+        "reads",
+        "elections",
+        "bytes",
+        "snapshots",
+        "compactions",
+        "installs",
+        "transfer_chunks",
+        "transfer_crashes",
+        "damaged_refused",
+    )
+)
+
+
 def run_seeds(
     seeds: list[tuple[int, Params]], *, processes: int | None = None, stop_at_first: bool = False
 ) -> Summary:
@@ -114,23 +138,9 @@ def run_seeds(
         if isinstance(result, Failure):
             summary.failures.append(result)
             continue
-        summary.steps += result.steps
-        summary.messages += result.messages
-        summary.wire_messages += result.wire_messages
-        summary.crashes += result.crashes
-        summary.persist_failures += result.persist_failures
-        summary.partitions += result.partitions
-        summary.commands += result.submitted
-        summary.reads += result.reads
-        summary.elections += result.elections
-        summary.bytes += result.bytes
+        for total, count in _SUMMED:
+            setattr(summary, total, getattr(summary, total) + getattr(result, count))
         summary.max_message = max(summary.max_message, result.max_message)
-        summary.snapshots += result.snapshots
-        summary.compactions += result.compactions
-        summary.installs += result.installs
-        summary.transfer_chunks += result.transfer_chunks
-        summary.transfer_crashes += result.transfer_crashes
-        summary.damaged_refused += result.damaged_refused
         summary.catchup = max(summary.catchup, result.catchup)
     summary.failures.sort(key=lambda f: (f.seed, f.nodes))
     return summary

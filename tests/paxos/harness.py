@@ -118,6 +118,12 @@ class Harness:
         commands = [Command(r, f"payload of {r}") for r in request_ids]
         return self.host(i).submit(commands)
 
+    def submit_each(self, i: str, request_ids, *, drop=lambda src, dst, msg: False) -> None:
+        """Submit each command at node i in turn, delivering what it causes in between."""
+        for rid in request_ids:
+            self.submit(i, rid)
+            self.deliver(drop=drop)
+
     def deliver(self, *, drop=lambda src, dst, msg: False, rounds: int = 1000) -> int:
         """Deliver in-flight messages (and what they cause) until none is left, dropping
         those `drop` selects and those addressed to crashed nodes. Returns how many."""

@@ -190,9 +190,7 @@ def test_submits_forwarded_with_lost_messages_are_retried_until_chosen():
 def test_a_lagging_follower_catches_up_from_the_leader():
     h = Harness(3, max_catchup=3)
     h.elect("n1")
-    for k in range(10):
-        h.submit("n1", f"r{k}")
-        h.deliver(drop=lambda s, d, m: d == "n3")
+    h.submit_each("n1", [f"r{k}" for k in range(10)], drop=lambda s, d, m: d == "n3")
     assert h.applied["n3"] == []
     h.advance(1.0)
     assert h.applied["n3"] == h.applied["n1"]
@@ -520,9 +518,7 @@ def test_a_node_behind_the_compaction_point_catches_up_by_installing_a_snapshot(
     h = Harness(3, log_tail=2)
     h.elect("n1")
     h.crash("n3")
-    for k in range(20):
-        h.submit("n1", f"r{k}")
-        h.deliver()
+    h.submit_each("n1", [f"r{k}" for k in range(20)])
     assert [h.snapshot_and_compact(i) for i in ("n1", "n2")] == [18, 18]
     assert min(h.durable["n1"].chosen) == min(h.durable["n1"].accepted) == 19
     promised = h.durable["n3"].promised
@@ -552,9 +548,7 @@ def test_a_node_behind_the_compaction_point_catches_up_by_installing_a_snapshot(
 def test_a_candidate_behind_a_compacted_acceptor_is_promised_and_told_to_install():
     h = Harness(3, log_tail=0)
     h.elect("n1")
-    for k in range(5):
-        h.submit("n1", f"r{k}")
-        h.deliver()
+    h.submit_each("n1", [f"r{k}" for k in range(5)])
     assert h.snapshot_and_compact("n2") == 5
     h.now += 10.0  # n2's leader is silent for longer than its lease
     prepare = Prepare(Ballot(9, "n3"), 1)
@@ -566,13 +560,15 @@ def test_a_candidate_behind_a_compacted_acceptor_is_promised_and_told_to_install
     assert not any(isinstance(m, Chosen) for m in sent)
 
 
-def test_install_snapshot_is_ignored_by_a_node_that_knows_the_slots():
+def test_a_node_that_knows_the_slots_answers_install_snapshot_with_where_it_is():
     h = Harness(3)
     h.elect("n1")
     h.submit("n1", "a")
     h.deliver()
     ready = h.receive("n2", "n1", InstallSnapshot(1))
     assert ready.snapshots == [] and h.install_asks["n2"] == []
+    # So that a stream waiting on the install (the promiser's, to a candidate) goes on.
+    assert ready.messages == [("n1", ChosenAck(2, 1))]
     ready = h.receive("n2", "n1", InstallSnapshot(2))
     assert ready.snapshots == [("n1", 2)] and h.install_asks["n2"] == [("n1", 2)]
 
@@ -580,9 +576,7 @@ def test_install_snapshot_is_ignored_by_a_node_that_knows_the_slots():
 def test_an_install_leaves_the_acceptor_promise_and_its_votes_above_the_snapshot():
     h = Harness(3, log_tail=0)
     h.elect("n1")
-    for k in range(3):
-        h.submit("n1", f"r{k}")
-        h.deliver(drop=lambda src, dst, message: dst == "n3")
+    h.submit_each("n1", ["r0", "r1", "r2"], drop=lambda src, dst, message: dst == "n3")
     h.snapshot_and_compact("n1")
     # n3 promised a higher ballot and voted in slot 9, then installs n1's snapshot at 3.
     ballot = Ballot(7, "n2")
