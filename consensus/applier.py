@@ -68,6 +68,24 @@ class Applier:
             log.exception("cannot notify %d read indexes", len(reads))
             connection.close()
 
+    @property
+    def snapshot_index(self) -> int:
+        """0: this runtime takes no snapshot of the config store yet, so its host never
+        compacts the log (NodeHost.compact prunes only below the latest snapshot)."""
+        return 0
+
+    def install_snapshot(self, peer: str, index: int) -> None:
+        """A peer's log is compacted through `index`. State transfer (fetching the peer's
+        snapshot and installing it) is not part of this runtime yet: the ask is logged and
+        dropped. Only a peer that compacts sends it, and no node of this runtime does."""
+        log.warning(
+            "node %s: %s asks it to install a snapshot of at least slot %d; this runtime "
+            "cannot install snapshots yet",
+            self.node_id,
+            peer,
+            index,
+        )
+
     def stop(self) -> None:
         self._stopped.set()
         self._wake.set()

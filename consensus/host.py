@@ -12,9 +12,17 @@ order ready.py states, through four small interfaces and nothing else:
   4. `StateMachine.learned` gets the newly chosen entries, which it records and applies
      in slot order (now, or later on a thread of its own); the read indexes answered go
      to `StateMachine.read_indexes`;
+     the snapshot installs the core asks for go to `StateMachine.install_snapshot`;
   5. before each step, the index the state machine reports applied goes back to the core
      (`Node.on_applied`): its acknowledgements carry it, a leader streaming it catch-up
-     paces itself by it, and `status()` publishes it.
+     paces itself by it, and `status()` publishes it; an index the core did not hand out
+     is a snapshot installed.
+
+Compaction (`compact`, called by the driver now and then): the durable log is pruned
+through min(the state machine's latest snapshot, its applied index - `log_tail`), never
+further: a slot above the snapshot may still be needed by a peer that installs the
+snapshot, and a slot not applied here is still needed here. A peer that lacks a pruned
+slot is sent InstallSnapshot by the core and installs the snapshot (state transfer).
 
 `Ready.committed` (the core's in-order hand-out of slots) is not used: the state machine
 orders by slot itself, from the chosen log it records, as it must anyway after a restart.
@@ -32,6 +40,8 @@ RawNode and Storage.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import time
@@ -40,6 +50,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from consensus.paxos import (
+    Ballot,
     Command,
     Config,
     DurableState,
@@ -54,7 +65,20 @@ log = logging.getLogger(__name__)
 
 #: Deliberately broken behaviours of the host and its in-memory adapters, for the
 #: simulator's canaries (tests prove its checks catch each). Never set in production.
-HOST_BUGS = frozenset({"send_before_persist", "apply_out_of_order", "forget_applied_on_restart"})
+HOST_BUGS = frozenset(
+    {
+        "send_before_persist",
+        "apply_out_of_order",
+        "forget_applied_on_restart",
+        # compaction prunes through the applied index, above the latest snapshot (a peer
+        # that installs the snapshot then lacks the slots between)
+        "compact_beyond_snapshot",
+        # a snapshot install resets the node's acceptor state (promise, votes)
+        "install_resets_acceptor",
+        # a snapshot is installed without verifying its checksum
+        "install_unverified",
+    }
+)
 
 
 # ---------------------------------------------------------------------- interfaces
@@ -86,6 +110,13 @@ class Storage(Protocol):
     def read(self, first_slot: int, max_slots: int, max_bytes: int) -> list[Value]:
         """The chosen log as the core's ChosenLog (consensus.paxos.ready): chosen values
         from `first_slot` on, without a gap, within the bounds."""
+        ...
+
+    def compact(self, through: int) -> None:
+        """Prune the accepted values and chosen entries of every slot <= `through`, all or
+        nothing, and record `through` as the compaction point (`load` returns it in
+        DurableState.compacted_through). Only called with slots that are applied here and
+        covered by the state machine's latest snapshot."""
         ...
 
 
@@ -120,6 +151,21 @@ class StateMachine(Protocol):
         """Linearizable reads answered: (read id, read index). A read may be served once
         the applied index reaches its read index, never before. Best effort: a reader not
         told times out and asks again."""
+        ...
+
+    @property
+    def snapshot_index(self) -> int:
+        """The applied index of its latest durable, checksummed snapshot (0: none). The
+        host compacts the log only through it."""
+        ...
+
+    def install_snapshot(self, peer: str, index: int) -> None:
+        """`peer`'s log is compacted through `index` and this node lacks a slot there:
+        fetch `peer`'s latest snapshot (at an index >= `index`) in chunks, verify its
+        checksum and install it atomically, unless it is not above the applied index,
+        then report its index as applied. Outside the step (it takes as long as it takes);
+        one transfer at a time (asks while one runs are ignored); best effort: the peer
+        asks again. Never touches the acceptor state (promises and votes stay binding)."""
         ...
 
 
@@ -164,6 +210,7 @@ class NodeHost:
         state_machine: StateMachine,
         clock: Clock,
         rng: random.Random,
+        log_tail: int = 1024,
         trace: bool = False,
         bugs: frozenset[str] = frozenset(),
     ) -> None:
@@ -176,6 +223,10 @@ class NodeHost:
         self.state_machine = state_machine
         self.clock = clock
         self.rng = rng
+        #: Slots kept in the durable log below the applied index when compacting, so that
+        #: a short outage catches up by replay rather than by a snapshot install.
+        self.log_tail = log_tail
+        self._compact_beyond_snapshot = "compact_beyond_snapshot" in bugs
         #: Log every step's timings (for profiling, not production).
         self.trace = trace
         self._send_first = "send_before_persist" in bugs
@@ -220,6 +271,21 @@ class NodeHost:
                 case _:
                     raise TypeError(f"not an input of the host: {item!r}")
         return self._handle(ready, f"{count} inputs")
+
+    def compact(self) -> int:
+        """Prune the durable log as far as the rule allows (see the module's docstring);
+        the compaction point after it. Called by the driver between steps (I/O)."""
+        core = self._core_for_step()
+        applied = self.state_machine.applied_index
+        if applied is None:
+            return core.compacted_through
+        through = min(self.state_machine.snapshot_index, applied - self.log_tail)
+        if self._compact_beyond_snapshot:
+            through = applied - self.log_tail
+        if through > core.compacted_through:
+            self.storage.compact(through)
+            core.on_compacted(through)
+        return core.compacted_through
 
     # ------------------------------------------------------------------ state
 
@@ -284,6 +350,8 @@ class NodeHost:
             self.state_machine.learned(ready.chosen)
         if ready.reads:
             self.state_machine.read_indexes(ready.reads)
+        for peer, index in ready.snapshots:
+            self.state_machine.install_snapshot(peer, index)
         if self.trace and (ready.must_persist or ready.messages or ready.chosen):
             log.warning(
                 "%s: persisted %d accepted in %.2f ms; sent %s in %.2f ms; "
@@ -359,6 +427,9 @@ class MemoryStorage:
     def read(self, first_slot: int, max_slots: int, max_bytes: int) -> list[Value]:
         return self.durable.read(first_slot, max_slots, max_bytes)
 
+    def compact(self, through: int) -> None:
+        self.durable.compact(through)
+
 
 class Outbox:
     """A transport that appends (sender, peer, message) to a queue: whoever drives the
@@ -372,6 +443,30 @@ class Outbox:
         sender, queue = self.sender, self.queue
         for message in messages:
             queue.append((sender, peer, message))
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySnapshot:
+    """A MemoryStateMachine's whole state at an applied index, checksummed: its idempotency
+    records and its history (the config store's snapshot, in miniature)."""
+
+    index: int
+    applied_ids: frozenset[str]
+    applied_log: tuple[tuple[int, tuple[str, ...]], ...]
+    checksum: str
+
+    @classmethod
+    def of(cls, index: int, applied_ids, applied_log) -> MemorySnapshot:
+        ids, history = frozenset(applied_ids), tuple(applied_log)
+        return cls(index, ids, history, _checksum(index, ids, history))
+
+    def intact(self) -> bool:
+        return self.checksum == _checksum(self.index, self.applied_ids, self.applied_log)
+
+
+def _checksum(index: int, ids: frozenset[str], history: tuple) -> str:
+    text = json.dumps([index, sorted(ids), history], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class MemoryStateMachine:
@@ -388,7 +483,13 @@ class MemoryStateMachine:
 
     Test-only broken behaviours (HOST_BUGS): `apply_out_of_order` applies entries in the
     order learned, skipping gaps; `forget_applied_on_restart` comes back from a crash with
-    applied index 0 (its applied state kept)."""
+    applied index 0 (its applied state kept); `install_resets_acceptor` and
+    `install_unverified`: see HOST_BUGS.
+
+    Snapshots: `take_snapshot()` captures its state, `keep_snapshot()` makes one its
+    latest durable snapshot (the simulator takes them in the background: a crash between
+    the two loses it); `install(snapshot)` replaces its state by a peer's. Fetching a
+    peer's snapshot is the driver's: `install_snapshot` hands the ask to `on_install`."""
 
     def __init__(
         self,
@@ -398,6 +499,7 @@ class MemoryStateMachine:
         dedup: bool = True,
         observe: Callable[[int, Value, list[Command]], None] | None = None,
         on_reads: Callable[[list[tuple[str, int]]], None] | None = None,
+        on_install: Callable[[str, int], None] | None = None,
         bugs: frozenset[str] = frozenset(),
     ) -> None:
         self.log = log
@@ -405,6 +507,9 @@ class MemoryStateMachine:
         self.dedup = dedup
         self.observe = observe
         self.on_reads = on_reads
+        self.on_install = on_install
+        #: Its latest durable snapshot.
+        self.snapshot: MemorySnapshot | None = None
         self.applied_index = 0
         self.applied_ids: set[str] = set()
         #: (slot, request ids applied) in the order applied.
@@ -415,6 +520,8 @@ class MemoryStateMachine:
         self._ahead = 0  # slots recorded above the applied index
         self._out_of_order = "apply_out_of_order" in bugs
         self._forget_applied = "forget_applied_on_restart" in bugs
+        self._install_resets = "install_resets_acceptor" in bugs
+        self._install_unverified = "install_unverified" in bugs
 
     def learned(self, chosen: list[tuple[int, Value]]) -> None:
         if self.rate:
@@ -435,6 +542,43 @@ class MemoryStateMachine:
         if self.on_reads is not None:
             self.on_reads(reads)
 
+    @property
+    def snapshot_index(self) -> int:
+        return self.snapshot.index if self.snapshot is not None else 0
+
+    def install_snapshot(self, peer: str, index: int) -> None:
+        if self.on_install is not None:
+            self.on_install(peer, index)
+
+    def take_snapshot(self) -> MemorySnapshot:
+        """Its state now (as a repeatable-read transaction would see it)."""
+        return MemorySnapshot.of(self.applied_index, self.applied_ids, self.applied_log)
+
+    def keep_snapshot(self, snapshot: MemorySnapshot) -> None:
+        """Make `snapshot` (one of its own, or one it installed) its latest durable one."""
+        if snapshot.index > self.snapshot_index:
+            self.snapshot = snapshot
+
+    def install(self, snapshot: MemorySnapshot) -> bool:
+        """Replace its state by `snapshot`'s, atomically: its applied index, idempotency
+        records and history; the chosen log through the snapshot's index is pruned (it is
+        compacted through there now). Refused (False) unless it is intact and above the
+        applied index. The acceptor's promise and votes for slots above it stay."""
+        if snapshot.index <= self.applied_index:
+            return False
+        if not snapshot.intact() and not self._install_unverified:
+            return False
+        self.applied_index = snapshot.index
+        self.applied_ids = set(snapshot.applied_ids)
+        self.applied_log = list(snapshot.applied_log)
+        self.log.compact(snapshot.index)
+        self._queue = [entry for entry in self._queue if entry[0] > snapshot.index]
+        self._ahead = sum(1 for slot in self.log.chosen if slot > snapshot.index)
+        self.keep_snapshot(snapshot)
+        if self._install_resets:
+            self.log.promised, self.log.accepted = Ballot.ZERO, {}
+        return True
+
     def restart(self) -> None:
         """Its host crashed: what was learned and not recorded is lost."""
         self._queue = []
@@ -452,8 +596,9 @@ class MemoryStateMachine:
 
     def _record_and_apply(self, chosen: list[tuple[int, Value]], limit: int | None) -> None:
         log = self.log.chosen
+        compacted = self.log.compacted_through
         for slot, value in chosen:
-            if slot not in log:
+            if slot not in log and slot > compacted:
                 log[slot] = value
                 if slot > self.applied_index:
                     self._ahead += 1

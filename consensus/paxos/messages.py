@@ -133,6 +133,17 @@ class ChosenAck:
 
 
 @dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """Catch-up by state transfer: the sender's log is compacted through `index`, so the
+    chosen slots the receiver lacks there cannot be streamed. The receiver installs the
+    sender's snapshot of its state machine (at an index >= `index`, the sender's promise:
+    it compacts only below its latest snapshot), fetched outside Paxos in chunks, and the
+    stream resumes above it. Carries no state: installing changes no acceptor state."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
 class Forward:
     """Client commands on their way to the leader. `ttl` bounds re-forwarding between
     nodes whose views of the leader disagree."""
@@ -169,6 +180,7 @@ Message = (
     | HeartbeatAck
     | Chosen
     | ChosenAck
+    | InstallSnapshot
     | Forward
     | ReadIndexRequest
     | ReadIndexReply
@@ -309,6 +321,8 @@ def encode(message: Message) -> dict:
             }
         case ChosenAck(first_unchosen, applied):
             return {"type": "chosen_ack", "first_unchosen": first_unchosen, "applied": applied}
+        case InstallSnapshot(index):
+            return {"type": "install_snapshot", "index": index}
         case Forward(commands, ttl):
             return {"type": "forward", "commands": [c.to_json() for c in commands], "ttl": ttl}
         case ReadIndexRequest(read_ids):
@@ -374,6 +388,8 @@ def decode(data) -> Message:
                 )
             case "chosen_ack":
                 return ChosenAck(_slot(data["first_unchosen"]), _optional_slot(data.get("applied")))
+            case "install_snapshot":
+                return InstallSnapshot(_slot(data["index"]))
             case "forward":
                 commands = tuple(Command.from_json(c) for c in _list(data["commands"], "commands"))
                 return Forward(commands, _slot(data["ttl"]))

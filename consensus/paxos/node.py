@@ -30,6 +30,16 @@ Protocol summary (DESIGN.md "Multi-Paxos"):
   `catchup_in_flight` chunks unacknowledged. A node that promised a candidate behind it
   streams to the candidate the same way. Old chosen values come from the durable log
   (`ChosenLog`); the core keeps only the recent ones in memory.
+- Compaction and state transfer: the host prunes the durable log (accepted values and
+  chosen entries) through a compaction point at or below its state machine's latest
+  snapshot and its applied index (`on_compacted`). A stream that reaches a slot pruned
+  there sends `InstallSnapshot` instead of values; the peer installs the snapshot (the
+  host fetches it outside Paxos) and its state machine reports the snapshot's index
+  applied (`on_applied`), which the core takes as every slot through it chosen and
+  applied; the stream resumes above it. Phase 1 never needs a pruned slot: a Promise
+  reports only slots above the acceptor's commit index, which is at least its compaction
+  point, and a candidate learns the slots below by catch-up (so by a snapshot, if need be).
+  An install changes no acceptor state: promises and votes stay binding.
 - Linearizable reads (ReadIndex): the leader records the highest slot it has proposed,
   confirms it still leads by one heartbeat round a majority acknowledges (shared by every
   read waiting), then answers; a follower asks the leader. The read is served once the
@@ -60,6 +70,7 @@ from .messages import (
     Forward,
     Heartbeat,
     HeartbeatAck,
+    InstallSnapshot,
     Message,
     Nack,
     Prepare,
@@ -256,6 +267,9 @@ class Node:
         #: handed (Ready.committed) before the next input, so applied_index is it.
         self._host_applied: int | None = None
         self._forgotten_through = applied_index
+        #: Slots <= it are pruned from the durable log (`on_compacted`, or a snapshot
+        #: installed here): a peer that lacks one is sent InstallSnapshot.
+        self.compacted_through = state.compacted_through
         self._votes: dict[int, dict[Ballot, set[str]]] = {}
         self._proposed: dict[int, dict[Ballot, Value]] = {}
         self._recent_ids: OrderedDict[str, None] = OrderedDict()
@@ -339,6 +353,11 @@ class Node:
                 self._on_heartbeat_ack(sender, message, now)
             case Chosen():
                 self._on_chosen(sender, message, now)
+            case InstallSnapshot():
+                if message.index >= self.first_unchosen:
+                    self._ready.snapshots.append((sender, message.index))
+                else:  # installed already (or caught up otherwise): the stream goes on
+                    self._send(sender, ChosenAck(self.first_unchosen, self.applied), now)
             case ChosenAck():
                 self._report(
                     sender, message.first_unchosen, now, open_stream=False, applied=message.applied
@@ -433,9 +452,21 @@ class Node:
     def on_applied(self, index: int) -> None:
         """The host's state machine has applied every slot up to `index` (a host whose
         applier runs behind what the core hands it reports this; peers streaming it
-        catch-up pace themselves by it). No Ready: nothing to persist or send."""
+        catch-up pace themselves by it). An index at or above the first slot the core
+        does not know chosen can only come from a snapshot installed there: every slot
+        through it is chosen and applied, and this node's log holds none of them (see
+        `_installed`). No Ready: nothing to persist or send."""
+        if index >= self.first_unchosen:
+            self._installed(index)
         if self._host_applied is None or index > self._host_applied:
             self._host_applied = min(index, self.applied_index)
+
+    def on_compacted(self, through: int) -> None:
+        """The host pruned its durable log through `through` (at most its state machine's
+        latest snapshot index and its applied index): what it kept of those slots in
+        memory goes too, so that catch-up below the point is by snapshot only."""
+        self.compacted_through = max(self.compacted_through, through)
+        self._forget_through(min(through, self.applied_index))
 
     @property
     def applied(self) -> int:
@@ -454,6 +485,7 @@ class Node:
             "handed_out_index": self.applied_index,
             "pending": len(self._pending) + len(self._unsent),
             "catching_up": sorted(self._streams),
+            "compacted_through": self.compacted_through,
             "elections": self.elections,
             "oversize_dropped": self.oversize_dropped,
         }
@@ -964,6 +996,13 @@ class Node:
                 return
         if len(stream.in_flight) < config.catchup_in_flight:
             first = stream.next
+            if first <= self.compacted_through:
+                # Pruned here: the peer installs our snapshot (fetched outside Paxos, as
+                # long as it takes); asked again only when this goes unanswered (tick).
+                if not stream.in_flight:
+                    stream.in_flight.append((self.compacted_through, now))
+                    self._send(peer, InstallSnapshot(self.compacted_through), now)
+                return
             end = min(self.first_unchosen, stream.applied + config.catchup_ahead + 1)
             if "catchup_unpaced" in self._bugs:
                 end = self.first_unchosen
@@ -1064,12 +1103,31 @@ class Node:
         """Drop from memory the chosen values and accepted slots more than `kept_chosen`
         slots below the applied index (storage keeps them)."""
         horizon = self.applied_index - self.config.kept_chosen
-        if horizon - self._forgotten_through < 64:
-            return
-        for slot in range(self._forgotten_through + 1, horizon + 1):
-            self.chosen.pop(slot, None)
-        self.acceptor.forget_through(horizon)
-        self._forgotten_through = horizon
+        if horizon - self._forgotten_through >= 64:
+            self._forget_through(horizon)
+
+    def _forget_through(self, slot: int) -> None:
+        """Drop from memory the chosen values and accepted slots <= `slot` (applied)."""
+        for old in range(self._forgotten_through + 1, slot + 1):
+            self.chosen.pop(old, None)
+        self.acceptor.forget_through(slot)
+        self._forgotten_through = max(self._forgotten_through, slot)
+
+    def _installed(self, index: int) -> None:
+        """The state machine installed a snapshot at `index` (a peer's, fetched by the
+        host): every slot through it is chosen and applied, and none of them is in this
+        node's log, which counts as compacted through it. The acceptor keeps its promise
+        and its votes (only the memory of chosen slots is dropped, as `_forget` does)."""
+        self.applied_index = index
+        self.compacted_through = max(self.compacted_through, index)
+        self._forgotten_through = max(self._forgotten_through, index)
+        for table in (self.chosen, self._votes, self._proposed, self._sent_at):
+            for slot in [s for s in table if s <= index]:
+                del table[slot]
+        self.acceptor.forget_through(index)
+        self.first_unchosen = index + 1
+        self._advance_first_unchosen()
+        self._next_slot = max(self._next_slot, self.first_unchosen)
 
     # ------------------------------------------------------------------ plumbing
 

@@ -4,7 +4,8 @@ The runtime obeys, in this order:
   1. persist the acceptor state, `promised` and `accepted`, durably, in one atomic write;
   2. only then send `messages` (a message may depend on the state persisted in 1);
   3. record `chosen` and apply `committed` to the state machine, strictly in slot order,
-     each slot atomically with the applied index and with the chosen entries it needs.
+     each slot atomically with the applied index and with the chosen entries it needs;
+     start the snapshot installs in `snapshots` (state transfer, off the protocol's path).
 Only step 1 guards safety: an acceptor that forgot a promise or an accepted value could
 vote against what it said. Chosen entries are facts any node can learn again (from its
 peers), so they may become durable later, with their application, off the path of the
@@ -32,6 +33,10 @@ class Ready:
     #: Linearizable reads answered: (read id, read index). The read may be served once
     #: this node has applied the read index (never before).
     reads: list[tuple[str, int]] = field(default_factory=list)
+    #: Snapshot installs asked for: (peer, index). The peer's log is compacted through
+    #: `index`: fetch its snapshot (at an index >= `index`), install it atomically, and
+    #: report the new applied index (Node.on_applied). The acceptor state stays untouched.
+    snapshots: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def must_persist(self) -> bool:
@@ -49,6 +54,7 @@ class Ready:
         self.messages.extend(later.messages)
         self.committed.extend(later.committed)
         self.reads.extend(later.reads)
+        self.snapshots.extend(later.snapshots)
 
 
 class ChosenLog(Protocol):
@@ -69,6 +75,9 @@ class DurableState:
     promised: Ballot = Ballot.ZERO
     accepted: dict[int, tuple[Ballot, Value]] = field(default_factory=dict)
     chosen: dict[int, Value] = field(default_factory=dict)
+    #: Slots <= it are pruned: no accepted value and no chosen entry is kept for them (the
+    #: state machine's snapshot covers them). Never goes down.
+    compacted_through: int = 0
 
     def apply(self, ready: Ready) -> None:
         """Record a Ready's acceptor writes, step 1 (in-memory storage for tests and the
@@ -82,6 +91,16 @@ class DurableState:
         """Record a Ready's chosen entries, step 3."""
         for slot, value in ready.chosen:
             self.chosen[slot] = value
+
+    def compact(self, through: int) -> None:
+        """Prune every slot <= `through`, accepted values and chosen entries alike, and
+        record it as the compaction point (in-memory storage for tests and the simulator)."""
+        if through <= self.compacted_through:
+            return
+        for table in (self.chosen, self.accepted):
+            for slot in [s for s in table if s <= through]:
+                del table[slot]
+        self.compacted_through = through
 
     def read(self, first_slot: int, max_slots: int, max_bytes: int) -> list[Value]:
         """The chosen log as a ChosenLog."""

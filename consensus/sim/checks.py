@@ -11,7 +11,11 @@ and keeps its own record of history, so it judges the protocol by its effects:
 - persist before send: a Promise or Accepted leaves a node only once the promise or the
   accepted value it reports is durable there;
 - every chosen command was submitted by a client, and no request id is applied twice
-  on a node.
+  on a node;
+- compaction prunes only slots the node applied and its latest snapshot covers;
+- an installed snapshot is above the node's applied index, holds exactly the history
+  every node applied through its index, and leaves the node's promise and its votes above
+  the index as they were.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class Checker:
         self.votes: dict[tuple[int, Ballot], tuple[Value, set[str]]] = {}
         self.chosen: dict[int, Value] = {}
         self.applied: dict[int, Value] = {}
+        #: The request ids each slot applied (the history), as the first node applied it.
+        self.history: dict[int, tuple[str, ...]] = {}
         #: The last slot each node applied, as the checker saw it (across its crashes).
         self.applied_through = dict.fromkeys(ids, 0)
         self.submitted: dict[str, Command] = {}
@@ -130,3 +136,40 @@ class Checker:
             if command.request_id in applied_ids or command.request_id in seen:
                 raise Violation(f"{node} applied request {command.request_id} twice")
             seen.add(command.request_id)
+        ids = tuple(c.request_id for c in fresh)
+        if self.history.setdefault(slot, ids) != ids:
+            raise Violation(
+                f"histories diverge at slot {slot}: {self.history[slot]} vs {ids} on {node}"
+            )
+
+    def on_compact(self, node: str, through: int, snapshot_index: int) -> None:
+        applied = self.applied_through[node]
+        if through > applied:
+            raise Violation(f"{node} compacted its log through {through}, applied only {applied}")
+        if through > snapshot_index:
+            raise Violation(
+                f"{node} compacted its log through {through}, beyond its latest snapshot "
+                f"at {snapshot_index}"
+            )
+
+    def on_install(self, node: str, snapshot, durable: DurableState, votes: dict) -> None:
+        """After `node` installed `snapshot`; `votes`: its accepted slots above the
+        snapshot's index before the install."""
+        index, through = snapshot.index, self.applied_through[node]
+        if index <= through:
+            raise Violation(
+                f"{node} installed a snapshot at {index}, at or below the {through} it "
+                "applied: its state went back"
+            )
+        expected = tuple((slot, self.history.get(slot)) for slot in range(1, index + 1))
+        if snapshot.applied_log != expected:
+            raise Violation(f"{node} installed a snapshot at {index} whose history differs")
+        if durable.promised < self.max_promised[node]:
+            raise Violation(
+                f"{node} installed a snapshot and its promise went from "
+                f"{self.max_promised[node]} down to {durable.promised}"
+            )
+        lost = sorted(s for s, vote in votes.items() if durable.accepted.get(s) != vote)
+        if lost:
+            raise Violation(f"{node} installed a snapshot at {index} and lost its votes {lost[:5]}")
+        self.applied_through[node] = index

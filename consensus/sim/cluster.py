@@ -10,6 +10,18 @@ hand-over to the state machine, after the step), restarts from durable state onl
 clients that submit and retry commands. No wall clock, no threads: the same seed replays
 the same run exactly.
 
+Compaction and state transfer (most seeds): each state machine takes a snapshot in the
+background now and then (a crash before it is durable loses it); each host compacts its
+log on its ticks, keeping a drawn tail; a node that lacks a slot its peer pruned fetches
+that peer's snapshot in chunks over the simulated network (lost, delayed, cut off by
+partitions; the receiver may crash between chunks, and resumes from the chunks it staged
+if the peer still offers the same snapshot), then installs it in a step of its own (which
+may crash before or after the install); now and then a chunk arrives damaged. The checks: a node compacts only slots it applied
+and its snapshot covers; the core never reads a pruned slot; a snapshot asked for covers
+the asker's compaction point; a damaged snapshot is refused; an installed snapshot is above the node's applied index,
+holds exactly the history every node applied through its index, and leaves the node's
+promise and votes as they were.
+
 Safety is checked after every step (`Checker`); once the fault phase ends (heal, restart,
 no loss, a majority up) every submitted command must be chosen and applied on every node
 that is up within a bounded simulated time (liveness). Clients also issue linearizable
@@ -25,6 +37,7 @@ up (applies everything chosen) within a bound.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -32,7 +45,7 @@ import random
 from dataclasses import dataclass
 from functools import partial
 
-from consensus.host import HOST_BUGS, MemoryStateMachine, MemoryStorage, NodeHost
+from consensus.host import HOST_BUGS, MemorySnapshot, MemoryStateMachine, MemoryStorage, NodeHost
 from consensus.paxos import (
     KNOWN_BUGS,
     Accept,
@@ -58,10 +71,14 @@ from consensus.paxos import (
 from .checks import Checker, Violation
 
 TICK = 0.01
+#: Crashes during a snapshot transfer or install, at most, per run.
+TRANSFER_CRASHES = 3
 
 #: Where in a step a simulated crash strikes: at the persist, at the first send, at the
-#: hand-over of chosen entries to the state machine (each: before it happens).
+#: hand-over of chosen entries to the state machine (each: before it happens). A snapshot
+#: install strikes at INSTALL: two armed crashes in three fall before it, one after.
 PERSIST, SEND, APPLY = 0, 1, 2
+INSTALL = SEND
 
 
 class Crash(BaseException):
@@ -118,6 +135,12 @@ class Stats:
     max_message: int = 0
     #: rejoin: simulated seconds from the node's return until it applied everything.
     catchup: float = 0.0
+    snapshots: int = 0  # snapshots made durable
+    compactions: int = 0
+    installs: int = 0  # snapshots installed by state transfer
+    transfer_chunks: int = 0
+    transfer_crashes: int = 0  # a receiver crashed between chunks or at its install
+    damaged_refused: int = 0  # damaged snapshots refused at install
     #: Fingerprint of the run (steps, messages, every node's applied log): equal for
     #: equal seeds, whatever the process or PYTHONHASHSEED.
     digest: str = ""
@@ -168,6 +191,23 @@ class Simulation:
         # at once, in the step), as the runtime's applier thread lags; its host reports its
         # index to the core, and peers streaming it catch-up pace themselves by it.
         applier_rate = {i: rng.choice((32, 128) if rejoin else (0, 0, 4, 64)) for i in self.ids}
+        # Compaction (three seeds in four): snapshots every `snapshot_interval` seconds on
+        # average, a log tail per node, snapshot chunks of `chunk_slots` history entries.
+        self.compacting = rng.random() < 0.75
+        self.snapshot_interval = rng.choice((0.05, 0.2, 0.8))
+        self.log_tail = {i: rng.choice((0, 4, 32) if not rejoin else (16, 128)) for i in self.ids}
+        self.chunk_slots = rng.choice((4, 16, 64) if not rejoin else (256, 1024))
+        #: Chance that a node crashes between two snapshot chunks it receives, and in the
+        #: step that installs a snapshot (in either phase, at most TRANSFER_CRASHES times a
+        #: run: its supervisor starts it again soon after).
+        self.transfer_crash = 0.05 if not rejoin else 0.0
+        self.install_crash = 0.25 if not rejoin else 0.0
+        #: Chance that a snapshot arrives damaged (its checksum then fails).
+        self.damage = 0.3 if not rejoin else 0.0
+        # Snapshot transfers: node -> (its incarnation, source, index asked), while one
+        # runs; and what each node staged of a snapshot (durable: it resumes from there).
+        self.transfers: dict[str, tuple[int, str, int]] = {}
+        self.staging: dict[str, tuple[str, str, int]] = {}
         self.now = 0.0
         self.clock = _SimClock(self)
         # A node's disk: its acceptor state and chosen log, and its state machine.
@@ -182,6 +222,7 @@ class Simulation:
                 dedup=dedup,
                 observe=partial(self._applied, i),
                 on_reads=partial(self._reads_answered, i),
+                on_install=partial(self._install_asked, i),
                 bugs=self.host_bugs,
             )
             for i in self.ids
@@ -392,11 +433,15 @@ class Simulation:
             state_machine=self.machines[i],
             clock=self.clock,
             rng=random.Random(self.rng.getrandbits(64)),
+            log_tail=self.log_tail[i],
             bugs=self.host_bugs,
         )
         self.nodes[i] = host
         host.node()
         self._at(self.now + self.rng.uniform(0, TICK), "tick", i, self.incarnation[i])
+        if self.compacting:
+            delay = self.rng.uniform(0, self.snapshot_interval)
+            self._at(self.now + delay, "snapshot", i, self.incarnation[i])
 
     def _crash(self, i: str) -> None:
         if self.nodes[i] is None:
@@ -408,14 +453,15 @@ class Simulation:
             durable = self.durable[i]
             durable.promised, durable.accepted, durable.chosen = Ballot.ZERO, {}, {}
 
-    def _step(self, i: str, action) -> None:
-        """Run one input through node i's host, with a rare crash at a point of the step
-        (volatile state lost, durable state kept)."""
+    def _step(self, i: str, action, crash_chance: float | None = None) -> None:
+        """Run one input through node i's host, with a rare crash (`crash_chance`, by default
+        the run's) at a point of the step (volatile state lost, durable state kept)."""
         host = self.nodes[i]
         if host is None:
             return
         self.stats.steps += 1
-        if self.mid_step_crash and self.rng.random() < self.mid_step_crash:
+        chance = self.mid_step_crash if crash_chance is None else crash_chance
+        if chance and self.rng.random() < chance:
             self.crash_point = self.rng.choice((PERSIST, SEND, APPLY))
         try:
             action(host)
@@ -519,8 +565,113 @@ class Simulation:
         if self._paused(i, "tick", i, incarnation):
             return
         self.machines[i].run()  # the applier thread's turn
-        self._step(i, NodeHost.tick)
+        self._step(i, self._compact_and_tick if self.compacting else NodeHost.tick)
         self._at(self.now + TICK, "tick", i, incarnation)
+
+    def _compact_and_tick(self, host: NodeHost) -> None:
+        host.compact()
+        host.tick()
+
+    # ---------------------------------------------------------------- snapshots
+
+    def _ev_snapshot(self, i: str, incarnation: int) -> None:
+        """Node i's state machine starts a snapshot in the background: what it holds now,
+        durable only once written in full (a crash before that loses it)."""
+        if self.nodes[i] is None or self.incarnation[i] != incarnation:
+            return
+        if self._paused(i, "snapshot", i, incarnation):
+            return
+        snapshot = self.machines[i].take_snapshot()
+        self._at(
+            self.now + self.rng.uniform(0.001, 0.05), "snapshot_kept", i, incarnation, snapshot
+        )
+        interval = self.snapshot_interval
+        self._at(
+            self.now + self.rng.uniform(interval / 2, interval * 1.5), "snapshot", i, incarnation
+        )
+
+    def _ev_snapshot_kept(self, i: str, incarnation: int, snapshot: MemorySnapshot) -> None:
+        if self.nodes[i] is None or self.incarnation[i] != incarnation:
+            return
+        self.machines[i].keep_snapshot(snapshot)
+        self.stats.snapshots += 1
+
+    def _install_asked(self, i: str, peer: str, index: int) -> None:
+        """Node i's host asks for peer's snapshot (its log is compacted through `index`):
+        a transfer starts unless one runs."""
+        running = self.transfers.get(i)
+        if running is not None and running[0] == self.incarnation[i]:
+            return
+        self.transfers[i] = (self.incarnation[i], peer, index)
+        self._at(self.now + self.rng.uniform(0.0002, self.max_delay), "transfer", i, 0)
+
+    def _ev_transfer(self, i: str, failures: int) -> None:
+        """One chunk of node i's snapshot transfer: fetched from the source over the
+        network (or failed: tried again, given up after a few failures, when the source
+        asks again); the last one verified and installed in a step of node i's."""
+        running = self.transfers.get(i)
+        if self.nodes[i] is None or running is None or running[0] != self.incarnation[i]:
+            return
+        if self._paused(i, "transfer", i, failures):
+            return
+        _, source, index = running
+        rng = self.rng
+        snapshot = self.machines[source].snapshot if self.nodes[source] is not None else None
+        cut = (i, source) in self.blocked or (source, i) in self.blocked
+        if snapshot is None or cut or rng.random() < self.loss:
+            if failures >= 5:
+                del self.transfers[i]
+            else:
+                self._at(self.now + 0.02, "transfer", i, failures + 1)
+            return
+        if snapshot.index < index:
+            raise Violation(
+                f"{source} told {i} its log is compacted through {index}, but its latest "
+                f"snapshot is at {snapshot.index}: the slots between are lost to {i}"
+            )
+        staged = self.staging.get(i)
+        received = (
+            staged[2] if staged is not None and staged[:2] == (source, snapshot.checksum) else 0
+        )
+        received += 1
+        self.stats.transfer_chunks += 1
+        if received < 1 + len(snapshot.applied_log) // self.chunk_slots:
+            self.staging[i] = (source, snapshot.checksum, received)
+            if self._transfer_crash_due(self.transfer_crash):
+                self._crash(i)  # between two chunks: it resumes from those staged
+                self._transfer_crashed(i)
+                return
+            self._at(self.now + rng.uniform(0.0002, self.max_delay), "transfer", i, 0)
+            return
+        self.staging.pop(i, None)
+        del self.transfers[i]
+        if rng.random() < self.damage:
+            # A chunk arrived damaged: the checksum no longer matches (refused on install).
+            damaged = ((0, ("damaged",)),) + snapshot.applied_log[1:]
+            snapshot = dataclasses.replace(snapshot, applied_log=damaged)
+        crash = self._transfer_crash_due(self.install_crash)
+        self._step(i, partial(self._install, i, snapshot), crash_chance=1.0 if crash else 0.0)
+        if self.nodes[i] is None:
+            self._transfer_crashed(i)
+
+    def _transfer_crash_due(self, chance: float) -> bool:
+        return self.stats.transfer_crashes < TRANSFER_CRASHES and self.rng.random() < chance
+
+    def _transfer_crashed(self, i: str) -> None:
+        """Node i crashed during a transfer or an install: its supervisor restarts it."""
+        self.stats.transfer_crashes += 1
+        self._at(self.now + self.rng.uniform(0.05, 0.3), "restart", i, self.incarnation[i])
+
+    def _ev_restart(self, i: str, incarnation: int) -> None:
+        if self.nodes[i] is None and self.incarnation[i] == incarnation:
+            self._start(i)
+
+    def _install(self, i: str, snapshot: MemorySnapshot, host: NodeHost) -> None:
+        if self.machines[i].install(snapshot):
+            self.stats.installs += 1
+        elif not snapshot.intact():
+            self.stats.damaged_refused += 1
+        host.tick()  # the core learns the new applied index and says so
 
     # ---------------------------------------------------------------- clients
 
@@ -684,6 +835,23 @@ class _SimStorage(MemoryStorage):
         self.sim.checker.on_restart(self.i, self.durable)
         return super().load()
 
+    def read(self, first_slot: int, max_slots: int, max_bytes: int) -> list[Value]:
+        if first_slot <= self.durable.compacted_through:
+            raise Violation(
+                f"{self.i}'s core read slot {first_slot} from its log, compacted through "
+                f"{self.durable.compacted_through}"
+            )
+        return super().read(first_slot, max_slots, max_bytes)
+
+    def compact(self, through: int) -> None:
+        sim = self.sim
+        if sim.crash_point is not None:
+            sim._reach(PERSIST)
+        machine = sim.machines[self.i]
+        sim.checker.on_compact(self.i, through, machine.snapshot_index)
+        super().compact(through)
+        sim.stats.compactions += 1
+
     def persist(self, ready: Ready) -> None:
         sim = self.sim
         if sim.crash_point is not None:
@@ -733,3 +901,13 @@ class _SimStateMachine(MemoryStateMachine):
             self.sim._reach(APPLY)
         self.sim.checker.on_learned(self.i, chosen)
         super().learned(chosen)
+
+    def install(self, snapshot: MemorySnapshot) -> bool:
+        """Behind a crash point (before the install: nothing installed); checked."""
+        if self.sim.crash_point is not None:
+            self.sim._reach(INSTALL)
+        votes = {s: e for s, e in self.log.accepted.items() if s > snapshot.index}
+        if not super().install(snapshot):
+            return False
+        self.sim.checker.on_install(self.i, snapshot, self.log, votes)
+        return True

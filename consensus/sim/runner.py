@@ -34,6 +34,12 @@ class Summary:
     elections: int = 0
     bytes: int = 0
     max_message: int = 0
+    snapshots: int = 0
+    compactions: int = 0
+    installs: int = 0
+    transfer_chunks: int = 0
+    transfer_crashes: int = 0
+    damaged_refused: int = 0
     catchup: float = 0.0  # rejoin: the longest catch-up, simulated seconds
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
@@ -45,7 +51,10 @@ class Summary:
             f"{self.crashes} crashes, {self.persist_failures} failed persists, "
             f"{self.partitions} partitions, {self.commands} commands, "
             f"{self.reads} reads, {self.elections} elections, {self.bytes / 1e6:.1f} MB sent "
-            f"(largest message {self.max_message} B)"
+            f"(largest message {self.max_message} B), {self.snapshots} snapshots, "
+            f"{self.compactions} compactions, {self.installs} snapshot installs "
+            f"({self.transfer_chunks} chunks, {self.transfer_crashes} crashes during a "
+            f"transfer or install, {self.damaged_refused} damaged refused)"
             + (f", longest catch-up {self.catchup:.2f}s" if self.catchup else "")
             + f", {self.seconds:.1f}s"
         )
@@ -86,6 +95,30 @@ def _run_chunk(args: tuple[list[tuple[int, Params]], bool]) -> list[Stats | Fail
     return results
 
 
+#: The Summary's totals: (its field, the Stats field summed into it).
+_SUMMED = tuple(
+    (name, "submitted" if name == "commands" else name)
+    for name in (
+        "steps",
+        "messages",
+        "wire_messages",
+        "crashes",
+        "persist_failures",
+        "partitions",
+        "commands",
+        "reads",
+        "elections",
+        "bytes",
+        "snapshots",
+        "compactions",
+        "installs",
+        "transfer_chunks",
+        "transfer_crashes",
+        "damaged_refused",
+    )
+)
+
+
 def run_seeds(
     seeds: list[tuple[int, Params]], *, processes: int | None = None, stop_at_first: bool = False
 ) -> Summary:
@@ -105,16 +138,8 @@ def run_seeds(
         if isinstance(result, Failure):
             summary.failures.append(result)
             continue
-        summary.steps += result.steps
-        summary.messages += result.messages
-        summary.wire_messages += result.wire_messages
-        summary.crashes += result.crashes
-        summary.persist_failures += result.persist_failures
-        summary.partitions += result.partitions
-        summary.commands += result.submitted
-        summary.reads += result.reads
-        summary.elections += result.elections
-        summary.bytes += result.bytes
+        for total, count in _SUMMED:
+            setattr(summary, total, getattr(summary, total) + getattr(result, count))
         summary.max_message = max(summary.max_message, result.max_message)
         summary.catchup = max(summary.catchup, result.catchup)
     summary.failures.sort(key=lambda f: (f.seed, f.nodes))

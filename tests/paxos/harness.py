@@ -6,6 +6,7 @@ its host handled."""
 from __future__ import annotations
 
 import random
+from functools import partial
 
 from consensus.host import ManualClock, MemoryStateMachine, MemoryStorage, NodeHost
 from consensus.paxos import (
@@ -35,12 +36,18 @@ class _Wire:
 
 
 class Harness:
-    def __init__(self, n: int = 3, **config) -> None:
+    def __init__(self, n: int = 3, *, log_tail: int = 1024, **config) -> None:
         self.ids = tuple(f"n{i}" for i in range(1, n + 1))
         self.config = config
+        self.log_tail = log_tail
         self.clock = ManualClock()
         self.durable = {i: DurableState() for i in self.ids}
-        self.machines = {i: MemoryStateMachine(self.durable[i]) for i in self.ids}
+        #: Snapshot installs each node's host asked for: (peer, index), in order.
+        self.install_asks: dict[str, list[tuple[str, int]]] = {i: [] for i in self.ids}
+        self.machines = {
+            i: MemoryStateMachine(self.durable[i], on_install=partial(self._asked, i))
+            for i in self.ids
+        }
         self.hosts: dict[str, NodeHost | None] = {}
         self.in_flight: list[tuple[str, str, Message]] = []
         self.sent: list[tuple[str, str, Message]] = []
@@ -69,9 +76,25 @@ class Harness:
             state_machine=machine,
             clock=self.clock,
             rng=random.Random(seed),
+            log_tail=self.log_tail,
         )
         host.node()
         return host
+
+    def _asked(self, i: str, peer: str, index: int) -> None:
+        self.install_asks[i].append((peer, index))
+
+    def snapshot_and_compact(self, i: str) -> int:
+        """Node i's state machine makes a snapshot of what it applied; its host compacts.
+        Returns the compaction point."""
+        machine = self.machines[i]
+        machine.keep_snapshot(machine.take_snapshot())
+        return self.host(i).compact()
+
+    def transfer(self, i: str, peer: str) -> bool:
+        """Node i fetches peer's latest snapshot whole and installs it (state transfer,
+        outside Paxos). Whether it was installed."""
+        return self.machines[i].install(self.machines[peer].snapshot)
 
     def host(self, i: str) -> NodeHost:
         host = self.hosts[i]
@@ -94,6 +117,12 @@ class Harness:
     def submit(self, i: str, *request_ids: str) -> Ready:
         commands = [Command(r, f"payload of {r}") for r in request_ids]
         return self.host(i).submit(commands)
+
+    def submit_each(self, i: str, request_ids, *, drop=lambda src, dst, msg: False) -> None:
+        """Submit each command at node i in turn, delivering what it causes in between."""
+        for rid in request_ids:
+            self.submit(i, rid)
+            self.deliver(drop=drop)
 
     def deliver(self, *, drop=lambda src, dst, msg: False, rounds: int = 1000) -> int:
         """Deliver in-flight messages (and what they cause) until none is left, dropping

@@ -15,6 +15,7 @@ from consensus.paxos import (
     Forward,
     Heartbeat,
     HeartbeatAck,
+    InstallSnapshot,
     Node,
     Prepare,
     PreVote,
@@ -189,9 +190,7 @@ def test_submits_forwarded_with_lost_messages_are_retried_until_chosen():
 def test_a_lagging_follower_catches_up_from_the_leader():
     h = Harness(3, max_catchup=3)
     h.elect("n1")
-    for k in range(10):
-        h.submit("n1", f"r{k}")
-        h.deliver(drop=lambda s, d, m: d == "n3")
+    h.submit_each("n1", [f"r{k}" for k in range(10)], drop=lambda s, d, m: d == "n3")
     assert h.applied["n3"] == []
     h.advance(1.0)
     assert h.applied["n3"] == h.applied["n1"]
@@ -510,3 +509,82 @@ def test_a_leader_cut_off_from_the_others_answers_no_read():
         answered += h.tick("n1").reads
         h.deliver(drop=cut)
     assert answered == []
+
+
+# ---------------------------------------------------------------------- compaction
+
+
+def test_a_node_behind_the_compaction_point_catches_up_by_installing_a_snapshot():
+    h = Harness(3, log_tail=2)
+    h.elect("n1")
+    h.crash("n3")
+    h.submit_each("n1", [f"r{k}" for k in range(20)])
+    assert [h.snapshot_and_compact(i) for i in ("n1", "n2")] == [18, 18]
+    assert min(h.durable["n1"].chosen) == min(h.durable["n1"].accepted) == 19
+    promised = h.durable["n3"].promised
+    h.restart("n3")
+    h.sent.clear()
+    h.advance(0.5)
+    to_n3 = [m for src, dst, m in h.sent if dst == "n3"]
+    # Slots it lacks are pruned at the leader: it is told to install a snapshot, never
+    # sent a value the leader no longer has (the simulator's storage would see the read).
+    assert InstallSnapshot(18) in to_n3
+    assert not any(isinstance(m, Chosen) for m in to_n3)
+    assert h.install_asks["n3"][0] == ("n1", 18)
+    assert h.machines["n3"].applied_index == 0
+    assert h.transfer("n3", "n1")
+    h.advance(0.5)
+    # The snapshot's index is applied, its history identical; the acceptor state as it was.
+    assert h.machines["n3"].applied_index == 20 == h.node("n3").commit_index
+    assert h.applied["n3"] == h.applied["n1"] == h.applied["n2"]
+    assert h.node("n3").compacted_through == 20 and h.durable["n3"].compacted_through == 20
+    assert h.durable["n3"].promised == promised == h.node("n3").promised
+    # And it keeps up by replay afterwards.
+    h.submit("n1", "after")
+    h.deliver()
+    assert h.applied["n3"] == h.applied["n1"] and h.applied["n3"][-1] == (21, ("after",))
+
+
+def test_a_candidate_behind_a_compacted_acceptor_is_promised_and_told_to_install():
+    h = Harness(3, log_tail=0)
+    h.elect("n1")
+    h.submit_each("n1", [f"r{k}" for k in range(5)])
+    assert h.snapshot_and_compact("n2") == 5
+    h.now += 10.0  # n2's leader is silent for longer than its lease
+    prepare = Prepare(Ballot(9, "n3"), 1)
+    ready = h.receive("n2", "n3", prepare)
+    sent = [m for _, m in ready.messages]
+    # Phase 1 needs no pruned slot: the promise reports none at or below the commit index.
+    assert Promise(prepare.ballot, 1, (), 5, True) in sent
+    assert InstallSnapshot(5) in sent
+    assert not any(isinstance(m, Chosen) for m in sent)
+
+
+def test_a_node_that_knows_the_slots_answers_install_snapshot_with_where_it_is():
+    h = Harness(3)
+    h.elect("n1")
+    h.submit("n1", "a")
+    h.deliver()
+    ready = h.receive("n2", "n1", InstallSnapshot(1))
+    assert ready.snapshots == [] and h.install_asks["n2"] == []
+    # So that a stream waiting on the install (the promiser's, to a candidate) goes on.
+    assert ready.messages == [("n1", ChosenAck(2, 1))]
+    ready = h.receive("n2", "n1", InstallSnapshot(2))
+    assert ready.snapshots == [("n1", 2)] and h.install_asks["n2"] == [("n1", 2)]
+
+
+def test_an_install_leaves_the_acceptor_promise_and_its_votes_above_the_snapshot():
+    h = Harness(3, log_tail=0)
+    h.elect("n1")
+    h.submit_each("n1", ["r0", "r1", "r2"], drop=lambda src, dst, message: dst == "n3")
+    h.snapshot_and_compact("n1")
+    # n3 promised a higher ballot and voted in slot 9, then installs n1's snapshot at 3.
+    ballot = Ballot(7, "n2")
+    h.receive("n3", "n2", Accept(ballot, ((9, value_of("x")),), 0))
+    assert h.transfer("n3", "n1")
+    h.tick("n3")
+    node = h.node("n3")
+    assert node.commit_index == 3 and node.promised == ballot
+    assert h.durable["n3"].promised == ballot
+    assert h.durable["n3"].accepted[9] == (ballot, value_of("x"))
+    assert node.acceptor.accepted[9] == (ballot, value_of("x"))

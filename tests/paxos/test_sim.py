@@ -33,6 +33,11 @@ def test_ci_seeds_keep_every_safety_and_liveness_property(nodes):
     assert summary.crashes > CI_SEEDS and summary.partitions > CI_SEEDS
     assert summary.persist_failures > CI_SEEDS // 20
     assert summary.commands > 20 * CI_SEEDS
+    # Logs were compacted, and nodes behind them caught up by installing snapshots, some
+    # crashing during the transfer or the install, some refusing a damaged snapshot.
+    assert summary.compactions > CI_SEEDS and summary.snapshots > CI_SEEDS
+    assert summary.installs > CI_SEEDS // 10
+    assert summary.transfer_crashes > CI_SEEDS // 20 and summary.damaged_refused > 0
 
 
 def test_seeds_with_every_message_round_tripped_through_json():
@@ -80,6 +85,9 @@ BROKEN = {
     "send_before_persist": ("faults", 300, ("before persisting",)),
     "apply_out_of_order": ("faults", 300, ("out of order",)),
     "forget_applied_on_restart": ("faults", 300, ("again",)),
+    "compact_beyond_snapshot": ("faults", 300, ("beyond its latest snapshot",)),
+    "install_resets_acceptor": ("faults", 300, ("installed a snapshot and its promise went",)),
+    "install_unverified": ("faults", 300, ("whose history differs",)),
 }
 
 
@@ -128,6 +136,8 @@ def test_a_returning_node_causes_no_election_and_catches_up_within_the_bound(nod
     # The writes, and the probe's writes during each catch-up (one per 20 ms).
     assert 2000 * REJOIN_SEEDS < summary.commands < 2000 * REJOIN_SEEDS + 250 * REJOIN_SEEDS
     assert 0 < summary.catchup <= Params.catchup_time
+    # Some came back behind the leader's compaction point and installed its snapshot.
+    assert summary.installs > 0
     # Catch-up came in chunks: no message near the size of what the node lacked.
     assert summary.max_message <= 300 * 1024
 

@@ -12,6 +12,7 @@ from consensus.host import (
     HOST_BUGS,
     FromPeer,
     ManualClock,
+    MemorySnapshot,
     MemoryStateMachine,
     MemoryStorage,
     NodeHost,
@@ -27,6 +28,8 @@ from consensus.paxos import (
     Config,
     DurableState,
     Forward,
+    Heartbeat,
+    InstallSnapshot,
     Prepare,
     PreVote,
     PreVoteReply,
@@ -84,11 +87,21 @@ class Node:
     """One host and its adapters."""
 
     def __init__(
-        self, node_id: str = "n2", *, rate: int = 0, failures: int = 0, bugs=frozenset()
+        self,
+        node_id: str = "n2",
+        *,
+        rate: int = 0,
+        failures: int = 0,
+        bugs=frozenset(),
+        log_tail: int = 1024,
     ) -> None:
         self.journal: list = []
         self.durable = DurableState()
-        self.machine = MemoryStateMachine(self.durable, rate=rate, bugs=bugs)
+        #: Snapshot installs the host asked for.
+        self.asked: list[tuple[str, int]] = []
+        self.machine = MemoryStateMachine(
+            self.durable, rate=rate, bugs=bugs, on_install=lambda *ask: self.asked.append(ask)
+        )
         self.storage = JournalStorage(self.durable, self.machine, self.journal, failures)
         self.transport = JournalTransport(self.durable, self.journal)
         self.clock = ManualClock()
@@ -100,6 +113,7 @@ class Node:
             clock=self.clock,
             rng=random.Random(1),
             bugs=bugs,
+            log_tail=log_tail,
         )
         self.host.node()  # started at time 0
         self.journal.clear()
@@ -260,3 +274,90 @@ def test_an_unknown_host_bug_is_refused():
     assert "send_before_persist" in HOST_BUGS
     with pytest.raises(ValueError):
         Node(bugs=frozenset({"typo"}))
+
+
+# ---------------------------------------------------------------------- compaction
+
+
+def _applied_through(node: Node, last: int) -> None:
+    """Slots 1..last accepted from the leader and learned chosen by its heartbeat."""
+    entries = tuple((slot, value_of(f"r{slot}")) for slot in range(1, last + 1))
+    node.host.on_message("n1", Accept(LEADER, entries, 0))
+    node.host.on_message("n1", Heartbeat(LEADER, last, 1))
+    assert node.machine.applied_index == last
+
+
+def test_compaction_prunes_only_below_the_latest_snapshot_and_keeps_the_tail():
+    node = Node("n2", log_tail=3)
+    _applied_through(node, 10)
+    assert node.host.compact() == 0  # no snapshot yet: nothing may go
+    assert sorted(node.durable.chosen) == sorted(node.durable.accepted) == list(range(1, 11))
+    node.machine.keep_snapshot(node.machine.take_snapshot())  # at 10
+    assert node.host.compact() == 7  # the tail: 3 slots below the applied index
+    assert sorted(node.durable.chosen) == sorted(node.durable.accepted) == [8, 9, 10]
+    assert node.durable.compacted_through == 7 == node.host.status()["compacted_through"]
+    # With the tail at 0, only as far as the snapshot: slot 11 applied after it stays.
+    node.host.log_tail = 0
+    node.host.on_message("n1", Accept(LEADER, ((11, value_of("r11")),), 11))
+    assert node.machine.applied_index == 11 and node.host.compact() == 10
+    assert sorted(node.durable.chosen) == [11]
+    # A restart loads the compaction point.
+    restarted = NodeHost(
+        Config("n2", NODES),
+        storage=MemoryStorage(node.durable, node.machine),
+        transport=JournalTransport(node.durable, []),
+        state_machine=node.machine,
+        clock=ManualClock(),
+        rng=random.Random(2),
+    )
+    assert restarted.node().compacted_through == 10
+
+
+def test_the_compact_beyond_snapshot_canary_prunes_above_the_snapshot():
+    node = Node("n2", log_tail=0, bugs=frozenset({"compact_beyond_snapshot"}))
+    _applied_through(node, 6)
+    assert node.host.compact() == 6 and node.machine.snapshot_index == 0
+
+
+def test_an_install_the_core_asks_for_goes_to_the_state_machine():
+    node = Node("n2")
+    node.host.on_message("n1", InstallSnapshot(40))
+    assert node.asked == [("n1", 40)]
+
+
+def _snapshot_at(last: int):
+    source = MemoryStateMachine(DurableState())
+    source.learned([(slot, value_of(f"r{slot}")) for slot in range(1, last + 1)])
+    return source, source.take_snapshot()
+
+
+def test_an_installed_snapshot_replaces_the_state_and_the_core_jumps_past_it():
+    node = Node("n3")
+    node.host.on_message("n1", Accept(LEADER, ((45, value_of("later")),), 0))
+    source, snapshot = _snapshot_at(40)
+    assert node.machine.install(snapshot)
+    assert node.machine.applied_log == source.applied_log
+    assert node.machine.applied_ids == source.applied_ids
+    assert node.durable.compacted_through == 40 and node.machine.snapshot_index == 40
+    node.host.tick()
+    core = node.host.node()
+    assert core.commit_index == 40 and core.compacted_through == 40
+    assert node.host.status()["applied_index"] == 40
+    # The vote above the snapshot and the promise stay binding.
+    assert node.durable.promised == LEADER == core.promised
+    assert node.durable.accepted[45] == (LEADER, value_of("later"))
+
+
+def test_a_damaged_or_older_snapshot_is_refused_and_changes_nothing():
+    node = Node("n3")
+    _, snapshot = _snapshot_at(8)
+    damaged = MemorySnapshot(
+        snapshot.index, snapshot.applied_ids, snapshot.applied_log[1:], snapshot.checksum
+    )
+    assert not damaged.intact() and not node.machine.install(damaged)
+    assert node.machine.applied_index == 0 and node.machine.applied_log == []
+    assert node.durable.compacted_through == 0 and node.machine.snapshot is None
+    assert node.machine.install(snapshot)
+    _, older = _snapshot_at(5)
+    assert not node.machine.install(older)
+    assert node.machine.applied_index == 8 and len(node.machine.applied_log) == 8
