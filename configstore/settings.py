@@ -165,6 +165,8 @@ CONFIGSTORE_PAXOS = {
     # Catch-up streamed to a returning node, at most (0: unlimited; see the README).
     "catchup_bytes_per_second": float(env("CONFIGSTORE_CATCHUP_KB_PER_S", "128")) * 1024,
 }
+# Applied request ids are duplicates for this many slots (README, "Bounded growth").
+CONFIGSTORE_REQUEST_WINDOW = int(env("CONFIGSTORE_REQUEST_WINDOW", "100000"))
 # Celery in the node's worker: fire-and-forget Paxos envelopes only.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 16
 CELERY_TASK_ACKS_LATE = False
