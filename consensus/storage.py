@@ -68,9 +68,13 @@ _CHOSEN = (
     "INSERT INTO consensus_chosen_slot (slot, value) VALUES (%s, %s::jsonb) "
     "ON CONFLICT (slot) DO NOTHING"
 )
+# An id applied again after the request window may still have its old row (pruning is
+# bounded): the new application replaces it.
 _APPLIED_REQUEST = (
     "INSERT INTO consensus_applied_request (request_id, slot, outcome, result, applied_at) "
-    "VALUES (%s, %s, %s, %s::jsonb, %s)"
+    "VALUES (%s, %s, %s, %s::jsonb, %s) ON CONFLICT (request_id) DO UPDATE SET "
+    "slot = EXCLUDED.slot, outcome = EXCLUDED.outcome, result = EXCLUDED.result, "
+    "applied_at = EXCLUDED.applied_at"
 )
 #: Pruning, in the apply transaction, bounded: at most PRUNE_LIMIT rows of each table more
 #: than the transaction itself added, so a backlog (a first start after an upgrade, a
