@@ -257,3 +257,41 @@ def test_a_damaged_or_cut_file_is_refused_and_changes_nothing(restored):
     assert "cut short" in refusals["cut.snapshot"]
     assert refusals["unchanged"] is True
     assert f"has applied up to index {restored['index']}" in refusals["not empty"]
+
+
+def _history_count(cluster) -> int:
+    return cluster.query("n1", "SELECT count(*) FROM configstore_history")[0][0]
+
+
+def test_export_and_import_a_prefix_as_one_txn_with_a_dry_run_diff(restored, tmp_path):
+    target = restored["cluster"]
+    exported = json.loads(target.manage("n2", "export", "cfg/"))
+    assert exported == {"cfg/a": {"x": [1, 2.5, "é"]}, "cfg/b": None, "cfg/c": 3}
+    wanted = tmp_path / "wanted.json"
+    wanted.write_text(json.dumps({"cfg/a": 1, "cfg/c": 3, "cfg/d": [4]}))
+    before = _history_count(target)
+    dry = target.manage("n3", "import", str(wanted), "--prefix", "cfg/", "--dry-run")
+    assert dry.splitlines() == [
+        '~ cfg/a: {"x": [1, 2.5, "é"]} -> 1',
+        "- cfg/b: null",
+        "+ cfg/d: [4]",
+        "dry run: 3 changes, nothing applied",
+    ]
+    assert _history_count(target) == before
+    # a value the schema of app/ refuses: the whole import is refused, nothing applied
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"app/k1": "not an integer", "app/k2": 2}))
+    with pytest.raises(RuntimeError, match="nothing applied"):
+        target.manage("n3", "import", str(bad), "--prefix", "app/k")
+    assert _history_count(target) == before
+    assert json.loads(target.manage("n3", "export", "app/k"))["app/k1"] == 1
+    done = target.manage("n3", "import", str(wanted), "--prefix", "cfg/", "--reason", "r")
+    index = int(done.split("at log index ")[1])
+    assert json.loads(target.manage("n1", "export", "cfg/")) == json.loads(wanted.read_text())
+    rows = target.query(
+        "n1",
+        "SELECT count(*), min(index), max(index), min(reason) FROM configstore_history "
+        "WHERE command = 'txn' AND index = %s",
+        [index],
+    )
+    assert rows == [(3, index, index, "r")]
