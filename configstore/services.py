@@ -17,6 +17,7 @@ outcome if the request is the same (same fingerprint), IdempotencyKeyReused if n
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -244,6 +245,54 @@ def entry_txn(
     )
     done = _submit(command, timeout, prevalidate=prevalidate)
     return TxnCommitted(done.request_id, done.index, done.result["results"])
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    """What makes every key under `prefix` hold exactly a mapping's {key: value}: the txn's
+    ops, its checks (the version of every key it read, 0 for absent: the txn is refused if
+    anything moved meanwhile) and the diff, one line per change ("+ key: value",
+    "~ key: old -> new", "- key: old")."""
+
+    prefix: str
+    ops: list[Write]
+    checks: list[Check]
+    diff: list[str]
+
+
+def import_plan(prefix: str, wanted: dict[str, Any]) -> ImportPlan:
+    """The plan of an import of `wanted` under `prefix`, against this node's applied state."""
+    if not isinstance(wanted, dict):
+        raise exceptions.InvalidInput("an import is a JSON object {key: value}", field="file")
+    outside = sorted(k for k in wanted if not str(k).startswith(prefix))
+    if outside:
+        raise exceptions.InvalidInput(
+            f"keys outside the prefix {prefix!r}: {', '.join(outside[:5])}", field="file"
+        )
+    current = {e.key: e for e in selectors.entry_list(prefix=prefix)}
+    ops, checks, diff = [], [], []
+    for key in sorted(current.keys() | wanted.keys()):
+        entry = current.get(key)
+        shown = json.dumps(wanted.get(key), ensure_ascii=False)
+        if key not in wanted:
+            ops.append(Write("delete", key))
+            diff.append(f"- {key}: {json.dumps(entry.value, ensure_ascii=False)}")
+        elif entry is None:
+            ops.append(Write("put", key, wanted[key]))
+            diff.append(f"+ {key}: {shown}")
+        elif entry.value != wanted[key]:
+            ops.append(Write("put", key, wanted[key]))
+            diff.append(f"~ {key}: {json.dumps(entry.value, ensure_ascii=False)} -> {shown}")
+        checks.append(Check(key, entry.version if entry else 0))
+    return ImportPlan(prefix, ops, checks, diff)
+
+
+def import_apply(plan: ImportPlan, *, actor: str | Actor, reason: str = "") -> TxnCommitted | None:
+    """Commit `plan` as one txn (all or nothing, through consensus); None if it changes
+    nothing. TxnFailed if a key it read moved meanwhile: nothing applied."""
+    if not plan.ops:
+        return None
+    return entry_txn(ops=plan.ops, checks=plan.checks, actor=actor, reason=reason)
 
 
 # ------------------------------------------------------------------------------- schemas

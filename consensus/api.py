@@ -24,6 +24,10 @@ applied here in time: it may still commit; look it up later by its request id).
                                 what the nodes' workers publish about themselves
     status_families(), REGISTRY, LATENCY_BUCKETS
                                 the runtime's metrics, for the web server's /metrics
+    SNAPSHOT_REQUESTS_SQL, snapshot_requests_since(index), install_applied(cursor, index,
+    batches)                    the runtime's part of a snapshot of the state machine
+                                (configstore.snapshot): the request ids still inside the
+                                window, and the install of an applied index
 
 The waits give the caller's Django connection back to its pool before they block.
 """
@@ -46,12 +50,19 @@ from consensus.client import (
 from consensus.cluster import cluster_status, leader_contact_age, node_has_quorum
 from consensus.metrics import LATENCY_BUCKETS, REGISTRY, status_families
 from consensus.paxos import Command
-from consensus.storage import APPLIED_INDEX_SQL, ApplyCommands
+from consensus.storage import (
+    APPLIED_INDEX_SQL,
+    SNAPSHOT_REQUESTS_SQL,
+    ApplyCommands,
+    install_applied,
+    snapshot_requests_since,
+)
 
 __all__ = [
     "APPLIED_INDEX_SQL",
     "LATENCY_BUCKETS",
     "REGISTRY",
+    "SNAPSHOT_REQUESTS_SQL",
     "ApplyCommands",
     "Command",
     "Committed",
@@ -62,10 +73,12 @@ __all__ = [
     "applied_index",
     "barrier",
     "cluster_status",
+    "install_applied",
     "leader_contact_age",
     "lookup",
     "node_id",
     "node_has_quorum",
+    "snapshot_requests_since",
     "status_families",
     "submit",
     "subscribe",

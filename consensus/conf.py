@@ -251,6 +251,14 @@ class NodeSettings:
         "largest item a worker takes off its queue; longer ones are dropped before they are "
         "decoded (the largest write fits with its encoding)",
     )
+    request_window: int = setting(
+        "CONFIGSTORE_REQUEST_WINDOW",
+        "100000",
+        integer(1),
+        "slots for which an applied request id is remembered: chosen again within them it is "
+        "dropped as a duplicate, after them applied again; older ids are deleted. The same on "
+        "every node (see [Backup, restore and bounded growth](#backup-restore-and-bounded-growth))",
+    )
     app_db_role: str = setting(
         "CONFIGSTORE_APP_DB_ROLE",
         "",

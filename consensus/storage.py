@@ -20,12 +20,13 @@ than one per row: the hot path of every commit.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.db import close_old_connections, connection, transaction
 
+from consensus import conf
 from consensus.paxos import Ballot, Command, DurableState, Ready, Value, commands_to_apply
 
 #: The channel the applier NOTIFYs on this node's database (its payloads: _notify_payloads,
@@ -67,9 +68,34 @@ _CHOSEN = (
     "INSERT INTO consensus_chosen_slot (slot, value) VALUES (%s, %s::jsonb) "
     "ON CONFLICT (slot) DO NOTHING"
 )
+# An id applied again after the request window may still have its old row (pruning is
+# bounded): the new application replaces it.
 _APPLIED_REQUEST = (
     "INSERT INTO consensus_applied_request (request_id, slot, outcome, result, applied_at) "
-    "VALUES (%s, %s, %s, %s::jsonb, %s)"
+    "VALUES (%s, %s, %s, %s::jsonb, %s) ON CONFLICT (request_id) DO UPDATE SET "
+    "slot = EXCLUDED.slot, outcome = EXCLUDED.outcome, result = EXCLUDED.result, "
+    "applied_at = EXCLUDED.applied_at"
+)
+#: Pruning, in the apply transaction, bounded: at most PRUNE_LIMIT rows of each table more
+#: than the transaction itself added, so a backlog (a first start after an upgrade, a
+#: smaller window) is worked off a transaction at a time.
+PRUNE_LIMIT = 1024
+# The accepted values of slots at or below the applied index are never read again: load()
+# reads only the slots above it, and a Promise carries only slots from the acceptor's
+# first unchosen slot on (consensus.paxos.node, _on_prepare: max(from_slot,
+# first_unchosen), and first_unchosen > applied index, every slot up to it being chosen),
+# so no phase 1 ever needs them; what is chosen there is in the chosen log. A late Accept
+# for such a slot may write a row again; a later transaction deletes it.
+_PRUNE_ACCEPTED = (
+    "DELETE FROM consensus_accepted_slot WHERE slot IN (SELECT slot FROM "
+    "consensus_accepted_slot WHERE slot <= %s ORDER BY slot LIMIT %s)"
+)
+# Applied request ids older than the request window (CONFIGSTORE_REQUEST_WINDOW slots) are
+# ignored by the duplicate check (_apply) whether or not they are still here: deleting them
+# changes no decision, so every node decides alike whenever it prunes.
+_PRUNE_REQUESTS = (
+    "DELETE FROM consensus_applied_request WHERE request_id IN (SELECT request_id FROM "
+    "consensus_applied_request WHERE slot < %s ORDER BY slot LIMIT %s)"
 )
 _APPLIED_INDEX = (
     "INSERT INTO consensus_applied_state (id, applied_index) VALUES (1, %s) "
@@ -272,24 +298,32 @@ def _apply(cursor, committed, apply_commands: ApplyCommands, node_id: str) -> li
     """Apply `committed` and record it; (outcome, rejection code or "") per command."""
     if not committed:
         return []
+    window = conf.node().request_window
+    first = committed[0][0]
     ids = [c.request_id for _, value in committed for c in value.commands]
-    done: set[str] = set()
+    # A request id applied at slot s is a duplicate at slots up to s + window, no later:
+    # the same rule on every node, whatever each has pruned yet (request_window_start).
+    applied_at: dict[str, int] = {}
     if ids:
         cursor.execute(
-            "SELECT request_id FROM consensus_applied_request WHERE request_id = ANY(%s)", [ids]
+            "SELECT request_id, slot FROM consensus_applied_request "
+            "WHERE request_id = ANY(%s) AND slot >= %s",
+            [ids, request_window_start(first, window)],
         )
-        done = {row[0] for row in cursor.fetchall()}
+        applied_at = dict(cursor.fetchall())
     now = datetime.now(UTC)
     rows = []
     outcomes = []
     for slot, value in committed:
-        fresh = commands_to_apply(value, done)
+        fresh = commands_to_apply(
+            value, _AppliedSince(applied_at, request_window_start(slot, window))
+        )
         if not fresh:
             continue
         for command, (outcome, result) in zip(
             fresh, apply_commands(cursor, slot, fresh, node_id), strict=True
         ):
-            done.add(command.request_id)
+            applied_at[command.request_id] = slot
             code = result.get("error") if isinstance(result, dict) else None
             outcomes.append((outcome, "" if outcome == "committed" else str(code)))
             rows.append((command.request_id, slot, outcome, json.dumps(result), now))
@@ -297,9 +331,73 @@ def _apply(cursor, committed, apply_commands: ApplyCommands, node_id: str) -> li
         cursor.executemany(_APPLIED_REQUEST, rows)
     last = committed[-1][0]
     cursor.execute(_APPLIED_INDEX, [last])
+    _prune(cursor, first - 1, request_window_start(last, window), len(rows))
     for payload in _notify_payloads(rows, last):
         cursor.execute("SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, payload])
     return outcomes
+
+
+class _AppliedSince:
+    """The request ids applied at or after slot `start` (for commands_to_apply's `in`)."""
+
+    def __init__(self, applied_at: dict[str, int], start: int) -> None:
+        self.applied_at, self.start = applied_at, start
+
+    def __contains__(self, request_id: str) -> bool:
+        return self.applied_at.get(request_id, self.start - 1) >= self.start
+
+
+#: The runtime's part of a snapshot of the state machine at its applied index (the product
+#: writes the file: configstore.snapshot): the request ids whose duplicates the next
+#: slots must still drop, without the node-local time each was applied at. Every node at
+#: the same applied index holds these same rows (whatever it pruned), in this order.
+SNAPSHOT_REQUESTS_SQL = (
+    "SELECT jsonb_build_object('request_id', request_id, 'slot', slot, 'outcome', outcome, "
+    "'result', result)::text FROM consensus_applied_request WHERE slot >= %s "
+    'ORDER BY slot, request_id COLLATE "C"'
+)
+
+
+def snapshot_requests_since(applied_index: int) -> int:
+    """The first slot whose request ids SNAPSHOT_REQUESTS_SQL takes at `applied_index`."""
+    return request_window_start(applied_index + 1, conf.node().request_window)
+
+
+def install_applied(cursor, applied_index: int, request_batches: Iterable[str]) -> int:
+    """Make `applied_index` this node's applied index, with the applied request ids of
+    `request_batches` (JSON arrays of SNAPSHOT_REQUESTS_SQL's rows) in place of its own: a
+    snapshot's install, inside the caller's transaction. The acceptor's promise and the
+    values accepted above the index are left as they are (its votes stand); those at or
+    below it are deleted, as the applier prunes them. The chosen log is left too. Returns
+    how many request ids it installed."""
+    cursor.execute("DELETE FROM consensus_applied_request")
+    installed = 0
+    for batch in request_batches:
+        cursor.execute(
+            "INSERT INTO consensus_applied_request (request_id, slot, outcome, result, "
+            "applied_at) SELECT r.request_id, r.slot, r.outcome, r.result, now() FROM "
+            "jsonb_to_recordset(%s::jsonb) AS r(request_id text, slot bigint, outcome text, "
+            "result jsonb)",
+            [batch],
+        )
+        installed += cursor.rowcount
+    cursor.execute(_APPLIED_INDEX, [applied_index])
+    cursor.execute("DELETE FROM consensus_accepted_slot WHERE slot <= %s", [applied_index])
+    return installed
+
+
+def request_window_start(slot: int, window: int) -> int:
+    """The first slot whose applied request ids still count as duplicates at `slot`."""
+    return slot - window
+
+
+def _prune(cursor, below_applied: int, window_start: int, added: int) -> None:
+    """Delete accepted values of slots up to `below_applied` (applied by an earlier
+    transaction) and applied request ids older than the window; each at most PRUNE_LIMIT
+    rows more than this transaction added."""
+    limit = PRUNE_LIMIT + added
+    cursor.execute(_PRUNE_ACCEPTED, [below_applied, limit])
+    cursor.execute(_PRUNE_REQUESTS, [window_start, limit])
 
 
 def _notify_payloads(rows: list[tuple], applied_index: int) -> list[str]:

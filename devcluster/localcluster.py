@@ -162,6 +162,9 @@ class LocalCluster:
     backoff: Backoff = field(default_factory=Backoff)
     #: Called with each line the supervisor reports (besides the log); must not raise.
     on_event: Callable[[str], None] | None = None
+    #: Called with the cluster once its databases are prepared, before any node process
+    #: starts (e.g. to restore a snapshot into each: `manage(node, ..., as_owner=True)`).
+    before_start: Callable[[LocalCluster], None] | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -216,6 +219,8 @@ class LocalCluster:
         self.django_secret = self._kept_secret("django-secret")
         self._start_servers()
         self._prepare_databases()
+        if self.before_start is not None:
+            self.before_start(self)
         self.heal()
         for i in self.ids:
             self.start_worker(i)
@@ -820,12 +825,16 @@ class LocalCluster:
         )
         return password
 
-    def manage(self, node_id: str, *args: str, stdin: str | None = None) -> str:
-        """Run `manage.py ARGS` as node `node_id`; its output (RuntimeError if it fails)."""
+    def manage(
+        self, node_id: str, *args: str, stdin: str | None = None, as_owner: bool = False
+    ) -> str:
+        """Run `manage.py ARGS` as node `node_id` (connected as the app role, or as the
+        tables' owner); its output (RuntimeError if it fails)."""
+        env = self._owner_env(node_id) if as_owner else self.env(node_id)
         done = subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=ROOT,
-            env={**os.environ, **self.env(node_id)},
+            env={**os.environ, **env},
             input=stdin,
             capture_output=True,
             text=True,

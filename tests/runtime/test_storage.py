@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 
 from consensus import storage
-from consensus.paxos import Ballot, Ready
+from consensus.paxos import Ballot, Command, Ready, Value
 
 pytestmark = pytest.mark.django_db
 
@@ -29,3 +29,68 @@ def test_the_database_refuses_to_lower_a_promise():
     storage.persist(Ready(promised=Ballot(5, "n3")))
     storage.persist(Ready(promised=Ballot(6, "n1")))
     assert _promise() == [(6, "n1")]
+
+
+class Recorder:
+    """A state machine that records the request ids it is given, committing each."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[int, str]] = []
+
+    def __call__(self, cursor, slot, commands, node_id):
+        self.applied += [(slot, c.request_id) for c in commands]
+        return [("committed", {}) for _ in commands]
+
+
+def _value(*request_ids: str) -> Value:
+    return Value(tuple(Command(r, "{}") for r in request_ids))
+
+
+def _rows(sql: str) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchall()
+
+
+def test_a_request_id_is_a_duplicate_within_the_window_and_applied_again_after_it(configure):
+    """CONFIGSTORE_REQUEST_WINDOW = 5: an id applied at slot s is dropped when chosen again
+    up to slot s + 5 and applied again after it (r1 of slot 1: dropped at 6, applied at 7,
+    replacing its old row; r2 of slot 2: dropped at 7); rows older than the window are
+    pruned."""
+    configure(request_window=5)
+    machine = Recorder()
+    chosen = [(1, _value("r1", "r1")), (2, _value("r2")), (3, _value())]
+    chosen += [(4, _value()), (5, _value()), (6, _value("r1", "r6"))]
+    assert storage.apply_chosen(machine, "n1", chosen) == 6
+    assert machine.applied == [(1, "r1"), (2, "r2"), (6, "r6")]
+    assert storage.apply_chosen(machine, "n1", [(7, _value("r1", "r2"))]) == 1
+    assert machine.applied[3:] == [(7, "r1")]
+    assert _rows(
+        "SELECT request_id, slot FROM consensus_applied_request ORDER BY request_id"
+    ) == [("r1", 7), ("r2", 2), ("r6", 6)]
+    assert storage.apply_chosen(machine, "n1", [(8, _value("x"))]) == 1
+    assert storage.apply_chosen(machine, "n1", [(s, _value()) for s in range(9, 13)]) == 4
+    # at slot 12 the window starts at 7: r2 (slot 2) and r6 (slot 6) are gone
+    assert _rows("SELECT request_id FROM consensus_applied_request ORDER BY request_id") == [
+        ("r1",),
+        ("x",),
+    ]
+
+
+def test_accepted_values_at_or_below_the_applied_index_are_pruned_a_bounded_number_at_a_time(
+    monkeypatch,
+):
+    """Each apply transaction deletes the accepted values of slots applied by earlier ones,
+    at most PRUNE_LIMIT (+ the rows it added) at a time; none above the applied index."""
+    monkeypatch.setattr(storage, "PRUNE_LIMIT", 3)
+    ballot = Ballot(1, "n1")
+    storage.persist(Ready(accepted=[(s, ballot, _value()) for s in range(1, 13)]))
+    machine = Recorder()
+    assert storage.apply_chosen(machine, "n1", [(s, _value()) for s in range(1, 9)]) == 8
+    slots = "SELECT slot FROM consensus_accepted_slot ORDER BY slot"
+    assert _rows(slots) == [(s,) for s in range(1, 13)]  # nothing applied before: none pruned
+    assert storage.apply_chosen(machine, "n1", [(9, _value())]) == 1
+    assert _rows(slots) == [(s,) for s in range(4, 13)]  # 3 of the 8 applied before
+    assert storage.apply_chosen(machine, "n1", [(10, _value())]) == 1
+    assert storage.apply_chosen(machine, "n1", [(11, _value())]) == 1
+    assert _rows(slots) == [(s,) for s in range(10, 13)]  # up to slot 9, never above 10

@@ -1,0 +1,184 @@
+"""python -m benchmarks.growth [--puts 20000,100000] [--ops 20] [--window 1000]
+[--clients 32]
+
+Do the consensus tables grow with the history? One real 3-node cluster (devcluster.
+localcluster, on the servers named by CONFIGSTORE_CLUSTER_DATABASE_URL / _BROKER_URL, else
+embedded ones) is grown to each size of `--puts` in turn: that many committed puts in all,
+in txns of `--ops` puts (one command per log slot: CONFIGSTORE_MAX_BATCH=1), and as many
+linearizable reads (read barriers, spread over the three nodes). After each size it
+prints, for one follower, every consensus_* and configstore_* table's row count, dead
+rows not yet vacuumed and pg_total_relation_size, and checks the history holds exactly one
+row per put applied.
+
+What it shows: consensus_accepted_slot holds only the slots above the applied index
+(pruned by the applier, a bounded number per transaction), consensus_applied_request at
+most the request window (CONFIGSTORE_REQUEST_WINDOW, set to `--window` slots here so that
+it is reached at these sizes; the default is 100,000) plus what one transaction adds, and
+reads add no row anywhere. A table's size on disk follows its rows once autovacuum has
+made the deleted rows' space reusable (dead rows are printed). consensus_chosen_slot still grows with the log: the chosen log
+is not compacted yet (that needs snapshot installation in the core). The history grows by
+design: it is the product. Asserts nothing but the history's count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.rejoin import applied_index
+from consensus.client import Committed
+from devcluster.localcluster import LocalCluster
+
+TABLES_SQL = (
+    "SELECT c.relname, pg_total_relation_size(c.oid), coalesce(s.n_dead_tup, 0) FROM pg_class c "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE n.nspname = current_schema() "
+    "AND c.relkind = 'r' AND (c.relname LIKE 'consensus\\_%%' OR c.relname LIKE 'configstore\\_%%') "
+    "ORDER BY c.relname"
+)
+
+
+def _txn(client: int, k: int, ops: int) -> str:
+    return json.dumps(
+        {
+            "op": "txn",
+            "ops": [{"op": "put", "key": f"growth/{client}/{i}", "value": k} for i in range(ops)],
+            "at": datetime.now(UTC).isoformat(),
+        }
+    )
+
+
+def _spread(count: int, clients: int, work) -> float:
+    """`work(client, k)` `count` times over `clients` threads; the seconds it took."""
+    left = [count]
+    lock = threading.Lock()
+
+    def run(c: int) -> None:
+        k = 0
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            k += 1
+            work(c, k)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - started
+
+
+def grow(cluster: LocalCluster, commands: int, ops: int, clients: int) -> tuple[float, int]:
+    """`commands` txns of `ops` puts, retried until each commits; (seconds, failures)."""
+    failures = [0]
+
+    def work(c: int, k: int) -> None:
+        submitter = cluster.submitter(cluster.ids[c % len(cluster.ids)])
+        payload = _txn(c, k, ops)
+        while not isinstance(submitter.submit(payload, timeout=30), Committed):
+            failures[0] += 1
+
+    return _spread(commands, clients, work), failures[0]
+
+
+def read(cluster: LocalCluster, reads: int, clients: int) -> float:
+    def work(c: int, _k: int) -> None:
+        submitter = cluster.submitter(cluster.ids[c % len(cluster.ids)])
+        while not isinstance(submitter.barrier(timeout=10), Committed):
+            pass
+
+    return _spread(reads, clients, work)
+
+
+def report(cluster: LocalCluster, node: str) -> dict[str, tuple[int, int]]:
+    """{table: (rows, bytes)} on `node`, printed."""
+    sizes = cluster.query(node, TABLES_SQL)
+    found = {}
+    for table, size, dead in sizes:
+        (rows,) = cluster.query(node, f"SELECT count(*) FROM {table}")[0]
+        found[table] = (rows, size)
+        print(f"  {table:34} {rows:>10,} rows {dead:>9,} dead {size / 1024:>10,.0f} KB", flush=True)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.growth", description=__doc__)
+    parser.add_argument("--puts", default="20000,100000")
+    parser.add_argument("--ops", type=int, default=20)
+    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=32)
+    args = parser.parse_args(argv)
+    data = Path(tempfile.mkdtemp(prefix="configstore-growth-"))
+    data.chmod(0o755)
+    cluster = LocalCluster.from_environment(
+        data,
+        web=False,
+        fresh=True,
+        extra_env={
+            "CONFIGSTORE_MAX_BATCH": "1",
+            "CONFIGSTORE_WINDOW": "64",
+            "CONFIGSTORE_REQUEST_WINDOW": str(args.window),
+        },
+    )
+    results = []
+    try:
+        cluster.start()
+        done = 0
+        for puts in (int(s) for s in args.puts.split(",") if s):
+            size = puts // args.ops  # commands
+            leader = cluster.wait_for_leader()
+            follower = next(i for i in cluster.ids if i != leader)
+            took, failures = grow(cluster, size - done, args.ops, args.clients)
+            read_took = read(cluster, (size - done) * args.ops, args.clients)
+            done = size
+            top = applied_index(cluster, leader)
+            while applied_index(cluster, follower) < top:
+                time.sleep(0.05)
+            print(
+                f"{size * args.ops:,} puts ({size:,} txns) and {size * args.ops:,} linearizable reads "
+                f"in all (this step: writes {took:.0f} s, {failures} retried; reads "
+                f"{read_took:.0f} s); applied index {top:,}; on {follower}, request window "
+                f"{args.window:,} slots:",
+                flush=True,
+            )
+            results.append((size, report(cluster, follower)))
+            ((history, commands),) = cluster.query(
+                follower,
+                "SELECT (SELECT count(*) FROM configstore_history), "
+                "(SELECT count(*) FROM configstore_history WHERE key LIKE 'growth/%%')",
+            )
+            expected = size * args.ops
+            print(
+                f"  history: {commands:,} rows for the {expected:,} puts applied "
+                f"({'one per put' if commands == expected == history else 'MISMATCH'})",
+                flush=True,
+            )
+            if commands != expected:
+                raise SystemExit("the history does not hold exactly one row per applied put")
+        (small, a), (large, b) = results[0], results[-1]
+        print(f"from {small * args.ops:,} to {large * args.ops:,} puts ({large / small:.1f}x):")
+        for table in sorted(b):
+            (r0, s0), (r1, s1) = a.get(table, (0, 0)), b[table]
+            print(
+                f"  {table:34} rows {r0:>9,} -> {r1:>9,}   size {s0 / 1024:>8,.0f} -> "
+                f"{s1 / 1024:>8,.0f} KB",
+                flush=True,
+            )
+    finally:
+        cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
