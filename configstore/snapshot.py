@@ -54,10 +54,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from django.conf import settings
 from django.db import connection, transaction
 
 from consensus import api as consensus
+from consensus.conf import node as node_settings
 
 FORMAT = "configstore-snapshot"
 VERSION = 1
@@ -251,7 +251,7 @@ def _migrations(cursor) -> str:
 
 def _cluster() -> list[str]:
     """The node ids of CONFIGSTORE_PEERS (never their broker URLs: they may hold passwords)."""
-    return [p.split("=", 1)[0].strip() for p in settings.CONFIGSTORE_PEERS.split(",") if p]
+    return list(node_settings().peers)
 
 
 class _Hashing:
@@ -314,7 +314,7 @@ def save(out: BinaryIO) -> Info:
             "format": FORMAT,
             "version": VERSION,
             "applied_index": applied_index,
-            "node": settings.CONFIGSTORE_NODE_ID,
+            "node": node_settings().node_id,
             "cluster": _cluster(),
             "taken_at": datetime.now(UTC).isoformat(),
             "migrations": migrations,

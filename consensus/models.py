@@ -46,6 +46,9 @@ class AppliedState(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     applied_index = models.BigIntegerField(default=0)
+    #: The log is pruned through this slot (consensus.host, compaction): no accepted value
+    #: and no chosen entry is kept at or below it; a snapshot covers it.
+    compacted_through = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         db_table = "consensus_applied_state"

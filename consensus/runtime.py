@@ -234,7 +234,19 @@ class NodeRuntime:
         now = time.monotonic()
         if now - self._status_at >= STATUS_EVERY:
             self._status_at = now
+            self.compact()
             self.publish_status()
+
+    def compact(self) -> None:
+        """Prune the log as far as NodeHost.compact allows (only below the state machine's
+        latest snapshot: nothing while it takes none). Best effort: a failure is retried at
+        the next status publication."""
+        with self._lock:
+            try:
+                self.host.compact()
+            except Exception:  # noqa: BLE001 - the database may be down; retried
+                self.counters["compact_failures"] += 1
+                log.warning("compaction failed; retried later", exc_info=True)
 
     # ------------------------------------------------------------------ status
 

@@ -116,9 +116,9 @@ def load() -> tuple[DurableState, int]:
         cursor.execute("SELECT promised_round, promised_node FROM consensus_acceptor_state")
         row = cursor.fetchone()
         promised = Ballot(row[0], row[1]) if row else Ballot.ZERO
-        cursor.execute("SELECT applied_index FROM consensus_applied_state")
+        cursor.execute("SELECT applied_index, compacted_through FROM consensus_applied_state")
         row = cursor.fetchone()
-        applied = row[0] if row else 0
+        applied, compacted = row if row else (0, 0)
         cursor.execute(
             "SELECT slot, ballot_round, ballot_node, value FROM consensus_accepted_slot "
             "WHERE slot > %s",
@@ -129,7 +129,21 @@ def load() -> tuple[DurableState, int]:
         }
         cursor.execute("SELECT slot, value FROM consensus_chosen_slot WHERE slot > %s", [applied])
         chosen = {slot: Value.from_json(_json(v)) for slot, v in cursor.fetchall()}
-    return DurableState(promised, accepted, chosen), applied
+    return DurableState(promised, accepted, chosen, compacted_through=compacted), applied
+
+
+def compact(through: int) -> None:
+    """Prune the log through slot `through` (the host calls it only for slots applied here
+    and covered by the state machine's latest snapshot): accepted values and chosen entries
+    at or below it, and the compaction point recorded, in one transaction."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM consensus_chosen_slot WHERE slot <= %s", [through])
+        cursor.execute("DELETE FROM consensus_accepted_slot WHERE slot <= %s", [through])
+        cursor.execute(
+            "UPDATE consensus_applied_state SET compacted_through = "
+            "GREATEST(compacted_through, %s) WHERE id = 1",
+            [through],
+        )
 
 
 class ChosenLog:
@@ -172,6 +186,9 @@ class PostgresStorage(ChosenLog):
         except Exception:
             connection.close()
             raise
+
+    def compact(self, through: int) -> None:
+        compact(through)
 
 
 def notify_reads(reads: list[tuple[str, int]]) -> None:
@@ -368,8 +385,9 @@ def install_applied(cursor, applied_index: int, request_batches: Iterable[str]) 
     `request_batches` (JSON arrays of SNAPSHOT_REQUESTS_SQL's rows) in place of its own: a
     snapshot's install, inside the caller's transaction. The acceptor's promise and the
     values accepted above the index are left as they are (its votes stand); those at or
-    below it are deleted, as the applier prunes them. The chosen log is left too. Returns
-    how many request ids it installed."""
+    below it are deleted, as the applier prunes them, and so are the chosen entries at or
+    below it: the log is compacted through the index. Returns how many request ids it
+    installed."""
     cursor.execute("DELETE FROM consensus_applied_request")
     installed = 0
     for batch in request_batches:
@@ -383,6 +401,14 @@ def install_applied(cursor, applied_index: int, request_batches: Iterable[str]) 
         installed += cursor.rowcount
     cursor.execute(_APPLIED_INDEX, [applied_index])
     cursor.execute("DELETE FROM consensus_accepted_slot WHERE slot <= %s", [applied_index])
+    # No chosen entry at or below the index is here (a snapshot replaced them): the log is
+    # compacted through it, and a peer that needs those slots is sent the snapshot.
+    cursor.execute("DELETE FROM consensus_chosen_slot WHERE slot <= %s", [applied_index])
+    cursor.execute(
+        "UPDATE consensus_applied_state SET compacted_through = GREATEST(compacted_through, %s) "
+        "WHERE id = 1",
+        [applied_index],
+    )
     return installed
 
 

@@ -94,3 +94,25 @@ def test_accepted_values_at_or_below_the_applied_index_are_pruned_a_bounded_numb
     assert storage.apply_chosen(machine, "n1", [(10, _value())]) == 1
     assert storage.apply_chosen(machine, "n1", [(11, _value())]) == 1
     assert _rows(slots) == [(s,) for s in range(10, 13)]  # up to slot 9, never above 10
+
+
+def test_compaction_prunes_the_log_through_its_point_and_a_restart_loads_the_point():
+    """PostgresStorage.compact (NodeHost's Storage): accepted values and chosen entries at or
+    below the point are gone, those above stay, the point survives a restart (load), never
+    goes down, and the chosen log reads nothing below it (a peer needing those slots is
+    sent a snapshot instead)."""
+    ballot = Ballot(1, "n1")
+    storage.persist(Ready(accepted=[(s, ballot, _value(f"r{s}")) for s in range(1, 11)]))
+    machine = Recorder()
+    assert storage.apply_chosen(machine, "n1", [(s, _value(f"r{s}")) for s in range(1, 9)]) == 8
+    store = storage.PostgresStorage()
+    store.compact(5)
+    assert _rows("SELECT min(slot), max(slot) FROM consensus_chosen_slot") == [(6, 8)]
+    assert _rows("SELECT min(slot) FROM consensus_accepted_slot") == [(6,)]
+    durable, applied = storage.load()  # PostgresStorage.load, without its reconnect
+    assert (durable.compacted_through, applied) == (5, 8)
+    assert sorted(durable.accepted) == [9, 10]  # above the applied index: the open votes
+    store.compact(3)  # never goes down
+    assert storage.load()[0].compacted_through == 5
+    assert store.read(4, 10, 1 << 20) == []
+    assert [v.commands[0].request_id for v in store.read(6, 10, 1 << 20)] == ["r6", "r7", "r8"]
