@@ -14,8 +14,11 @@ What it shows: consensus_accepted_slot holds only the slots above the applied in
 (pruned by the applier, a bounded number per transaction), consensus_applied_request at
 most the request window (CONFIGSTORE_REQUEST_WINDOW, set to `--window` slots here so that
 it is reached at these sizes; the default is 100,000) plus what one transaction adds, and
-reads add no row anywhere. A table's size on disk follows its rows once autovacuum has
-made the deleted rows' space reusable (dead rows are printed). consensus_chosen_slot still grows with the log: the chosen log
+reads add no row anywhere. A table's size on disk follows its rows only as far as vacuum
+makes the deleted rows' space reusable (dead rows are printed): where the server runs no
+autovacuum (this machine's PostgreSQL has it off), the benchmark runs a plain VACUUM of
+the two pruned tables on every node every `--vacuum-every` seconds, as autovacuum would
+(0: never). consensus_chosen_slot still grows with the log: the chosen log
 is not compacted yet (that needs snapshot installation in the core). The history grows by
 design: it is the product. Asserts nothing but the history's count.
 """
@@ -31,6 +34,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
+
 from benchmarks.rejoin import applied_index
 from consensus.client import Committed
 from devcluster.localcluster import LocalCluster
@@ -42,6 +47,27 @@ TABLES_SQL = (
     "AND c.relkind = 'r' AND (c.relname LIKE 'consensus\\_%%' OR c.relname LIKE 'configstore\\_%%') "
     "ORDER BY c.relname"
 )
+
+
+PRUNED = ("consensus_accepted_slot", "consensus_applied_request")
+
+
+class Vacuum(threading.Thread):
+    """A plain VACUUM of the pruned tables on every node every `every` seconds."""
+
+    def __init__(self, cluster: LocalCluster, every: float) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.every = cluster, every
+        self.stopped = threading.Event()
+        self.runs = 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            for node in self.cluster.ids:
+                with psycopg.connect(self.cluster.database_url(node), autocommit=True) as conn:
+                    for table in PRUNED:
+                        conn.execute(f"VACUUM {table}")
+            self.runs += 1
 
 
 def _txn(client: int, k: int, ops: int) -> str:
@@ -117,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=20)
     parser.add_argument("--window", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument(
+        "--vacuum-every",
+        type=float,
+        default=None,
+        help="seconds (default: 10 if autovacuum is off)",
+    )
     args = parser.parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="configstore-growth-"))
     data.chmod(0o755)
@@ -133,6 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         cluster.start()
+        (autovacuum,) = cluster.query(cluster.ids[0], "SHOW autovacuum")[0]
+        every = (
+            args.vacuum_every
+            if args.vacuum_every is not None
+            else (10.0 if autovacuum == "off" else 0)
+        )
+        vacuum = Vacuum(cluster, every)
+        if every:
+            vacuum.start()
+        print(
+            f"autovacuum {autovacuum}; "
+            + (
+                f"VACUUM of {', '.join(PRUNED)} every {every:g} s" if every else "no VACUUM of ours"
+            ),
+            flush=True,
+        )
         done = 0
         for puts in (int(s) for s in args.puts.split(",") if s):
             size = puts // args.ops  # commands
@@ -148,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{size * args.ops:,} puts ({size:,} txns) and {size * args.ops:,} linearizable reads "
                 f"in all (this step: writes {took:.0f} s, {failures} retried; reads "
                 f"{read_took:.0f} s); applied index {top:,}; on {follower}, request window "
-                f"{args.window:,} slots:",
+                f"{args.window:,} slots; {vacuum.runs} VACUUM rounds so far:",
                 flush=True,
             )
             results.append((size, report(cluster, follower)))
