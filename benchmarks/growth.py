@@ -36,7 +36,7 @@ from pathlib import Path
 
 import psycopg
 
-from benchmarks.rejoin import applied_index
+from benchmarks.rejoin import applied_index, spread
 from consensus.client import Committed
 from devcluster.localcluster import LocalCluster
 
@@ -80,30 +80,6 @@ def _txn(client: int, k: int, ops: int) -> str:
     )
 
 
-def _spread(count: int, clients: int, work) -> float:
-    """`work(client, k)` `count` times over `clients` threads; the seconds it took."""
-    left = [count]
-    lock = threading.Lock()
-
-    def run(c: int) -> None:
-        k = 0
-        while True:
-            with lock:
-                if left[0] <= 0:
-                    return
-                left[0] -= 1
-            k += 1
-            work(c, k)
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.monotonic() - started
-
-
 def grow(cluster: LocalCluster, commands: int, ops: int, clients: int) -> tuple[float, int]:
     """`commands` txns of `ops` puts, retried until each commits; (seconds, failures)."""
     failures = [0]
@@ -114,7 +90,7 @@ def grow(cluster: LocalCluster, commands: int, ops: int, clients: int) -> tuple[
         while not isinstance(submitter.submit(payload, timeout=30), Committed):
             failures[0] += 1
 
-    return _spread(commands, clients, work), failures[0]
+    return spread(commands, clients, work), failures[0]
 
 
 def read(cluster: LocalCluster, reads: int, clients: int) -> float:
@@ -123,7 +99,7 @@ def read(cluster: LocalCluster, reads: int, clients: int) -> float:
         while not isinstance(submitter.barrier(timeout=10), Committed):
             pass
 
-    return _spread(reads, clients, work)
+    return spread(reads, clients, work)
 
 
 def report(cluster: LocalCluster, node: str) -> dict[str, tuple[int, int]]:
