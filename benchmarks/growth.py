@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "--vacuum-every",
         type=float,
         default=None,
-        help="seconds (default: 10 if autovacuum is off)",
+        help="seconds (default: 2 if autovacuum is off)",
     )
     args = parser.parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="configstore-growth-"))
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         every = (
             args.vacuum_every
             if args.vacuum_every is not None
-            else (10.0 if autovacuum == "off" else 0)
+            else (2.0 if autovacuum == "off" else 0)
         )
         vacuum = Vacuum(cluster, every)
         if every:
