@@ -17,10 +17,11 @@ it is reached at these sizes; the default is 100,000) plus what one transaction 
 reads add no row anywhere. A table's size on disk follows its rows only as far as vacuum
 makes the deleted rows' space reusable (dead rows are printed): where the server runs no
 autovacuum (this machine's PostgreSQL has it off), the benchmark runs a plain VACUUM of
-the two pruned tables on every node every `--vacuum-every` seconds, as autovacuum would
-(0: never). consensus_chosen_slot still grows with the log: the chosen log
-is not compacted yet (that needs snapshot installation in the core). The history grows by
-design: it is the product. Asserts nothing but the history's count.
+the two pruned tables on every node every `--vacuum-every` seconds (default 2), as
+autovacuum would (0: never; at 10 s the accepted slots' file still grew here).
+consensus_chosen_slot still grows with the log: the chosen log is not compacted yet (that
+needs snapshot installation in the core). The history grows by design: it is the product.
+Asserts nothing but the history's count.
 """
 
 from __future__ import annotations
