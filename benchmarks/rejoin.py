@@ -118,13 +118,13 @@ def applied_index(cluster: LocalCluster, node: str) -> int:
     return rows[0][0] if rows else 0  # no row before the first slot is applied
 
 
-def write(cluster: LocalCluster, nodes: list[str], count: int, clients: int) -> float:
-    """`count` writes through `nodes`, `clients` threads; returns the seconds it took."""
+def spread(count: int, clients: int, work) -> float:
+    """`work(client, k)` `count` times in all over `clients` threads (k counts each client's
+    calls from 1); returns the seconds it took."""
     left = [count]
     lock = threading.Lock()
 
     def client(c: int) -> None:
-        submitter = cluster.submitter(nodes[c % len(nodes)])
         k = 0
         while True:
             with lock:
@@ -132,7 +132,7 @@ def write(cluster: LocalCluster, nodes: list[str], count: int, clients: int) -> 
                     return
                 left[0] -= 1
             k += 1
-            submitter.submit(_payload(f"load/{c % 50}", k), timeout=10)
+            work(c, k)
 
     started = time.monotonic()
     threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
@@ -141,6 +141,16 @@ def write(cluster: LocalCluster, nodes: list[str], count: int, clients: int) -> 
     for t in threads:
         t.join()
     return time.monotonic() - started
+
+
+def write(cluster: LocalCluster, nodes: list[str], count: int, clients: int) -> float:
+    """`count` writes through `nodes`, `clients` threads; returns the seconds it took."""
+
+    def work(c: int, k: int) -> None:
+        submitter = cluster.submitter(nodes[c % len(nodes)])
+        submitter.submit(_payload(f"load/{c % 50}", k), timeout=10)
+
+    return spread(count, clients, work)
 
 
 def restart(cluster: LocalCluster, node: str) -> tuple[float, float, int]:

@@ -65,9 +65,11 @@ def test_a_request_id_is_a_duplicate_within_the_window_and_applied_again_after_i
     assert machine.applied == [(1, "r1"), (2, "r2"), (6, "r6")]
     assert storage.apply_chosen(machine, "n1", [(7, _value("r1", "r2"))]) == 1
     assert machine.applied[3:] == [(7, "r1")]
-    assert _rows(
-        "SELECT request_id, slot FROM consensus_applied_request ORDER BY request_id"
-    ) == [("r1", 7), ("r2", 2), ("r6", 6)]
+    assert _rows("SELECT request_id, slot FROM consensus_applied_request ORDER BY request_id") == [
+        ("r1", 7),
+        ("r2", 2),
+        ("r6", 6),
+    ]
     assert storage.apply_chosen(machine, "n1", [(8, _value("x"))]) == 1
     assert storage.apply_chosen(machine, "n1", [(s, _value()) for s in range(9, 13)]) == 4
     # at slot 12 the window starts at 7: r2 (slot 2) and r6 (slot 6) are gone

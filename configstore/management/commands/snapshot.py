@@ -11,8 +11,10 @@ Backup and disaster recovery of a node's replicated state (configstore.snapshot)
                   cluster with the same file (as the tables' owner, like migrate). The
                   cluster then starts at the snapshot's index: its next slot is index + 1.
                   --replace overwrites a database that has applied slots (stop the node
-                  first). A damaged, cut or foreign file, or a database of another schema,
-                  is refused and nothing is changed (exit 1).
+                  first; meant for a node of the same cluster: its chosen log is kept, and
+                  the slots above the snapshot's index in it are applied again at the
+                  worker's start). A damaged, cut or foreign file, or a database of another
+                  schema, is refused and nothing is changed (exit 1).
     info FILE     the file's header: index, node, sections, without touching a database.
 """
 
