@@ -172,27 +172,28 @@ class Client:
         response = self._call("GET", f"/api/v1/keys/{key}", params={"consistency": consistency})
         return Entry.from_json(response.json(), _index(response))
 
+    def _pages(self, path: str, params: dict) -> Iterator[tuple[dict, httpx.Response]]:
+        """Every page of a list, in order, following each page's `next_cursor` (keyset
+        pagination: each row once, whatever is written between pages)."""
+        cursor = None
+        while True:
+            page_params = params if cursor is None else {**params, "cursor": cursor}
+            response = self._call("GET", path, params=page_params)
+            data = response.json()
+            yield data, response
+            cursor = data.get("next_cursor")
+            if not cursor:
+                return
+
     def list(self, prefix: str = "", *, consistency: str = "linearizable") -> Listing:
         """Every entry under `prefix` the token may read, all pages."""
         entries: list[Entry] = []
-        page, index = 1, 0
-        while True:
-            response = self._call(
-                "GET",
-                "/api/v1/keys/",
-                params={
-                    "prefix": prefix,
-                    "page": page,
-                    "page_size": 1000,
-                    "consistency": consistency,
-                },
-            )
+        index = 0
+        params = {"prefix": prefix, "page_size": 1000, "consistency": consistency}
+        for data, response in self._pages("/api/v1/keys/", params):
             index = index or _index(response)
-            data = response.json()
             entries += [Entry.from_json(e, index) for e in data["results"]]
-            if not data.get("next"):
-                return Listing(entries, index)
-            page += 1
+        return Listing(entries, index)
 
     def history(
         self, *, key: str | None = None, prefix: str | None = None, **filters
@@ -202,14 +203,10 @@ class Client:
         params = {
             k: v for k, v in {"key": key, "prefix": prefix, **filters}.items() if v is not None
         }
-        rows: list[dict] = []
-        page = 1
-        while True:
-            data = self._call("GET", "/api/v1/history/", params={**params, "page": page}).json()
-            rows += data["results"]
-            if not data.get("next"):
-                return rows
-            page += 1
+        params.setdefault("page_size", 1000)
+        return [
+            row for data, _ in self._pages("/api/v1/history/", params) for row in data["results"]
+        ]
 
     def changes(
         self, prefix: str = "", since_index: int | None = None, *, timeout: float = 30.0
@@ -236,18 +233,12 @@ class Client:
     def schemas(self, prefix: str = "", *, consistency: str = "stale") -> dict[str, Any]:
         """The JSON Schemas attached at or under `prefix` (key or namespace "a/b/" ->
         schema), all pages."""
-        found: dict[str, Any] = {}
-        page = 1
-        while True:
-            data = self._call(
-                "GET",
-                "/api/v1/schemas/",
-                params={"prefix": prefix, "page": page, "consistency": consistency},
-            ).json()
-            found.update({row["key"]: row["schema"] for row in data["results"]})
-            if not data.get("next"):
-                return found
-            page += 1
+        params = {"prefix": prefix, "page_size": 1000, "consistency": consistency}
+        return {
+            row["key"]: row["schema"]
+            for data, _ in self._pages("/api/v1/schemas/", params)
+            for row in data["results"]
+        }
 
     def schema(self, key: str, *, consistency: str = "stale") -> Any | None:
         """The JSON Schema attached to `key` (a namespace ends with "/"), or None."""
