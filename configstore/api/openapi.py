@@ -110,9 +110,11 @@ IF_NONE_MATCH = OpenApiParameter(
     description="*: create only (with If-Match too: 412, both cannot hold)",
 )
 PREFIX_PARAM = OpenApiParameter("prefix", PREFIX, description="only keys starting with this")
+#: A list's cursor (configstore.api.pagination): base64url, unpadded.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,1024}$"
 CURSOR = OpenApiParameter(
     "cursor",
-    {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,1024}$"},
+    {"type": "string", "pattern": CURSOR_PATTERN},
     description="where the page starts: the `next_cursor` of the page before (opaque; one "
     "this list did not give is a 400). Pages carry no total count, and ?page= is refused "
     "(400): follow `next`",

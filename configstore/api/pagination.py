@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
@@ -29,12 +30,11 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
 from configstore import exceptions
-from configstore.api.openapi import MAX_BIGINT
+from configstore.api.openapi import CURSOR_PATTERN, MAX_BIGINT
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-#: A cursor longer than this is refused unread (a key is at most 257 characters).
-MAX_CURSOR_LENGTH = 1024
+_CURSOR = re.compile(CURSOR_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def decode_cursor(cursor: str, order: Order) -> list:
     """The sort key a cursor holds, checked against the list's order; InvalidInput if it
     is not one this server could have made for this list."""
     bad = _invalid("cursor is not one this list gave (follow `next` as it is)", "cursor")
-    if len(cursor) > MAX_CURSOR_LENGTH or not cursor.isascii():
+    if not _CURSOR.fullmatch(cursor):  # exactly the OpenAPI pattern: unpadded base64url
         raise bad
     try:
         values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))

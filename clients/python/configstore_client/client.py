@@ -185,8 +185,21 @@ class Client:
             if not cursor:
                 return
 
+    def iter_entries(
+        self, prefix: str = "", *, consistency: str = "linearizable", page_size: int = 1000
+    ) -> Iterator[Entry]:
+        """Every entry under `prefix` the token may read, in key order, a page at a time
+        (each entry present from the first page to the last comes once; one created ahead
+        of the page being read comes too, one created behind it does not). Each entry's
+        `index` is that of its own page."""
+        params = {"prefix": prefix, "page_size": page_size, "consistency": consistency}
+        for data, response in self._pages("/api/v1/keys/", params):
+            index = _index(response)
+            yield from (Entry.from_json(e, index) for e in data["results"])
+
     def list(self, prefix: str = "", *, consistency: str = "linearizable") -> Listing:
-        """Every entry under `prefix` the token may read, all pages."""
+        """Every entry under `prefix` the token may read, all pages; `index` (also each
+        entry's) is the applied index the first page reflects."""
         entries: list[Entry] = []
         index = 0
         params = {"prefix": prefix, "page_size": 1000, "consistency": consistency}
@@ -195,18 +208,25 @@ class Client:
             entries += [Entry.from_json(e, index) for e in data["results"]]
         return Listing(entries, index)
 
-    def history(
+    def iter_history(
         self, *, key: str | None = None, prefix: str | None = None, **filters
-    ) -> list[dict]:
-        """History rows (oldest first), all pages; filters as the API's (`since_index`,
-        `actor`, `outcome`, `request_id`)."""
+    ) -> Iterator[dict]:
+        """History rows (oldest first), a page at a time (`page_size`, 1000 by default);
+        filters as the API's (`since_index`, `actor`, `outcome`, `request_id`). Rows are
+        only ever added at the end: every row committed before the last page is read comes,
+        once, in log order."""
         params = {
             k: v for k, v in {"key": key, "prefix": prefix, **filters}.items() if v is not None
         }
         params.setdefault("page_size", 1000)
-        return [
-            row for data, _ in self._pages("/api/v1/history/", params) for row in data["results"]
-        ]
+        for data, _ in self._pages("/api/v1/history/", params):
+            yield from data["results"]
+
+    def history(
+        self, *, key: str | None = None, prefix: str | None = None, **filters
+    ) -> list[dict]:
+        """History rows (oldest first), all pages (see iter_history)."""
+        return list(self.iter_history(key=key, prefix=prefix, **filters))
 
     def changes(
         self, prefix: str = "", since_index: int | None = None, *, timeout: float = 30.0
