@@ -13,7 +13,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from configstore import admin_paging
+from configstore import admin_paging, selectors
 from configstore.admin_paging import BoundedPaginator
 from configstore.models import History
 from tests.configstore.conftest import payload
@@ -71,3 +71,20 @@ def test_the_history_list_counts_and_filters_without_scanning_every_row(history)
             assert re.search(r"LIMIT \d+", sql), sql  # every count is bounded
     filtered = client.get("/admin/configstore/history/?command=delete").content.decode()
     assert "paging/k0" not in filtered
+
+
+def test_the_namespace_filter_walks_from_namespace_to_namespace(log, monkeypatch):
+    keys = ("a/b/c", "a/b/d/e", "a/b0", "a/b.x/y", "a/f", "a/g/h", "a_z/q/r", "ab/c/d", "x/y")
+    for key in keys:
+        log.apply(payload("put", key=key, value=1))
+    # Under a/: one index entry for each of a/b.x/, a/b/, a/b0, a/f, a/g/ -- and no more.
+    monkeypatch.setattr(selectors, "NAMESPACE_WALK_STEPS", 5)
+    assert selectors.entry_namespaces(prefix="a/") == ["a/b.x/", "a/b/", "a/g/"]
+    monkeypatch.setattr(selectors, "NAMESPACE_WALK_STEPS", 4)
+    assert selectors.entry_namespaces(prefix="a/") == ["a/b.x/", "a/b/"]
+    assert selectors.entry_namespaces() == ["a/", "a_z/", "ab/", "x/"]
+    assert selectors.entry_namespaces(prefix="a_") == ["a_z/"]  # "_" is no LIKE wildcard: no ab/
+    assert selectors.entry_namespaces(restrict=["a/b/", "x"]) == ["a/", "x/"]
+    assert selectors.entry_namespaces(prefix="a/", restrict=["a/b/d"]) == ["a/b/"]
+    assert selectors.entry_namespaces(prefix="a/", restrict=["ab/"]) == []
+    assert selectors.entry_namespaces(limit=2) == ["a/", "a_z/"]
