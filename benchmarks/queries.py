@@ -7,8 +7,10 @@ in plain SQL (generate_series, the indexes dropped during the load and built aft
 a restore would), ANALYZEd, and then every query below is timed: each is a GET through
 Django's test client against the real views (URL routing, authentication, permissions,
 the query, serialization, rendering; no HTTP server, no network), `--runs` times after one
-warm-up; printed: p50 and max in ms, and with --explain, EXPLAIN (ANALYZE, BUFFERS) of the
-slowest SQL statement each request ran. The database is dropped at the end.
+warm-up; printed: the p50 of the request's wall time, of this process's CPU time and of
+its SQL statements' time (round trips included), the max wall time, the machine's load
+average (a busy machine stretches the wall times, not the CPU times), and with --explain,
+EXPLAIN (ANALYZE, BUFFERS) of the slowest SQL statement each request ran. The database is dropped at the end.
 
 Server: CONFIGSTORE_BENCH_DATABASE_URL (a postgresql:// URL whose database part is ignored),
 else DATABASE_URL's server, else the machine's at postgresql://postgres@127.0.0.1:5432/.
@@ -197,21 +199,25 @@ def _queries(keys: int, history: int) -> list[tuple[str, str, str]]:
     ]
 
 
-def _time(client, url: str, runs: int) -> tuple[list[float], list[dict]]:
+def _time(client, url: str, runs: int) -> tuple[dict[str, list[float]], list[dict]]:
+    """Per run, in ms: the request's wall time, this process's CPU time during it, and the
+    time its SQL statements took (as Django's cursor measures them: round trip included)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     response = client.get(url)  # warm-up (and a check)
     if response.status_code != 200:
         raise SystemExit(f"{url}: {response.status_code} {response.content[:300]!r}")
-    times = []
+    times: dict[str, list[float]] = {"wall": [], "cpu": [], "sql": []}
     for _ in range(runs):
         with CaptureQueriesContext(connection) as captured:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             response = client.get(url)
             if hasattr(response, "streaming_content"):
                 b"".join(response.streaming_content)
-            times.append((time.perf_counter() - started) * 1000)
+            times["wall"].append((time.perf_counter() - started) * 1000)
+            times["cpu"].append((time.process_time() - cpu) * 1000)
+        times["sql"].append(sum(float(q["time"]) for q in captured.captured_queries) * 1000)
     return times, captured.captured_queries
 
 
@@ -243,15 +249,17 @@ def _measure(keys: int, history: int, runs: int, explain: bool) -> dict[str, flo
         for side, name, url in _queries(keys, history):
             client = api if side == "api" else admin
             times, statements = _time(client, url, runs)
-            p50 = statistics.median(times)
-            p50s[f"{side}: {name}"] = p50
+            p50 = {what: statistics.median(values) for what, values in times.items()}
+            p50s[f"{side}: {name}"] = p50["wall"]
             print(
-                f"{side:5} {name:28} p50 {p50:7.1f} ms   max {max(times):7.1f} ms   "
-                f"({len(statements)} statements)   {url}",
+                f"{side:5} {name:28} p50 {p50['wall']:7.1f} ms (cpu {p50['cpu']:6.1f}, "
+                f"sql {p50['sql']:6.1f})   max {max(times['wall']):7.1f} ms   "
+                f"{len(statements)} statements   {url}",
                 flush=True,
             )
             if explain:
                 print(_explain(statements), flush=True)
+        print(f"load average after: {' '.join(f'{n:.1f}' for n in os.getloadavg())}")
         return p50s
     finally:
         _drop_database()
