@@ -27,6 +27,7 @@ Asserts nothing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import secrets
 import statistics
@@ -178,6 +179,7 @@ def _deep(keys: int, history: int) -> dict[str, str]:
 def _queries(keys: int, history: int) -> list[tuple[str, str, str]]:
     deep = _deep(keys, history)
     some_key = f"ns42/sub{(keys // 2 // 100) % 10}/key{keys // 2 + 42:07}"
+    request_id = hashlib.md5(str(history // 2).encode()).hexdigest()[:12]  # a row's, cut
     api = "/api/v1"
     stale = "consistency=stale"
     return [
@@ -194,7 +196,8 @@ def _queries(keys: int, history: int) -> list[tuple[str, str, str]]:
         ("admin", "entry search", f"/admin/configstore/entry/?q=key{keys // 2 + 42:07}"),
         ("admin", "entry list of a namespace", "/admin/configstore/entry/?prefix=ns42/"),
         ("admin", "history list", "/admin/configstore/history/"),
-        ("admin", "history search", f"/admin/configstore/history/?q={some_key}"),
+        ("admin", "history search, a key", f"/admin/configstore/history/?q={some_key}"),
+        ("admin", "history search, request id", f"/admin/configstore/history/?q={request_id}"),
         ("admin", "history, one operation", "/admin/configstore/history/?operation=delete"),
     ]
 

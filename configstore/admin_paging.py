@@ -23,7 +23,7 @@ from django.core.paginator import Paginator
 from django.db import connections
 
 #: Up to this many matches, the admin counts them exactly (and cheaply).
-EXACT_COUNT_LIMIT = 10_000
+EXACT_COUNT_LIMIT = 1_000
 #: The deepest page the admin serves.
 MAX_PAGES = 100
 
