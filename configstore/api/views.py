@@ -267,6 +267,7 @@ _WRITE_ERRORS = {
     412: _error("If-Match / If-None-Match do not hold (version_conflict, with current_version)"),
     422: _error("schema_violation: the value fails a JSON Schema attached to the key"),
 }
+_LIST_ERRORS = {**_ERRORS, 404: _error("?format= names a format this list is not given in")}
 _CONSISTENCY = spec.CONSISTENCY
 _IDEMPOTENCY = spec.IDEMPOTENCY
 _IF_MATCH = spec.IF_MATCH
@@ -315,7 +316,7 @@ class KeyListView(ApiView):
     @extend_schema(
         summary="List entries, in key order (bytewise), a page at a time",
         parameters=[spec.PREFIX_PARAM, _CONSISTENCY, spec.CURSOR, spec.PAGE_SIZE],
-        responses={200: s.page_serializer(s.EntrySerializer), **_ERRORS},
+        responses={200: s.page_serializer(s.EntrySerializer), **_LIST_ERRORS},
     )
     def get(self, request):
         return _list_page(request, selectors.entry_list, s.EntrySerializer)
@@ -503,7 +504,7 @@ class HistoryView(ApiView):
             spec.CURSOR,
             spec.PAGE_SIZE,
         ],
-        responses={200: s.page_serializer(s.HistorySerializer), **_ERRORS},
+        responses={200: s.page_serializer(s.HistorySerializer), **_LIST_ERRORS},
     )
     def get(self, request):
         params = request.query_params
@@ -635,7 +636,7 @@ class SchemaListView(ApiView):
     @extend_schema(
         summary="List JSON Schemas, in key order (bytewise), a page at a time",
         parameters=[spec.PREFIX_PARAM, _CONSISTENCY, spec.CURSOR, spec.PAGE_SIZE],
-        responses={200: s.page_serializer(s.SchemaSerializer), **_ERRORS},
+        responses={200: s.page_serializer(s.SchemaSerializer), **_LIST_ERRORS},
     )
     def get(self, request):
         return _list_page(request, selectors.schema_list, s.SchemaSerializer)
