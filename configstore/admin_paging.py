@@ -19,6 +19,7 @@ import json
 from functools import cached_property
 
 from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db import connections
 
@@ -41,12 +42,21 @@ def estimated_count(queryset) -> int:
 
 class BoundedPaginator(Paginator):
     """A paginator whose count costs at most EXACT_COUNT_LIMIT rows and whose pages stop at
-    MAX_PAGES. `exact` says whether `count` is exact or PostgreSQL's estimate."""
+    MAX_PAGES. `exact` says whether `count` is exact or PostgreSQL's estimate.
+
+    The count first reads the first page (and one row more): a list that fits on one page
+    (a selective search or filter) is counted by that one query, and `first_rows` keeps the
+    rows for BoundedChangeList, which shows them without reading them again."""
 
     exact = True
+    first_rows: list | None = None
 
     @cached_property
     def count(self) -> int:
+        first = list(self.object_list[: self.per_page + 1])
+        if len(first) <= self.per_page:
+            self.first_rows = first
+            return len(first)
         found = self.object_list[: EXACT_COUNT_LIMIT + 1].count()
         if found <= EXACT_COUNT_LIMIT:
             return found
@@ -58,11 +68,21 @@ class BoundedPaginator(Paginator):
         return min(super().num_pages, MAX_PAGES)
 
 
+class BoundedChangeList(ChangeList):
+    def get_results(self, request) -> None:
+        super().get_results(request)
+        if not self.multi_page and self.paginator.first_rows is not None:
+            self.result_list = self.paginator.first_rows  # all there is: read once
+
+
 class BoundedList:
     """A ModelAdmin mixin: the change list stays fast on a large table (see the module)."""
 
     paginator = BoundedPaginator
     show_full_result_count = False
+
+    def get_changelist(self, request, **kwargs):
+        return BoundedChangeList
 
 
 class ChoicesFilter(admin.SimpleListFilter):

@@ -36,13 +36,25 @@ def test_a_count_under_the_limit_is_exact(history, monkeypatch):
 
 def test_a_count_over_the_limit_reads_no_more_rows_and_is_the_estimate(history, monkeypatch):
     monkeypatch.setattr(admin_paging, "EXACT_COUNT_LIMIT", 5)
-    paginator = BoundedPaginator(history, 100)
+    paginator = BoundedPaginator(history, 2)
     with CaptureQueriesContext(connection) as queries:
         count = paginator.count
     assert paginator.exact is False
     assert count == 12  # ANALYZEd: the estimate of a whole table is its row count
     counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
     assert counts and all("LIMIT 6" in sql for sql in counts), counts
+
+
+def test_a_list_that_fits_on_one_page_is_read_once_and_not_counted(history):
+    admin = User.objects.create_user("root", is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(admin)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get("/admin/configstore/history/?q=paging/k0")
+    page = response.content.decode()
+    assert all(f"paging/k{i:02}" in page for i in range(10)) and "paging/k10" not in page
+    reads = [q["sql"] for q in queries.captured_queries if "configstore_history" in q["sql"]]
+    assert len(reads) == 1 and "COUNT(" not in reads[0].upper(), reads
 
 
 def test_pages_stop_at_the_deepest_allowed(history, monkeypatch):
