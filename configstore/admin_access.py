@@ -25,8 +25,9 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 
 from configstore import access, exceptions, permissions
+from configstore.admin_paging import BoundedList, choices_filter
 from configstore.admin_views import _failure
-from configstore.commands import GRANTABLE
+from configstore.commands import ACCESS_OPS, GRANTABLE
 from configstore.models import AccessHistory, ApiToken, PrefixPermission
 from configstore.services import Actor, actor_of
 
@@ -348,9 +349,9 @@ class ReadOnlyForManagers:
 
 
 @admin.register(AccessHistory)
-class AccessHistoryAdmin(ReadOnlyForManagers, admin.ModelAdmin):
+class AccessHistoryAdmin(BoundedList, ReadOnlyForManagers, admin.ModelAdmin):
     list_display = ("index", "command", "subject", "outcome", "error", "actor", "node", "at")
-    list_filter = ("command", "outcome")
+    list_filter = (choices_filter("command", (*ACCESS_OPS, "malformed")), "outcome")
     search_fields = ("subject", "actor", "request_id")
 
 

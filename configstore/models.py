@@ -35,7 +35,12 @@ def validate_prefix(value: str) -> None:
 
 
 class Entry(models.Model):
-    key = models.CharField(max_length=256, primary_key=True, validators=[validate_key])
+    #: Collation "C": keys sort bytewise (the same order on every node, whatever its
+    #: database's locale), and the primary key's btree serves `key LIKE 'prefix%'` and
+    #: the key-ordered pages (keyset pagination) in one index.
+    key = models.CharField(
+        max_length=256, primary_key=True, validators=[validate_key], db_collation="C"
+    )
     value = models.JSONField()
     description = models.TextField(blank=True, default="")
     version = models.PositiveBigIntegerField(help_text="1 on create, +1 per change")
@@ -48,12 +53,8 @@ class Entry(models.Model):
         db_table = "configstore_entry"
         ordering = ["key"]
         verbose_name_plural = "entries"
-        indexes = [
-            # key LIKE 'prefix%' (prefix listings) whatever the database's collation.
-            models.Index(
-                fields=["key"], name="configstore_entry_key_like", opclasses=["varchar_pattern_ops"]
-            ),
-        ]
+        # The admin's substring search (key, description, value) has trigram GIN indexes
+        # where PostgreSQL has pg_trgm: migration 0006, outside the model state.
 
     def __str__(self) -> str:
         return self.key
@@ -64,7 +65,9 @@ class Schema(models.Model):
     satisfy. `key` is a key ("payments/timeout_ms") or a namespace ending in '/'
     ("payments/"); a value must satisfy every schema that applies to its key."""
 
-    key = models.CharField(max_length=257, primary_key=True, validators=[validate_schema_target])
+    key = models.CharField(
+        max_length=257, primary_key=True, validators=[validate_schema_target], db_collation="C"
+    )
     schema = models.JSONField()
     description = models.TextField(blank=True, default="")
     version = models.PositiveBigIntegerField()
@@ -107,7 +110,7 @@ class History(models.Model):
     operation = models.CharField(
         max_length=16, help_text="what happened to this key: put, delete, put_schema, ..."
     )
-    key = models.CharField(max_length=257, blank=True, default="")
+    key = models.CharField(max_length=257, blank=True, default="", db_collation="C")
     old_value = models.JSONField(null=True, blank=True)
     new_value = models.JSONField(null=True, blank=True)
     old_version = models.PositiveBigIntegerField(null=True, blank=True)
@@ -129,13 +132,18 @@ class History(models.Model):
         db_table = "configstore_history"
         ordering = ["index", "id"]
         verbose_name_plural = "history"
+        # Every list of history rows is ordered by (index, id), forwards (the API) or
+        # backwards (the admin), and paged by keyset: each filter has a btree that ends in
+        # (index, id), so a page is a range scan of its own length whatever the table's.
+        # key: equality and LIKE 'prefix%' (collation "C"). The admin's substring search has
+        # trigram GIN indexes where PostgreSQL has pg_trgm (migration 0006).
         indexes = [
-            models.Index(fields=["index"], name="configstore_history_index"),
-            models.Index(
-                fields=["key", "index"],
-                name="configstore_history_key",
-                opclasses=["varchar_pattern_ops", "int8_ops"],
-            ),
+            models.Index(fields=["index", "id"], name="configstore_history_order"),
+            models.Index(fields=["key", "index", "id"], name="configstore_history_key_order"),
+            models.Index(fields=["actor", "index", "id"], name="configstore_history_actor"),
+            models.Index(fields=["outcome", "index", "id"], name="configstore_history_outcome"),
+            models.Index(fields=["operation", "index", "id"], name="configstore_history_operation"),
+            models.Index(fields=["command", "index", "id"], name="configstore_history_command"),
             models.Index(fields=["request_id"], name="configstore_history_request"),
         ]
 
@@ -266,7 +274,10 @@ class AccessHistory(models.Model):
         db_table = "configstore_access_history"
         ordering = ["index", "id"]
         verbose_name_plural = "access history"
-        indexes = [models.Index(fields=["index"], name="configstore_access_index")]
+        indexes = [
+            models.Index(fields=["index", "id"], name="configstore_access_order"),
+            models.Index(fields=["subject", "index", "id"], name="configstore_access_subject"),
+        ]
         permissions = [("manage_access", "Can manage users, groups, tokens and permissions")]
 
     def __str__(self) -> str:

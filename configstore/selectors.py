@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.db import connection, transaction
-from django.db.models import F, Q, QuerySet, Value
-from django.db.models.functions import Left, StrIndex, Substr
+from django.db.models import Q, QuerySet
 
 from configstore.models import Entry, History, Schema
 from configstore.validation import schema_targets
@@ -92,24 +91,63 @@ def entry_list(*, prefix: str = "", restrict: list[str] | None = None) -> QueryS
     return entries.order_by("key")
 
 
+#: One statement that walks the key index from namespace to namespace (a "loose index
+#: scan"): from a key under %(n)s characters of prefix whose rest holds a '/', it jumps
+#: past every key of that namespace (prefix + segment + '0': '0' follows '/' bytewise, the
+#: keys' collation "C"), from a key without one to the next key. So it reads one index
+#: entry per namespace and per key directly under the prefix, never every key below, and
+#: at most %(steps)s of them.
+_NAMESPACE_WALK = """
+WITH RECURSIVE walk(key, step) AS (
+    (SELECT key, 1 FROM configstore_entry
+     WHERE key >= (%(within)s COLLATE "C") AND key LIKE %(like)s ORDER BY key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.key FROM configstore_entry e
+            WHERE e.key >= (CASE WHEN strpos(substr(w.key, %(n)s + 1), '/') > 0
+                    THEN left(w.key, %(n)s + strpos(substr(w.key, %(n)s + 1), '/') - 1) || '0'
+                    ELSE w.key || chr(1) END) COLLATE "C"
+              AND e.key LIKE %(like)s
+            ORDER BY e.key LIMIT 1),
+           w.step + 1
+    FROM walk w WHERE w.key IS NOT NULL AND w.step < %(steps)s
+)
+SELECT DISTINCT left(key, %(n)s + strpos(substr(key, %(n)s + 1), '/')) FROM walk
+WHERE key IS NOT NULL AND strpos(substr(key, %(n)s + 1), '/') > 0
+"""
+#: The most index entries one namespace walk reads (keys directly under the prefix count).
+NAMESPACE_WALK_STEPS = 1000
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def entry_namespaces(
     *, prefix: str = "", restrict: list[str] | None = None, limit: int = 200
 ) -> list[str]:
     """The namespaces directly under `prefix` ('' or ending in '/') that hold a key the reader
     may see: for prefix "a/" and keys a/b/c, a/d/e, a/f: ["a/b/", "a/d/"]. Sorted, at most
-    `limit`."""
-    rest = Entry.objects.filter(_restricted(restrict), key__startswith=prefix).annotate(
-        rest=Substr("key", len(prefix) + 1)
-    )
-    names = (
-        rest.annotate(slash=StrIndex("rest", Value("/")))
-        .filter(slash__gt=0)
-        .annotate(namespace=Left("rest", F("slash")))
-        .values_list("namespace", flat=True)
-        .distinct()
-        .order_by("namespace")[:limit]
-    )
-    return [prefix + name for name in names]
+    `limit`. A walk of the key index (_NAMESPACE_WALK) under `prefix`, or under each readable
+    prefix inside it: its cost is the number of namespaces and of keys directly under
+    `prefix` (at most NAMESPACE_WALK_STEPS each walk), not the number of keys below."""
+    if restrict is None or any(prefix.startswith(r) for r in restrict):
+        walks = {prefix}  # every key under prefix is readable
+    else:
+        walks = {r for r in restrict if r.startswith(prefix)}
+    found: set[str] = set()
+    with connection.cursor() as cursor:
+        for within in sorted(walks):
+            cursor.execute(
+                _NAMESPACE_WALK,
+                {
+                    "within": within,
+                    "like": _like_prefix(within),
+                    "n": len(prefix),
+                    "steps": NAMESPACE_WALK_STEPS,
+                },
+            )
+            found.update(name for (name,) in cursor.fetchall())
+    return sorted(found)[:limit]
 
 
 def key_history(key: str, *, schema: bool = False) -> QuerySet[History]:

@@ -110,10 +110,14 @@ IF_NONE_MATCH = OpenApiParameter(
     description="*: create only (with If-Match too: 412, both cannot hold)",
 )
 PREFIX_PARAM = OpenApiParameter("prefix", PREFIX, description="only keys starting with this")
-PAGE = OpenApiParameter(
-    "page",
-    {"type": "integer", "minimum": 1, "maximum": MAX_BIGINT},
-    description="1-based; past the last page: 404",
+#: A list's cursor (configstore.api.pagination): base64url, unpadded.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,1024}$"
+CURSOR = OpenApiParameter(
+    "cursor",
+    {"type": "string", "pattern": CURSOR_PATTERN},
+    description="where the page starts: the `next_cursor` of the page before (opaque; one "
+    "this list did not give is a 400). Pages carry no total count, and ?page= is refused "
+    "(400): follow `next`",
 )
 PAGE_SIZE = OpenApiParameter(
     "page_size", {"type": "integer", "minimum": 1, "maximum": 1000}, description="100 by default"

@@ -18,7 +18,6 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions as drf
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
@@ -28,6 +27,7 @@ from configstore import exceptions, permissions, selectors, services, watch
 from configstore.api import openapi as spec
 from configstore.api import serializers as s
 from configstore.api.openapi import MAX_BIGINT
+from configstore.api.pagination import BY_INDEX, BY_KEY, KeysetPagination
 from configstore.api.parsers import JSONParser
 from configstore.commands import Check, Write
 from configstore.permissions import CHANGE, DELETE, VIEW
@@ -68,40 +68,6 @@ class CSVRenderer(BaseRenderer):
 
     def render(self, data, accepted_media_type=None, renderer_context=None):
         return b""
-
-
-class Pagination(PageNumberPagination):
-    """?page= (1-based, past the last page: 404) and ?page_size= (1-1000), both strict:
-    anything else is a 400, never silently the default."""
-
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 1000
-    last_page_strings = ()
-    invalid_page_message = "page {page_number} is past the last page"
-
-    def get_page_size(self, request) -> int:
-        size = _int_param(request, self.page_size_query_param)
-        if size is None:
-            return self.page_size
-        if not 1 <= size <= self.max_page_size:
-            raise exceptions.InvalidInput(
-                f"page_size must be from 1 to {self.max_page_size}", field="page_size"
-            )
-        return size
-
-    def check(self, request) -> None:
-        """Refuse bad ?page= / ?page_size= before any work (a read barrier) is done."""
-        self.get_page_size(request)
-        self.get_page_number(request, None)
-
-    def get_page_number(self, request, paginator) -> int:
-        number = _int_param(request, self.page_query_param)
-        if number is None:
-            return 1
-        if number < 1:
-            raise exceptions.InvalidInput("page must be 1 or more", field="page")
-        return number
 
 
 def _require(request, action: str, key: str) -> None:
@@ -300,7 +266,7 @@ _WRITE_ERRORS = {
     412: _error("If-Match / If-None-Match do not hold (version_conflict, with current_version)"),
     422: _error("schema_violation: the value fails a JSON Schema attached to the key"),
 }
-_LIST_ERRORS = {**_ERRORS, 404: _error("page past the last page")}
+_LIST_ERRORS = {**_ERRORS, 404: _error("?format= names a format this list is not given in")}
 _CONSISTENCY = spec.CONSISTENCY
 _IDEMPOTENCY = spec.IDEMPOTENCY
 _IF_MATCH = spec.IF_MATCH
@@ -327,20 +293,18 @@ class ApiView(APIView):
 # -------------------------------------------------------------------------------- keys
 
 
-def _list_page(view, request, select, serializer) -> Response:
-    """A page of entries or schemas under ?prefix=, readable by the user, read in one
-    snapshot with the applied index it reflects (X-Configstore-Index)."""
+def _list_page(request, select, serializer) -> Response:
+    """A page of entries or schemas under ?prefix=, readable by the user, in key order
+    (keyset: configstore.api.pagination), read in one snapshot with the applied index it
+    reflects (X-Configstore-Index)."""
     prefix = _prefix(request)
     restrict = _readable(request)
-    paginator = view.pagination_class()
-    paginator.check(request)
+    paginator = KeysetPagination(request, BY_KEY)  # a bad page_size or cursor: 400 first
     staleness = _consistent_read(request)
     with selectors.snapshot():
         index = selectors.applied_index()
-        page = paginator.paginate_queryset(
-            select(prefix=prefix, restrict=restrict), request, view=view
-        )
-    response = paginator.get_paginated_response(serializer(page, many=True).data)
+        page = paginator.page(select(prefix=prefix, restrict=restrict))
+    response = paginator.response(serializer(page, many=True).data)
     response[INDEX_HEADER] = str(index)
     for name, value in staleness.items():
         response[name] = value
@@ -348,15 +312,13 @@ def _list_page(view, request, select, serializer) -> Response:
 
 
 class KeyListView(ApiView):
-    pagination_class = Pagination
-
     @extend_schema(
-        summary="List entries",
-        parameters=[spec.PREFIX_PARAM, _CONSISTENCY, spec.PAGE, spec.PAGE_SIZE],
-        responses={200: s.EntrySerializer(many=True), **_LIST_ERRORS},
+        summary="List entries, in key order (bytewise), a page at a time",
+        parameters=[spec.PREFIX_PARAM, _CONSISTENCY, spec.CURSOR, spec.PAGE_SIZE],
+        responses={200: s.page_serializer(s.EntrySerializer), **_LIST_ERRORS},
     )
     def get(self, request):
-        return _list_page(self, request, selectors.entry_list, s.EntrySerializer)
+        return _list_page(request, selectors.entry_list, s.EntrySerializer)
 
 
 class KeyDetailView(ApiView):
@@ -521,7 +483,6 @@ class TxnView(ApiView):
 
 
 class HistoryView(ApiView):
-    pagination_class = Pagination
     renderer_classes = [JSONRenderer, CSVRenderer]
 
     @extend_schema(
@@ -539,10 +500,10 @@ class HistoryView(ApiView):
                 {"type": "string", "enum": ["json", "csv"]},
                 description="csv: the rows as CSV (formula cells neutralised), not paginated",
             ),
-            spec.PAGE,
+            spec.CURSOR,
             spec.PAGE_SIZE,
         ],
-        responses={200: s.HistorySerializer(many=True), **_LIST_ERRORS},
+        responses={200: s.page_serializer(s.HistorySerializer), **_LIST_ERRORS},
     )
     def get(self, request):
         params = request.query_params
@@ -562,20 +523,17 @@ class HistoryView(ApiView):
             "request_id": _text_param(request, "request_id"),
             "restrict": _readable(request),
         }
-        self.pagination_class().check(request)
+        paginator = KeysetPagination(request, BY_INDEX)  # a bad page_size or cursor: 400 first
         staleness = _consistent_read(request)
         if request.accepted_renderer.format == "csv":
             response = self._csv(filters)
             for name, value in staleness.items():
                 response[name] = value
             return response
-        paginator = self.pagination_class()
         with selectors.snapshot():
             index = selectors.applied_index()
-            page = paginator.paginate_queryset(
-                selectors.history_list(**filters), request, view=self
-            )
-        response = paginator.get_paginated_response(s.HistorySerializer(page, many=True).data)
+            page = paginator.page(selectors.history_list(**filters))
+        response = paginator.response(s.HistorySerializer(page, many=True).data)
         response[INDEX_HEADER] = str(index)
         for name, value in staleness.items():
             response[name] = value
@@ -674,15 +632,13 @@ _SCHEMA_KEY = spec.key_path(
 
 
 class SchemaListView(ApiView):
-    pagination_class = Pagination
-
     @extend_schema(
-        summary="List JSON Schemas",
-        parameters=[spec.PREFIX_PARAM, _CONSISTENCY, spec.PAGE, spec.PAGE_SIZE],
-        responses={200: s.SchemaSerializer(many=True), **_LIST_ERRORS},
+        summary="List JSON Schemas, in key order (bytewise), a page at a time",
+        parameters=[spec.PREFIX_PARAM, _CONSISTENCY, spec.CURSOR, spec.PAGE_SIZE],
+        responses={200: s.page_serializer(s.SchemaSerializer), **_LIST_ERRORS},
     )
     def get(self, request):
-        return _list_page(self, request, selectors.schema_list, s.SchemaSerializer)
+        return _list_page(request, selectors.schema_list, s.SchemaSerializer)
 
 
 def _schema_key(key: str) -> str:

@@ -90,6 +90,30 @@ def test_every_call_and_the_errors_a_caller_acts_on(client, cluster):
         stranger.get(key)
 
 
+def test_lists_and_history_page_through_every_row_once_while_writes_happen(client):
+    prefix = unique("paged") + "/"
+    keys = [f"{prefix}k{i:04}" for i in range(1200)]
+    client.txn([{"op": "put", "key": key, "value": i} for i, key in enumerate(keys)])
+    listed = []
+    for n, entry in enumerate(client.iter_entries(prefix, page_size=500)):
+        listed.append(entry.key)
+        if n % 500 == 499:  # between two pages: a key behind the cursor, one ahead
+            client.put(f"{prefix}a{n}", n)
+            client.put(f"{prefix}z{n}", n)
+    assert listed == keys + [f"{prefix}z499", f"{prefix}z999"]
+
+    # The txn's 1,200 rows share one log index: pages cut inside it, on (index, id).
+    rows = []
+    for n, row in enumerate(client.iter_history(prefix=prefix, page_size=500)):
+        rows.append((row["index"], row["key"]))
+        if n % 500 == 499:  # between two pages: a write, at the history's end
+            client.put(f"{prefix}h{n}", n)
+    puts = ["a499", "z499", "a999", "z999", "h499", "h999"]
+    assert [key for _, key in rows] == keys + [prefix + name for name in puts]
+    assert len({index for index, _ in rows[:1200]}) == 1
+    assert [index for index, _ in rows] == sorted(index for index, _ in rows)
+
+
 def test_a_retried_write_is_applied_once(client, cluster):
     key = unique("once")
     first = client.put(key, {"n": 1}, idempotency_key="deploy-42")

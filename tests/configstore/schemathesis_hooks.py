@@ -1,14 +1,29 @@
 """Schemathesis hooks of the OpenAPI contract test (loaded through SCHEMATHESIS_HOOKS).
 
+A list's `cursor` is opaque: the schema says its alphabet, not which cursors a list gave
+(any other is a 400). A cursor of the schema's shape is replaced by a real one of that
+list (after its first row, where the list has rows); one the case made invalid is kept.
+
 Long-polls (GET /api/v1/watch/, GET /api/v1/keys/{key}?wait_index=) wait up to `timeout`
 seconds (30 by default) on purpose: the fuzzer's valid ones are shortened to 0.2 s, so the
 run stays bounded. A timeout the case made invalid is kept (it is what the case tests)."""
 
 from __future__ import annotations
 
+import re
+
 import schemathesis
 
+from configstore.api.openapi import CURSOR_PATTERN
+from configstore.api.pagination import encode_cursor
+
 SHORT_WAIT = 0.2
+#: A cursor each paginated list could have given.
+REAL_CURSORS = {
+    "/api/v1/keys/": encode_cursor(["a"]),
+    "/api/v1/schemas/": encode_cursor(["a"]),
+    "/api/v1/history/": encode_cursor([1, 1]),
+}
 
 
 def _valid_timeout(value) -> bool:
@@ -34,6 +49,9 @@ def before_call(ctx, case, **kwargs) -> None:
     )
     if long_poll and ("timeout" not in query or _valid_timeout(query["timeout"])):
         query["timeout"] = SHORT_WAIT
+    cursor = query.get("cursor")
+    if isinstance(cursor, str) and re.fullmatch(CURSOR_PATTERN, cursor):
+        query["cursor"] = REAL_CURSORS[case.path]
 
 
 def _first_per_key(items: list, field: str = "key") -> list:

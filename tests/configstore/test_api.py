@@ -19,7 +19,7 @@ import pytest
 from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
-from configstore.models import PrefixPermission
+from configstore.models import History, PrefixPermission
 from tests.configstore.conftest import Log, client_for, make_user, payload, replicated_state
 
 MiB = 1024 * 1024
@@ -257,26 +257,111 @@ def test_bad_read_parameters_are_400(seeded, clients, query):
 def test_the_list_filters_by_prefix_and_paginates(seeded, clients):
     response = clients["reader"].get(KEYS + "?prefix=payments/&consistency=stale&page_size=1")
     body = response.json()
-    assert body["count"] == 2
+    assert set(body) == {"next", "next_cursor", "results"}  # no count: it would cost a scan
     assert [e["key"] for e in body["results"]] == ["payments/retries"]
     # The next link keeps every filter of this page (a link that dropped the prefix would
-    # list every key on page 2).
+    # list every key on page 2) and adds the cursor.
     query = parse_qs(urlsplit(body["next"]).query)
     assert {k: v for k, v in query.items() if k != "consistency"} == {
-        "page": ["2"],
+        "cursor": [body["next_cursor"]],
         "page_size": ["1"],
         "prefix": ["payments/"],
     }
     assert response["X-Configstore-Index"] == "6"
-    page2 = clients["reader"].get(KEYS + "?prefix=payments/&consistency=stale&page_size=1&page=2")
-    assert [e["key"] for e in page2.json()["results"]] == ["payments/timeout"]
+    page2 = clients["reader"].get(body["next"]).json()
+    assert [e["key"] for e in page2["results"]] == ["payments/timeout"]
+    assert (page2["next"], page2["next_cursor"]) == (None, None)
     everything = clients["reader"].get(KEYS + "?consistency=stale").json()
     assert [e["key"] for e in everything["results"]] == [
         "other/flag",
         "payments/retries",
         "payments/timeout",
     ]
+    assert everything["next"] is None
     assert clients["reader"].get(KEYS + "?prefix=/bad&consistency=stale").status_code == 400
+
+
+def _all_pages(client, url: str, between=lambda: None) -> list[dict]:
+    rows = []
+    while url:
+        body = client.get(url).json()
+        rows += body["results"]
+        url = body["next"]
+        between()
+    return rows
+
+
+def test_paging_returns_every_row_once_in_order_while_writes_happen_between_pages(
+    log, users, clients
+):
+    for i in range(25):
+        log.apply(payload("put", key=f"page/k{i:02}", value=i))
+    listed_keys = [f"page/k{i:02}" for i in range(25)]
+    written = []
+
+    def write():  # after each page: a key behind the cursor, one ahead, a change of k00
+        n = len(written)
+        for key in (f"page/a{n:02}", f"page/z{n:02}", "page/k00"):
+            log.apply(payload("put", key=key, value=n))
+        written.append(n)
+
+    reader = clients["reader"]
+    url = KEYS + "?prefix=page/&page_size=4&consistency=stale"
+    listed = [e["key"] for e in _all_pages(reader, url, write)]
+    # Every key present from the first page to the last once, in order; keys created ahead
+    # of the cursor are listed when it gets there (all but the last write's, made after the
+    # last page), keys created behind it are not.
+    zs = [f"page/z{n:02}" for n in written[:-1]]
+    assert listed == listed_keys + zs
+    assert len(written) == 8  # 25 k keys and 7 z keys, 4 a page
+
+    written.clear()
+    url = "/api/v1/history/?prefix=page/&page_size=7&consistency=stale"
+    rows = [(r["index"], r["key"]) for r in _all_pages(reader, url, write)]
+    # The history only grows at its end: each page continues where the last one stopped,
+    # and every row written before the last page is listed, once, in log order.
+    everything = list(
+        History.objects.filter(key__startswith="page/")
+        .order_by("index", "id")
+        .values_list("index", "key")
+    )
+    assert rows == everything[:-3]  # the last write came after the last page
+    assert len(written) > 6
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "cursor=",
+        "cursor=not-base64!",
+        "cursor=WyJhIl0",  # ["a"]: a key list's cursor, on the history
+        "cursor=WzEsMl0x",
+        "cursor=WzEsIjIiXQ",  # [1,"2"]
+        "cursor=WzEsLTJd",  # [1,-2]
+        "cursor=W3RydWUsMl0",  # [true,2]
+        "cursor=WzEsOTIyMzM3MjAzNjg1NDc3NTgwOF0",  # [1, 2**63]
+        "cursor=e30",  # {}
+        "page=2",
+        "page_size=0",
+        "page_size=1001",
+    ],
+)
+def test_a_bad_cursor_or_page_is_400_and_changes_nothing(seeded, clients, query):
+    before = replicated_state()
+    response = clients["reader"].get(f"/api/v1/history/?consistency=stale&{query}")
+    assert (response.status_code, error_of(response)) == (400, "invalid")
+    assert replicated_state() == before
+
+
+def test_a_key_lists_cursor_is_refused_by_the_key_list_only_when_malformed(seeded, clients):
+    reader = clients["reader"]
+    for query in ("cursor=WzEsMl0", "cursor=WyJhXHUwMDAwIl0", "page=1"):  # [1,2], ["a\0"]
+        response = reader.get(f"{KEYS}?consistency=stale&{query}")
+        assert (response.status_code, error_of(response)) == (400, "invalid"), query
+        response = reader.get(f"/api/v1/schemas/?consistency=stale&{query}")
+        assert (response.status_code, error_of(response)) == (400, "invalid"), query
+    after_other = reader.get(f"{KEYS}?consistency=stale&cursor=WyJvdGhlci9mbGFnIl0").json()
+    assert [e["key"] for e in after_other["results"]] == ["payments/retries", "payments/timeout"]
 
 
 @pytest.fixture
@@ -319,7 +404,7 @@ def test_anonymous_reads_when_the_setting_allows_them(seeded, clients, settings,
     configure(anonymous_reads=True)
     anonymous = clients["anonymous"]
     assert anonymous.get(KEYS + "other/flag?consistency=stale").json()["value"] is True
-    assert anonymous.get("/api/v1/history/?consistency=stale").json()["count"] == 6
+    assert len(anonymous.get("/api/v1/history/?consistency=stale").json()["results"]) == 6
     response = send(anonymous, "put", KEYS + "k", {"value": 1})
     assert response.status_code == 401
 

@@ -47,6 +47,8 @@ def seeded(log, users):
         "/api/v1/watch/?since_index=\u00b2&timeout=0",
         "/api/v1/history/?since_index=99999999999999999999",
         "/api/v1/keys/?page=\u00b9",
+        "/api/v1/keys/?cursor=\u00b9",
+        "/api/v1/history/?cursor=WyJhIl0%00",
         "/api/v1/keys/?page_size=0",
         "/api/v1/history/?actor=a%00b",
         "/api/v1/history/?request_id=%00",

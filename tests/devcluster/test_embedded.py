@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -265,3 +266,49 @@ def test_a_killed_redis_restarts_on_its_port_with_its_data(data_root: Path) -> N
         assert restarted.process.returncode is not None  # stopped and reaped
     finally:
         server.stop()
+
+
+def test_the_migrations_apply_on_the_embedded_postgres_which_has_no_pg_trgm(
+    data_root: Path,
+) -> None:
+    """pgserver's build ships no contrib modules: migration 0006 makes the search's trigram
+    indexes only where pg_trgm exists, and every other index everywhere."""
+    pg = start_postgres(data_root / "pg")
+    with _stopping(pg):
+        pg.create_database("migrated")
+        env = {
+            **os.environ,
+            "DATABASE_URL": pg.url("migrated"),
+            "CONFIGSTORE_SECRET": secrets.token_hex(32),
+            "DJANGO_SECRET_KEY": secrets.token_hex(32),
+        }
+        env.pop("CONFIGSTORE_APP_DB_ROLE", None)
+        migrate = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "-v", "0"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert migrate.returncode == 0, migrate.stderr[-2000:]
+        with psycopg.connect(pg.url("migrated")) as conn:
+            available = conn.execute(
+                "SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_trgm'"
+            ).fetchone()
+            indexes = {
+                name
+                for (name,) in conn.execute(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = 'configstore_history'"
+                )
+            }
+            (collation,) = conn.execute(
+                "SELECT collation_name FROM information_schema.columns "
+                "WHERE table_name = 'configstore_entry' AND column_name = 'key'"
+            ).fetchone()
+    assert available == (0,)
+    assert {"configstore_history_order", "configstore_history_key_order"} <= indexes
+    assert {"configstore_history_actor", "configstore_history_outcome"} <= indexes
+    assert not any("search" in name for name in indexes)
+    assert collation == "C"

@@ -172,44 +172,61 @@ class Client:
         response = self._call("GET", f"/api/v1/keys/{key}", params={"consistency": consistency})
         return Entry.from_json(response.json(), _index(response))
 
-    def list(self, prefix: str = "", *, consistency: str = "linearizable") -> Listing:
-        """Every entry under `prefix` the token may read, all pages."""
-        entries: list[Entry] = []
-        page, index = 1, 0
+    def _pages(self, path: str, params: dict) -> Iterator[tuple[dict, httpx.Response]]:
+        """Every page of a list, in order, following each page's `next_cursor` (keyset
+        pagination: each row once, whatever is written between pages)."""
+        cursor = None
         while True:
-            response = self._call(
-                "GET",
-                "/api/v1/keys/",
-                params={
-                    "prefix": prefix,
-                    "page": page,
-                    "page_size": 1000,
-                    "consistency": consistency,
-                },
-            )
-            index = index or _index(response)
+            page_params = params if cursor is None else {**params, "cursor": cursor}
+            response = self._call("GET", path, params=page_params)
             data = response.json()
+            yield data, response
+            cursor = data.get("next_cursor")
+            if not cursor:
+                return
+
+    def iter_entries(
+        self, prefix: str = "", *, consistency: str = "linearizable", page_size: int = 1000
+    ) -> Iterator[Entry]:
+        """Every entry under `prefix` the token may read, in key order, a page at a time
+        (each entry present from the first page to the last comes once; one created ahead
+        of the page being read comes too, one created behind it does not). Each entry's
+        `index` is that of its own page."""
+        params = {"prefix": prefix, "page_size": page_size, "consistency": consistency}
+        for data, response in self._pages("/api/v1/keys/", params):
+            index = _index(response)
+            yield from (Entry.from_json(e, index) for e in data["results"])
+
+    def list(self, prefix: str = "", *, consistency: str = "linearizable") -> Listing:
+        """Every entry under `prefix` the token may read, all pages; `index` (also each
+        entry's) is the applied index the first page reflects."""
+        entries: list[Entry] = []
+        index = 0
+        params = {"prefix": prefix, "page_size": 1000, "consistency": consistency}
+        for data, response in self._pages("/api/v1/keys/", params):
+            index = index or _index(response)
             entries += [Entry.from_json(e, index) for e in data["results"]]
-            if not data.get("next"):
-                return Listing(entries, index)
-            page += 1
+        return Listing(entries, index)
+
+    def iter_history(
+        self, *, key: str | None = None, prefix: str | None = None, **filters
+    ) -> Iterator[dict]:
+        """History rows (oldest first), a page at a time (`page_size`, 1000 by default);
+        filters as the API's (`since_index`, `actor`, `outcome`, `request_id`). Rows are
+        only ever added at the end: every row committed before the last page is read comes,
+        once, in log order."""
+        params = {
+            k: v for k, v in {"key": key, "prefix": prefix, **filters}.items() if v is not None
+        }
+        params.setdefault("page_size", 1000)
+        for data, _ in self._pages("/api/v1/history/", params):
+            yield from data["results"]
 
     def history(
         self, *, key: str | None = None, prefix: str | None = None, **filters
     ) -> list[dict]:
-        """History rows (oldest first), all pages; filters as the API's (`since_index`,
-        `actor`, `outcome`, `request_id`)."""
-        params = {
-            k: v for k, v in {"key": key, "prefix": prefix, **filters}.items() if v is not None
-        }
-        rows: list[dict] = []
-        page = 1
-        while True:
-            data = self._call("GET", "/api/v1/history/", params={**params, "page": page}).json()
-            rows += data["results"]
-            if not data.get("next"):
-                return rows
-            page += 1
+        """History rows (oldest first), all pages (see iter_history)."""
+        return list(self.iter_history(key=key, prefix=prefix, **filters))
 
     def changes(
         self, prefix: str = "", since_index: int | None = None, *, timeout: float = 30.0
@@ -236,18 +253,12 @@ class Client:
     def schemas(self, prefix: str = "", *, consistency: str = "stale") -> dict[str, Any]:
         """The JSON Schemas attached at or under `prefix` (key or namespace "a/b/" ->
         schema), all pages."""
-        found: dict[str, Any] = {}
-        page = 1
-        while True:
-            data = self._call(
-                "GET",
-                "/api/v1/schemas/",
-                params={"prefix": prefix, "page": page, "consistency": consistency},
-            ).json()
-            found.update({row["key"]: row["schema"] for row in data["results"]})
-            if not data.get("next"):
-                return found
-            page += 1
+        params = {"prefix": prefix, "page_size": 1000, "consistency": consistency}
+        return {
+            row["key"]: row["schema"]
+            for data, _ in self._pages("/api/v1/schemas/", params)
+            for row in data["results"]
+        }
 
     def schema(self, key: str, *, consistency: str = "stale") -> Any | None:
         """The JSON Schema attached to `key` (a namespace ends with "/"), or None."""
