@@ -158,31 +158,28 @@ class HistorySerializer(serializers.ModelSerializer):
 HISTORY_CSV_FIELDS = HistorySerializer.Meta.fields
 
 
-_PAGES: dict[type, type] = {}
-
-
+@cache
 def page_serializer(row: type[serializers.Serializer]) -> type[serializers.Serializer]:
     """The shape of one page of a keyset-paginated list of `row`s (configstore.api.pagination):
-    {"next", "next_cursor", "results"}; a component "<Row>Page" in the OpenAPI schema."""
-    if row not in _PAGES:
-        name = row.__name__.removesuffix("Serializer") + "Page"
-        _PAGES[row] = type(
-            name,
-            (serializers.Serializer,),
-            {
-                "next": serializers.URLField(
-                    allow_null=True,
-                    help_text="the URL of the next page (this one's filters and the cursor); "
-                    "null on the last page",
-                ),
-                "next_cursor": serializers.CharField(
-                    allow_null=True,
-                    help_text="the next page's ?cursor= (opaque); null on the last page",
-                ),
-                "results": row(many=True),
-            },
-        )
-    return _PAGES[row]
+    {"next", "next_cursor", "results"}; a component "<Row>Page" in the OpenAPI schema (one
+    class per row class: the schema names it once)."""
+    name = row.__name__.removesuffix("Serializer") + "Page"
+    return type(
+        name,
+        (serializers.Serializer,),
+        {
+            "next": serializers.URLField(
+                allow_null=True,
+                help_text="the URL of the next page (this one's filters and the cursor); "
+                "null on the last page",
+            ),
+            "next_cursor": serializers.CharField(
+                allow_null=True,
+                help_text="the next page's ?cursor= (opaque); null on the last page",
+            ),
+            "results": row(many=True),
+        },
+    )
 
 
 class TxnResultSerializer(serializers.Serializer):
