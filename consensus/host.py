@@ -162,8 +162,8 @@ class StateMachine(Protocol):
     def install_snapshot(self, peer: str, index: int) -> None:
         """`peer`'s log is compacted through `index` and this node lacks a slot there:
         fetch `peer`'s latest snapshot (at an index >= `index`) in chunks, verify its
-        checksum and install it atomically, unless it is not above the applied index,
-        then report its index as applied. Outside the step (it takes as long as it takes);
+        checksum and, if it is above the applied index, install it atomically and report
+        its index as applied. Outside the step (it takes as long as it takes);
         one transfer at a time (asks while one runs are ignored); best effort: the peer
         asks again. Never touches the acceptor state (promises and votes stay binding)."""
         ...
