@@ -147,6 +147,12 @@ class PostgresStorage(ChosenLog):
             connection.close()
             raise
 
+    @property
+    def compacted_through(self) -> int:
+        """0: this runtime does not compact its log yet (no snapshots of the config store
+        to compact below: issue 13's runtime side), so nothing is ever pruned."""
+        return 0
+
 
 def notify_reads(reads: list[tuple[str, int]]) -> None:
     """Tell this node's waiting readers their read indexes: NOTIFY APPLIED_CHANNEL with
