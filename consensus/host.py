@@ -15,8 +15,9 @@ order ready.py states, through four small interfaces and nothing else:
      the snapshot installs the core asks for go to `StateMachine.install_snapshot`;
   5. before each step, the index the state machine reports applied goes back to the core
      (`Node.on_applied`): its acknowledgements carry it, a leader streaming it catch-up
-     paces itself by it, and `status()` publishes it; an index the core did not hand out
-     is a snapshot installed.
+     paces itself by it, and `status()` publishes it; an index beyond what the core knows
+     chosen (a snapshot installed, typically) is followed by the log's compaction point
+     as storage has it (`Storage.compacted_through`).
 
 Compaction (`compact`, called by the driver now and then): the durable log is pruned
 through min(the state machine's latest snapshot, its applied index - `log_tail`), never
@@ -119,6 +120,12 @@ class Storage(Protocol):
         covered by the state machine's latest snapshot."""
         ...
 
+    @property
+    def compacted_through(self) -> int:
+        """The compaction point as durable now: the host's compactions and the snapshot
+        installs of the state machine (which prune the log below the snapshot) move it."""
+        ...
+
 
 class Transport(Protocol):
     def send(self, peer: str, messages: list[Message]) -> None:
@@ -162,8 +169,8 @@ class StateMachine(Protocol):
     def install_snapshot(self, peer: str, index: int) -> None:
         """`peer`'s log is compacted through `index` and this node lacks a slot there:
         fetch `peer`'s latest snapshot (at an index >= `index`) in chunks, verify its
-        checksum and install it atomically, unless it is not above the applied index,
-        then report its index as applied. Outside the step (it takes as long as it takes);
+        checksum and, if it is above the applied index, install it atomically and report
+        its index as applied. Outside the step (it takes as long as it takes);
         one transfer at a time (asks while one runs are ignored); best effort: the peer
         asks again. Never touches the acceptor state (promises and votes stay binding)."""
         ...
@@ -328,7 +335,10 @@ class NodeHost:
         core = self.core if self.core is not None else self.node()
         applied = self.state_machine.applied_index
         if applied is not None:
+            beyond = applied >= core.first_unchosen
             core.on_applied(applied)
+            if beyond:  # a snapshot installed, or slots applied that the core never saw
+                core.on_compacted(self.storage.compacted_through)
         return core
 
     def _handle(self, ready: Ready, what: str) -> Ready:
@@ -429,6 +439,10 @@ class MemoryStorage:
 
     def compact(self, through: int) -> None:
         self.durable.compact(through)
+
+    @property
+    def compacted_through(self) -> int:
+        return self.durable.compacted_through
 
 
 class Outbox:

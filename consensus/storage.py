@@ -146,6 +146,13 @@ def compact(through: int) -> None:
         )
 
 
+def compacted_through() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT compacted_through FROM consensus_applied_state")
+        row = cursor.fetchone()
+    return row[0] if row else 0
+
+
 class ChosenLog:
     """The chosen log in PostgreSQL as the core's ChosenLog (consensus.paxos.ready): read on
     the runtime's own connection, from the primary key's index, one chunk at a time."""
@@ -189,6 +196,12 @@ class PostgresStorage(ChosenLog):
 
     def compact(self, through: int) -> None:
         compact(through)
+
+    @property
+    def compacted_through(self) -> int:
+        """The compaction point as durable now (moved by compact() and by a snapshot's
+        install, storage.install_applied)."""
+        return compacted_through()
 
 
 def notify_reads(reads: list[tuple[str, int]]) -> None:

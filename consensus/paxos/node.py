@@ -36,7 +36,7 @@ Protocol summary (DESIGN.md "Multi-Paxos"):
   there sends `InstallSnapshot` instead of values; the peer installs the snapshot (the
   host fetches it outside Paxos) and its state machine reports the snapshot's index
   applied (`on_applied`), which the core takes as every slot through it chosen and
-  applied; the stream resumes above it. Phase 1 never needs a pruned slot: a Promise
+  applied, and the host the log's new compaction point; the stream resumes above it. Phase 1 never needs a pruned slot: a Promise
   reports only slots above the acceptor's commit index, which is at least its compaction
   point, and a candidate learns the slots below by catch-up (so by a snapshot, if need be).
   An install changes no acceptor state: promises and votes stay binding.
@@ -267,8 +267,9 @@ class Node:
         #: handed (Ready.committed) before the next input, so applied_index is it.
         self._host_applied: int | None = None
         self._forgotten_through = applied_index
-        #: Slots <= it are pruned from the durable log (`on_compacted`, or a snapshot
-        #: installed here): a peer that lacks one is sent InstallSnapshot.
+        #: Slots <= it are pruned from the durable log (`on_compacted`: the host's
+        #: compaction, or a snapshot installed here): a peer that lacks one is sent
+        #: InstallSnapshot.
         self.compacted_through = state.compacted_through
         self._votes: dict[int, dict[Ballot, set[str]]] = {}
         self._proposed: dict[int, dict[Ballot, Value]] = {}
@@ -453,11 +454,14 @@ class Node:
         """The host's state machine has applied every slot up to `index` (a host whose
         applier runs behind what the core hands it reports this; peers streaming it
         catch-up pace themselves by it). An index at or above the first slot the core
-        does not know chosen can only come from a snapshot installed there: every slot
-        through it is chosen and applied, and this node's log holds none of them (see
-        `_installed`). No Ready: nothing to persist or send."""
+        does not know chosen means every slot through it is chosen and applied all the
+        same: a snapshot was installed there, or (after the core was rebuilt from storage)
+        the state machine applied slots it had learned before; the core skips past it
+        (`_skip_to`). Whether the log still holds those slots is storage's to say: the host
+        then tells the core the log's compaction point (`on_compacted`). No Ready: nothing
+        to persist or send."""
         if index >= self.first_unchosen:
-            self._installed(index)
+            self._skip_to(index)
         if self._host_applied is None or index > self._host_applied:
             self._host_applied = min(index, self.applied_index)
 
@@ -1113,13 +1117,11 @@ class Node:
         self.acceptor.forget_through(slot)
         self._forgotten_through = max(self._forgotten_through, slot)
 
-    def _installed(self, index: int) -> None:
-        """The state machine installed a snapshot at `index` (a peer's, fetched by the
-        host): every slot through it is chosen and applied, and none of them is in this
-        node's log, which counts as compacted through it. The acceptor keeps its promise
-        and its votes (only the memory of chosen slots is dropped, as `_forget` does)."""
+    def _skip_to(self, index: int) -> None:
+        """The state machine applied every slot through `index`, which the core did not
+        know chosen (see `on_applied`): it skips past them. The acceptor keeps its promise
+        and its votes (only the memory of those slots is dropped, as `_forget` does)."""
         self.applied_index = index
-        self.compacted_through = max(self.compacted_through, index)
         self._forgotten_through = max(self._forgotten_through, index)
         for table in (self.chosen, self._votes, self._proposed, self._sent_at):
             for slot in [s for s in table if s <= index]:

@@ -1,5 +1,5 @@
 """python -m consensus.sim --seeds N --first-seed S [--nodes 3|5] [--bug NAME] [--wire]
-                          [--scenario faults|rejoin] [--writes N]
+                          [--scenario faults|rejoin] [--writes N] [--compaction on|off]
 
 Prints one summary line; on any violation also one line per failing seed with the command
 that replays it, and exits 1.
@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--writes", type=int, default=Params.rejoin_writes)
     parser.add_argument(
+        "--compaction",
+        choices=("on", "off"),
+        help="snapshots and log compaction on every seed, or on none (default: 3 in 4)",
+    )
+    parser.add_argument(
         "--bug",
         action="append",
         default=[],
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             bugs=frozenset(args.bug),
             scenario=args.scenario,
             rejoin_writes=args.writes,
+            compaction=None if args.compaction is None else args.compaction == "on",
         )
         jobs.append((seed, params))
     summary = run_seeds(jobs, processes=args.processes)

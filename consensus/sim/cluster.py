@@ -14,11 +14,13 @@ Compaction and state transfer (most seeds): each state machine takes a snapshot 
 background now and then (a crash before it is durable loses it); each host compacts its
 log on its ticks, keeping a drawn tail; a node that lacks a slot its peer pruned fetches
 that peer's snapshot in chunks over the simulated network (lost, delayed, cut off by
-partitions; the receiver may crash between chunks, and resumes from the chunks it staged
-if the peer still offers the same snapshot), then installs it in a step of its own (which
-may crash before or after the install); now and then a chunk arrives damaged. The checks: a node compacts only slots it applied
-and its snapshot covers; the core never reads a pruned slot; a snapshot asked for covers
-the asker's compaction point; a damaged snapshot is refused; an installed snapshot is above the node's applied index,
+partitions; a transfer keeps to the snapshot it started on, which the source keeps while
+it is read; the receiver may crash between chunks, and resumes from the chunks it staged
+while that snapshot still covers the peer's compaction point), then installs it in a step
+of its own (which may crash before or after the install); now and then a snapshot arrives
+damaged. The checks: a node compacts only slots it applied and its snapshot covers; the
+core never reads a pruned slot; a snapshot asked for covers the asker's compaction point;
+a damaged snapshot is refused; an installed snapshot is above the node's applied index,
 holds exactly the history every node applied through its index, and leaves the node's
 promise and votes as they were.
 
@@ -117,6 +119,8 @@ class Params:
     #: rejoin: commands committed while the node is down; the catch-up bound after it returns.
     rejoin_writes: int = 2000
     catchup_time: float = 5.0
+    #: Whether nodes snapshot and compact their logs (None: three seeds in four).
+    compaction: bool | None = None
 
 
 @dataclass
@@ -193,7 +197,8 @@ class Simulation:
         applier_rate = {i: rng.choice((32, 128) if rejoin else (0, 0, 4, 64)) for i in self.ids}
         # Compaction (three seeds in four): snapshots every `snapshot_interval` seconds on
         # average, a log tail per node, snapshot chunks of `chunk_slots` history entries.
-        self.compacting = rng.random() < 0.75
+        drawn = rng.random() < 0.75
+        self.compacting = drawn if params.compaction is None else params.compaction
         self.snapshot_interval = rng.choice((0.05, 0.2, 0.8))
         self.log_tail = {i: rng.choice((0, 4, 32) if not rejoin else (16, 128)) for i in self.ids}
         self.chunk_slots = rng.choice((4, 16, 64) if not rejoin else (256, 1024))
@@ -207,7 +212,7 @@ class Simulation:
         # Snapshot transfers: node -> (its incarnation, source, index asked), while one
         # runs; and what each node staged of a snapshot (durable: it resumes from there).
         self.transfers: dict[str, tuple[int, str, int]] = {}
-        self.staging: dict[str, tuple[str, str, int]] = {}
+        self.staging: dict[str, tuple[str, MemorySnapshot, int]] = {}
         self.now = 0.0
         self.clock = _SimClock(self)
         # A node's disk: its acceptor state and chosen log, and its state machine.
@@ -616,27 +621,31 @@ class Simulation:
             return
         _, source, index = running
         rng = self.rng
-        snapshot = self.machines[source].snapshot if self.nodes[source] is not None else None
+        latest = self.machines[source].snapshot if self.nodes[source] is not None else None
         cut = (i, source) in self.blocked or (source, i) in self.blocked
-        if snapshot is None or cut or rng.random() < self.loss:
+        if latest is None or cut or rng.random() < self.loss:
             if failures >= 5:
                 del self.transfers[i]
             else:
                 self._at(self.now + 0.02, "transfer", i, failures + 1)
             return
-        if snapshot.index < index:
+        if latest.index < index:
             raise Violation(
                 f"{source} told {i} its log is compacted through {index}, but its latest "
-                f"snapshot is at {snapshot.index}: the slots between are lost to {i}"
+                f"snapshot is at {latest.index}: the slots between are lost to {i}"
             )
+        # The transfer is of the snapshot it started on (the source keeps a snapshot while
+        # a transfer reads it): resumed from the chunks staged while that one still covers
+        # what the source asks for, else started afresh on the latest.
         staged = self.staging.get(i)
-        received = (
-            staged[2] if staged is not None and staged[:2] == (source, snapshot.checksum) else 0
-        )
+        if staged is not None and staged[0] == source and staged[1].index >= index:
+            _, snapshot, received = staged
+        else:
+            snapshot, received = latest, 0
         received += 1
         self.stats.transfer_chunks += 1
         if received < 1 + len(snapshot.applied_log) // self.chunk_slots:
-            self.staging[i] = (source, snapshot.checksum, received)
+            self.staging[i] = (source, snapshot, received)
             if self._transfer_crash_due(self.transfer_crash):
                 self._crash(i)  # between two chunks: it resumes from those staged
                 self._transfer_crashed(i)

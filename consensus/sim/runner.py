@@ -67,6 +67,8 @@ def replay_command(seed: int, params: Params) -> str:
         parts.append(f"--scenario {params.scenario} --writes {params.rejoin_writes}")
     if params.wire:
         parts.append("--wire")
+    if params.compaction is not None:
+        parts.append(f"--compaction {'on' if params.compaction else 'off'}")
     return " ".join(parts)
 
 

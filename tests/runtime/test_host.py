@@ -361,3 +361,19 @@ def test_a_damaged_or_older_snapshot_is_refused_and_changes_nothing():
     _, older = _snapshot_at(5)
     assert not node.machine.install(older)
     assert node.machine.applied_index == 8 and len(node.machine.applied_log) == 8
+
+
+def test_slots_a_rebuilt_core_never_saw_applied_are_skipped_not_taken_for_a_snapshot():
+    # The soak's seed 8832: a lagging applier still holds learned entries when a failed
+    # persist makes the host rebuild its core from storage, which lacks them.
+    node = Node("n2", rate=8, failures=1)
+    node.host.on_message("n1", Chosen(1, (value_of("a"), value_of("b"), value_of("c"))))
+    node.host.on_message("n1", Accept(LEADER, ((4, value_of("d")),), 0))  # persist fails
+    rebuilt = node.host.node()
+    assert rebuilt.commit_index == 0 and node.durable.chosen == {}
+    node.machine.run()  # records and applies slots 1-3, which the new core never saw
+    node.host.tick()
+    assert rebuilt.commit_index == 3 and node.host.status()["applied_index"] == 3
+    # Nothing was pruned: the log still serves those slots, no snapshot is announced.
+    assert rebuilt.compacted_through == 0 == node.durable.compacted_through
+    assert sorted(node.durable.chosen) == [1, 2, 3]

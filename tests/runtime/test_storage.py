@@ -116,5 +116,6 @@ def test_compaction_prunes_the_log_through_its_point_and_a_restart_loads_the_poi
     assert sorted(durable.accepted) == [9, 10]  # above the applied index: the open votes
     store.compact(3)  # never goes down
     assert storage.load()[0].compacted_through == 5
+    assert store.compacted_through == 5
     assert store.read(4, 10, 1 << 20) == []
     assert [v.commands[0].request_id for v in store.read(6, 10, 1 << 20)] == ["r6", "r7", "r8"]
