@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -971,25 +972,42 @@ class LocalCluster:
             return conn.execute(sql, params).fetchall()
 
 
+def _port_range() -> range:
+    """Where free_ports looks: below the kernel's ephemeral range, which outgoing
+    connections (every process's, to PostgreSQL, Redis, ...) take their local ports from,
+    so that no connection can take a port between its pick and a server's bind; and, under
+    pytest-xdist, a slice of that per worker, so that two workers never pick the same."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    first, last = 10_000, max(low, 12_000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        size = (last - first) // 8
+        first += (int(worker[2:]) % 8) * size
+        last = first + size
+    return range(first, last)
+
+
 def free_ports(count: int, *, consecutive: bool = False, avoid: Sequence[int] = ()) -> list[int]:
-    """`count` TCP ports free on 127.0.0.1 now (optionally consecutive), none in `avoid`."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
-        wanted = list(range(first, first + count)) if consecutive else [first]
+    """`count` TCP ports free on 127.0.0.1 now (optionally consecutive), none in `avoid`,
+    from _port_range()."""
+    ports = _port_range()
+    rng = random.Random()
+    for _ in range(1000):
+        if consecutive:
+            base = rng.randrange(ports.start, ports.stop - count)
+            wanted = list(range(base, base + count))
+        else:
+            wanted = rng.sample(ports, count)
+        if any(port in avoid for port in wanted):
+            continue
         sockets: list[socket.socket] = []
         try:
             for port in wanted:
-                if port in avoid or port > 65535:
-                    raise OSError("unwanted port")
                 sock = socket.socket()
                 sockets.append(sock)
                 sock.bind(("127.0.0.1", port))
-            if not consecutive:
-                # Keep this one bound while picking the others, so they differ.
-                rest = free_ports(count - 1, avoid=[*avoid, first]) if count > 1 else []
-                return [first, *rest]
             return wanted
         except OSError:
             continue
