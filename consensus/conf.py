@@ -25,6 +25,7 @@ configstore/ (tests/test_settings.py walks their syntax trees to keep it so).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -124,7 +125,7 @@ def number(low: float, high: float | None = None, *, scale: float = 1.0) -> Call
             value = float(raw)
         except ValueError:
             raise ValueError("must be a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ValueError("must be a finite number")
         _within(value, low, high)
         return value * scale

@@ -137,13 +137,18 @@ def compact(through: int) -> None:
     and covered by the state machine's latest snapshot): accepted values and chosen entries
     at or below it, and the compaction point recorded, in one transaction."""
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("DELETE FROM consensus_chosen_slot WHERE slot <= %s", [through])
-        cursor.execute("DELETE FROM consensus_accepted_slot WHERE slot <= %s", [through])
-        cursor.execute(
-            "UPDATE consensus_applied_state SET compacted_through = "
-            "GREATEST(compacted_through, %s) WHERE id = 1",
-            [through],
-        )
+        _compact(cursor, through)
+
+
+def _compact(cursor, through: int) -> None:
+    """compact()'s statements, inside the caller's transaction."""
+    cursor.execute("DELETE FROM consensus_chosen_slot WHERE slot <= %s", [through])
+    cursor.execute("DELETE FROM consensus_accepted_slot WHERE slot <= %s", [through])
+    cursor.execute(
+        "UPDATE consensus_applied_state SET compacted_through = "
+        "GREATEST(compacted_through, %s) WHERE id = 1",
+        [through],
+    )
 
 
 def compacted_through() -> int:
@@ -413,15 +418,10 @@ def install_applied(cursor, applied_index: int, request_batches: Iterable[str]) 
         )
         installed += cursor.rowcount
     cursor.execute(_APPLIED_INDEX, [applied_index])
-    cursor.execute("DELETE FROM consensus_accepted_slot WHERE slot <= %s", [applied_index])
-    # No chosen entry at or below the index is here (a snapshot replaced them): the log is
-    # compacted through it, and a peer that needs those slots is sent the snapshot.
-    cursor.execute("DELETE FROM consensus_chosen_slot WHERE slot <= %s", [applied_index])
-    cursor.execute(
-        "UPDATE consensus_applied_state SET compacted_through = GREATEST(compacted_through, %s) "
-        "WHERE id = 1",
-        [applied_index],
-    )
+    # No chosen entry or accepted value at or below the index is needed (the snapshot
+    # replaced them): the log is compacted through it, and a peer that needs those slots is
+    # sent the snapshot.
+    _compact(cursor, applied_index)
     return installed
 
 

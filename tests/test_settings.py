@@ -193,14 +193,11 @@ def test_no_module_level_state_outside_the_process_object():
     assert offenders == {}
 
 
-def test_the_state_check_finds_a_singleton():
+def test_the_state_check_finds_a_singleton(tmp_path):
     source = (
         "import threading\n_cache = {}\n_lock = threading.Lock()\nclass A: pass\n_a = A()\n"
         "def f():\n    global _x\n"
     )
-    path = ROOT / "tests" / "_state_probe.py"
-    try:
-        path.write_text(source)
-        assert len(_module_state(path)) == 4
-    finally:
-        path.unlink()
+    path = tmp_path / "probe.py"
+    path.write_text(source)
+    assert len(_module_state(path)) == 4
