@@ -114,7 +114,7 @@ def test_every_node_serves_metrics_whose_counters_follow_a_small_load(make_clust
             after[i].delta(before[i], "configstore_commands_applied_total", **committed) >= 20
             and after[i].delta(before[i], "configstore_commands_applied_total", **conflicted)
             for i in cluster.ids
-        ):
+        ) and after["n2"].delta(before["n2"], "configstore_worker_read_index_requests_total"):
             break
         time.sleep(0.5)
 
