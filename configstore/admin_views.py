@@ -30,7 +30,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.http import urlencode
 
-from configstore import conf, exceptions, permissions, selectors, services
+from configstore import conf, exceptions, permissions, selectors, services, transfer
 from configstore.admin_diff import pretty, value_diff
 from configstore.admin_forms import EntryForm, ReasonForm, idempotency_key, tracking
 from configstore.models import History, PrefixPermission
@@ -623,6 +623,7 @@ def cluster_view(request):
         "node_id": consensus.node_id(),
         "here_has_quorum": quorum,
         "refresh": int(refresh) if refresh.isdigit() and 0 < int(refresh) <= 60 else 0,
+        "served": transfer.served(),
     }
     return TemplateResponse(request, TEMPLATES + "cluster.html", context)
 

@@ -44,7 +44,6 @@ def _secret(name: str) -> str:
     return conf.node().secret if name == "CONFIGSTORE_SECRET" else settings.SECRET_KEY
 
 
-
 @checks.register(checks.Tags.security)
 def check_secrets(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """An Error per weak secret with DEBUG off; a Warning with DEBUG on."""

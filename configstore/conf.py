@@ -142,6 +142,14 @@ class StoreSettings:
         "scrape (see [Metrics](#metrics))",
         shown_default="unset",
     )
+    snapshot_dir: str = setting(
+        "CONFIGSTORE_SNAPSHOT_DIR",
+        "",
+        text,
+        "where this node keeps the snapshots it serves its peers (the two newest) and a "
+        "snapshot it is fetching, readable by its web server and its worker",
+        shown_default="`<temp dir>/configstore-snapshots-<node id>`",
+    )
     prometheus_multiproc_dir: str | None = setting(
         "PROMETHEUS_MULTIPROC_DIR",
         None,

@@ -136,8 +136,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": CONFIGSTORE.log_level},
 }
 
-# The replicated state machine: apply(cursor, slot, commands, node_id) -> [(outcome, result)].
-CONFIGSTORE_STATE_MACHINE = "configstore.statemachine.apply_commands"
+# The replicated state machine (a consensus.api.Application): how a slot is applied, how a
+# peer's snapshot is fetched and installed.
+CONFIGSTORE_STATE_MACHINE = "configstore.statemachine.APPLICATION"
 # Celery in the node's worker: fire-and-forget Paxos envelopes only.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 16
 CELERY_TASK_ACKS_LATE = False

@@ -40,6 +40,10 @@ migrations), replaces the tables, sets the applied index, and checks each sectio
 count and sha256 as it reads; a bad checksum, a cut or unreadable file, or another schema
 raises SnapshotError and the transaction rolls back: nothing changed. It truncates the
 tables it replaces (the history refuses DELETE), so it runs as the tables' owner.
+
+install() is state transfer's: it installs a peer's snapshot into a running node that is
+behind, in one transaction, as the app role, without truncating anything (see its
+docstring; the transfer itself is configstore.transfer).
 """
 
 from __future__ import annotations
@@ -83,16 +87,30 @@ class _Section:
     select: str  # one text column: a row as JSON, in the section's order
     insert: str | None  # one parameter, a JSON array of rows; None: the runtime's section
     columns: tuple[str, ...]
+    #: A live install's insert (install()): upserts by the natural key `key`.
+    upsert: str | None = None
+    key: str | None = None
+    #: An append-only table's rows up to an index (one parameter), in the section's order.
+    select_through: str | None = None
 
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _plain(cursor, table: str, order: str, *, without: tuple[str, ...] = ()) -> _Section:
+def _plain(
+    cursor,
+    table: str,
+    order: str,
+    *,
+    without: tuple[str, ...] = (),
+    key: str | None = None,
+    indexed: bool = False,
+) -> _Section:
     """A table whose rows reference no serial id: every column but `without`, as is. A
     jsonb column's value goes in a one-element array ([value]; null for SQL NULL): a JSON
-    null stored in it stays apart from no value at all."""
+    null stored in it stays apart from no value at all. `key`: its natural key, by which a
+    live install upserts; `indexed`: append-only, by log index."""
     cursor.execute(
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = "
         "current_schema() AND table_name = %s ORDER BY ordinal_position",
@@ -110,13 +128,27 @@ def _plain(cursor, table: str, order: str, *, without: tuple[str, ...] = ()) -> 
     )
     names = ", ".join(map(_q, columns))
     values = ", ".join(f"r.{_q(c)} -> 0" if c in json_columns else f"r.{_q(c)}" for c in columns)
-    return _Section(
-        table,
-        f"SELECT (to_jsonb(t){minus}{wrapped})::text FROM {table} t ORDER BY {order}",
+    insert = (
         f"INSERT INTO {table} ({names}) SELECT {values} FROM "
         f"jsonb_populate_recordset(NULL::{table}, %s::jsonb) WITH ORDINALITY AS r "
-        "ORDER BY r.ordinality",
+        "ORDER BY r.ordinality"
+    )
+    upsert = None
+    if key is not None:
+        # (the key itself when there is nothing else to set)
+        updates = ", ".join(
+            f"{_q(c)} = EXCLUDED.{_q(c)}" for c in columns if c != key or len(columns) == 1
+        )
+        upsert = f"{insert} ON CONFLICT ({_q(key)}) DO UPDATE SET {updates}"
+    rows = f"SELECT (to_jsonb(t){minus}{wrapped})::text FROM {table} t"
+    return _Section(
+        table,
+        f"{rows} ORDER BY {order}",
+        insert,
         columns,
+        upsert=upsert,
+        key=key,
+        select_through=f"{rows} WHERE t.index <= %s ORDER BY {order}" if indexed else None,
     )
 
 
@@ -131,16 +163,27 @@ _BY_PERMISSION = (
 )
 
 
+_TOKEN_INSERT = (
+    "INSERT INTO configstore_api_token (token_id, user_id, name, key_hash, scope, "
+    "prefix, expires_at, created_at, created_index) SELECT r.token_id, u.id, r.name, "
+    "r.key_hash, r.scope, r.prefix, r.expires_at, r.created_at, r.created_index FROM "
+    'jsonb_to_recordset(%s::jsonb) AS r(token_id text, "user" text, name text, '
+    "key_hash text, scope text, prefix text, expires_at timestamptz, "
+    "created_at timestamptz, created_index bigint) "
+    'JOIN auth_user u ON u.username = r."user"'
+)
+
+
 def _sections(cursor) -> list[_Section]:
     """Every section, in the order restore() must insert them (users before their tokens)."""
     return [
         _plain(cursor, "configstore_entry", 'key COLLATE "C"'),
         _plain(cursor, "configstore_schema", 'key COLLATE "C"'),
         _plain(cursor, "configstore_idempotency", 'key COLLATE "C"'),
-        _plain(cursor, "configstore_history", "index, id", without=("id",)),
-        _plain(cursor, "configstore_access_history", "index, id", without=("id",)),
-        _plain(cursor, "auth_user", 'username COLLATE "C"', without=("id",)),
-        _plain(cursor, "auth_group", 'name COLLATE "C"', without=("id",)),
+        _plain(cursor, "configstore_history", "index, id", without=("id",), indexed=True),
+        _plain(cursor, "configstore_access_history", "index, id", without=("id",), indexed=True),
+        _plain(cursor, "auth_user", 'username COLLATE "C"', without=("id",), key="username"),
+        _plain(cursor, "auth_group", 'name COLLATE "C"', without=("id",), key="name"),
         _Section(
             "auth_user_groups",
             "SELECT jsonb_build_object('user', u.username, 'group', g.name)::text "
@@ -188,13 +231,7 @@ def _sections(cursor) -> list[_Section]:
             "SELECT (to_jsonb(t) - 'user_id' || jsonb_build_object('user', u.username))::text "
             "FROM configstore_api_token t JOIN auth_user u ON u.id = t.user_id "
             'ORDER BY t.token_id COLLATE "C"',
-            "INSERT INTO configstore_api_token (token_id, user_id, name, key_hash, scope, "
-            "prefix, expires_at, created_at, created_index) SELECT r.token_id, u.id, r.name, "
-            "r.key_hash, r.scope, r.prefix, r.expires_at, r.created_at, r.created_index FROM "
-            'jsonb_to_recordset(%s::jsonb) AS r(token_id text, "user" text, name text, '
-            "key_hash text, scope text, prefix text, expires_at timestamptz, "
-            "created_at timestamptz, created_index bigint) "
-            'JOIN auth_user u ON u.username = r."user"',
+            _TOKEN_INSERT,
             (
                 "token_id",
                 "user",
@@ -206,6 +243,11 @@ def _sections(cursor) -> list[_Section]:
                 "created_at",
                 "created_index",
             ),
+            upsert=f"{_TOKEN_INSERT} ON CONFLICT (token_id) DO UPDATE SET user_id = "
+            "EXCLUDED.user_id, name = EXCLUDED.name, key_hash = EXCLUDED.key_hash, scope = "
+            "EXCLUDED.scope, prefix = EXCLUDED.prefix, expires_at = EXCLUDED.expires_at, "
+            "created_at = EXCLUDED.created_at, created_index = EXCLUDED.created_index",
+            key="token_id",
         ),
         # The runtime's, last: installing it sets the applied index.
         _Section(
@@ -416,28 +458,40 @@ def _batches(reader: _Reader, described: dict) -> Iterator[tuple[str, int]]:
         yield "[" + ",".join(batch) + "]", len(batch)
 
 
+def _open(source: BinaryIO) -> tuple[_Hashing, _Reader, dict]:
+    """The snapshot `source`, hashed as it is read, and its header, checked."""
+    hashing = _Hashing(source)
+    reader = _Reader(gzip.GzipFile(fileobj=hashing, mode="rb"))
+    return hashing, reader, _header(reader)
+
+
+def _prepare(cursor, header: dict) -> list[_Section]:
+    """Open an install in the caller's transaction: check that the snapshot is of this
+    schema and version; the sections to install, in order."""
+    cursor.execute("SET LOCAL TimeZone = 'UTC'")
+    # The identity tables refuse writers unless the applier is applying (migration 0005);
+    # an install is the applier's kind of write.
+    cursor.execute("SELECT set_config('configstore.applying', 'on', true)")
+    if _migrations(cursor) != header.get("migrations"):
+        raise SnapshotError(
+            "the snapshot was taken from a database of another schema (other migrations): "
+            "migrate both to the same version"
+        )
+    sections = _sections(cursor)
+    if [(s.name, list(s.columns)) for s in sections] != [
+        (s["name"], s["columns"]) for s in header["sections"]
+    ]:
+        raise SnapshotError("the snapshot's sections are not this version's")
+    return sections
+
+
 def restore(source: BinaryIO, *, replace: bool = False) -> Info:
     """Install the snapshot `source` into this node's database, in one transaction. Without
     `replace`, only into a database that has applied nothing (a brand-new cluster's)."""
-    hashing = _Hashing(source)
-    reader = _Reader(gzip.GzipFile(fileobj=hashing, mode="rb"))
-    header = _header(reader)
+    hashing, reader, header = _open(source)
     index = header["applied_index"]
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL TimeZone = 'UTC'")
-        # The identity tables refuse writers unless the applier is applying (migration
-        # 0005); an install is the applier's kind of write.
-        cursor.execute("SELECT set_config('configstore.applying', 'on', true)")
-        if _migrations(cursor) != header.get("migrations"):
-            raise SnapshotError(
-                "the snapshot was taken from a database of another schema (other migrations): "
-                "migrate both to the same version"
-            )
-        sections = _sections(cursor)
-        if [(s.name, list(s.columns)) for s in sections] != [
-            (s["name"], s["columns"]) for s in header["sections"]
-        ]:
-            raise SnapshotError("the snapshot's sections are not this version's")
+        sections = _prepare(cursor, header)
         current = consensus.applied_index()
         if current and not replace:
             raise SnapshotError(
@@ -471,3 +525,159 @@ def restore(source: BinaryIO, *, replace: bool = False) -> Info:
                 f"coalesce((SELECT max(id) FROM {table}), 0) + 1, false)"
             )
     return Info(index, str(header.get("node", "")), rows, hashing.digest.hexdigest())
+
+
+# ------------------------------------------------------------------ install (state transfer)
+
+
+def install(source: BinaryIO) -> Info | None:
+    """Install the snapshot `source` (a peer's) into this running node's database, in one
+    transaction, if it is above the applied index: state transfer (configstore.transfer),
+    on the node's applier thread, as the app role. None: not above it, nothing done.
+
+    Unlike restore(), nothing is truncated and no row the node keeps is renumbered:
+      - the config (entries, schemas, idempotency records) and the link tables (group
+        memberships, permissions, prefix permissions) are replaced by the snapshot's rows;
+      - users, groups and tokens are upserted by their natural keys (username, group name,
+        token id) and those the snapshot lacks deleted with what of this node refers to
+        them (its admin log, a token's last use): a user keeps the id this node's sessions
+        and admin log name;
+      - the audit history is append-only (the app role may not delete it): the rows this
+        node holds, up to its applied index, must be exactly the snapshot's rows up to that
+        index (their sha256 is compared), and only the rows above it are appended;
+      - the runtime installs the applied index and the request ids inside the window, and
+        compacts the log through the index (consensus.api.install_applied).
+    A bad checksum, a cut file, a history that differs from this node's or another schema
+    raises SnapshotError; any failure rolls the whole install back."""
+    hashing, reader, header = _open(source)
+    index = header["applied_index"]
+    with transaction.atomic(), connection.cursor() as cursor:
+        sections = _prepare(cursor, header)
+        current = consensus.applied_index()
+        if index <= current:
+            return None
+        cursor.execute(
+            "CREATE TEMPORARY TABLE configstore_install_keys (section text, key text) "
+            "ON COMMIT DROP"
+        )
+        rows = {}
+        for section, described in zip(sections, header["sections"], strict=True):
+            rows[section.name] = described["rows"]
+            if section.insert is None:
+                consensus.install_applied(
+                    cursor, index, (batch for batch, _ in _batches(reader, described))
+                )
+            elif section.select_through is not None:
+                _append(cursor, reader, section, described, current)
+            elif section.upsert is not None:
+                # Whole, checked, before anything of it is written: the rows the snapshot
+                # lacks go first (a token's unique hash may have passed to another token).
+                batches = list(_batches(reader, described))
+                for batch, _ in batches:
+                    cursor.execute(
+                        "INSERT INTO configstore_install_keys SELECT %s, e ->> %s FROM "
+                        "jsonb_array_elements(%s::jsonb) AS e",
+                        [section.name, section.key, batch],
+                    )
+                _delete_missing(cursor, section)
+                for batch, count in batches:
+                    cursor.execute(section.upsert, [batch])
+                    _inserted(cursor, section, count)
+            else:
+                cursor.execute(f"DELETE FROM {section.name}")
+                for batch, count in _batches(reader, described):
+                    cursor.execute(section.insert, [batch])
+                    _inserted(cursor, section, count)
+        reader.end()
+    return Info(index, str(header.get("node", "")), rows, hashing.digest.hexdigest())
+
+
+def _inserted(cursor, section: _Section, count: int) -> None:
+    if cursor.rowcount != count:
+        raise SnapshotError(
+            f"{section.name}: {count - cursor.rowcount} rows name a user, group or permission "
+            "that is not there"
+        )
+
+
+def _append(cursor, reader: _Reader, section: _Section, described: dict, current: int) -> None:
+    """An append-only section: check that this node's rows up to `current` are the
+    snapshot's (byte for byte, by sha256), and append the snapshot's rows above it."""
+    cursor.execute(f"SELECT count(*) FROM {section.name} WHERE index > %s", [current])
+    if cursor.fetchone()[0]:
+        raise SnapshotError(f"{section.name} holds rows above the applied index {current}")
+    ours = hashlib.sha256()
+    with _raw().cursor(name="configstore_install") as rows_cursor:
+        rows_cursor.itersize = BATCH_ROWS
+        rows_cursor.execute(section.select_through, [current])
+        for (text,) in rows_cursor:
+            ours.update(text.encode() + b"\n")
+    name, digest, theirs, batch = section.name, hashlib.sha256(), hashlib.sha256(), []
+    above = False
+    for n in range(described["rows"]):
+        line = reader.line(f"row {n + 1} of {described['rows']} of {name}")
+        digest.update(line)
+        if not above:  # rows are in index order: the first one above begins the rest
+            try:
+                above = json.loads(line)["index"] > current
+            except (ValueError, TypeError, KeyError):
+                raise SnapshotError(f"{name}: row {n + 1} is not a history row") from None
+        if not above:
+            theirs.update(line)
+            continue
+        batch.append(line.decode().rstrip("\n"))
+        if len(batch) == BATCH_ROWS:
+            cursor.execute(section.insert, [("[" + ",".join(batch) + "]")])
+            _inserted(cursor, section, len(batch))
+            batch = []
+    if digest.hexdigest() != described["sha256"]:
+        raise SnapshotError(f"{name}: checksum mismatch (the file was changed or damaged)")
+    if theirs.digest() != ours.digest():
+        raise SnapshotError(
+            f"{name}: this node's rows up to index {current} differ from the snapshot's: "
+            "its history diverged from the cluster's (restore the node from a snapshot)"
+        )
+    if batch:
+        cursor.execute(section.insert, [("[" + ",".join(batch) + "]")])
+        _inserted(cursor, section, len(batch))
+
+
+#: What of this node refers to the users, groups or tokens a live install deletes, by
+#: section: (table, its column naming the row's id), deleted first. The link tables are
+#: replaced later in the install anyway; this node's admin log and a token's last use are
+#: its own (as when the log deletes a user: configstore.identity).
+_REFERRERS = {
+    "auth_user": (
+        (
+            "configstore_token_use",
+            "token_id IN (SELECT token_id FROM configstore_api_token WHERE user_id = ANY(%s))",
+        ),
+        ("configstore_api_token", "user_id = ANY(%s)"),
+        ("auth_user_groups", "user_id = ANY(%s)"),
+        ("auth_user_user_permissions", "user_id = ANY(%s)"),
+        ("django_admin_log", "user_id = ANY(%s)"),
+    ),
+    "auth_group": (
+        ("auth_user_groups", "group_id = ANY(%s)"),
+        ("auth_group_permissions", "group_id = ANY(%s)"),
+        ("configstore_prefix_permission", "group_id = ANY(%s)"),
+    ),
+    "configstore_api_token": (("configstore_token_use", "token_id = ANY(%s)"),),
+}
+_ROW_IDS = {"auth_user": "id", "auth_group": "id", "configstore_api_token": "token_id"}
+
+
+def _delete_missing(cursor, section: _Section) -> None:
+    """Delete the rows of `section`'s table whose natural keys the snapshot lacks (its keys
+    are in configstore_install_keys), and first what refers to them."""
+    cursor.execute(
+        f"SELECT {_ROW_IDS[section.name]} FROM {section.name} WHERE {_q(section.key)} NOT IN "
+        "(SELECT key FROM configstore_install_keys WHERE section = %s)",
+        [section.name],
+    )
+    gone = [row_id for (row_id,) in cursor.fetchall()]
+    if not gone:
+        return
+    for table, where in _REFERRERS[section.name]:
+        cursor.execute(f"DELETE FROM {table} WHERE {where}", [gone])
+    cursor.execute(f"DELETE FROM {section.name} WHERE {_ROW_IDS[section.name]} = ANY(%s)", [gone])

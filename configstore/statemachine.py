@@ -59,7 +59,7 @@ from configstore.commands import (
     fingerprint,
 )
 from configstore.validation import schema_targets
-from consensus.api import Command
+from consensus.api import Application, Command
 
 COMMITTED, REJECTED = "committed", "rejected"
 
@@ -594,3 +594,13 @@ def _existing_values_refusal(cursor, cmd: SchemaOperation) -> dict | None:
                 "schema": cmd.key,
             }
     return None
+
+
+def _install_from_peer(peer: str, at_least: int) -> int | None:
+    from configstore.transfer import install_from_peer  # the web tier's modules, on demand
+
+    return install_from_peer(peer, at_least)
+
+
+#: The config store as the runtime replicates it (the setting CONFIGSTORE_STATE_MACHINE).
+APPLICATION = Application(apply_commands, install_snapshot=_install_from_peer)

@@ -4,7 +4,7 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from configstore import admin_access, admin_views, metrics
+from configstore import admin_access, admin_views, metrics, transfer
 from configstore.api import errors, views
 
 urlpatterns = [
@@ -13,6 +13,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
     path("metrics", metrics.metrics_view, name="metrics"),  # Prometheus; not under /api/
+    # State transfer between the nodes (peer-authenticated: configstore.transfer).
+    path("cluster/snapshot", transfer.offer_view, name="snapshot-offer"),
+    path("cluster/snapshot/<str:name>", transfer.chunk_view, name="snapshot-chunk"),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="openapi"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="openapi"), name="api-redoc"),

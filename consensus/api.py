@@ -24,6 +24,9 @@ applied here in time: it may still commit; look it up later by its request id).
                                 what the nodes' workers publish about themselves
     status_families(), REGISTRY, LATENCY_BUCKETS
                                 the runtime's metrics, for the web server's /metrics
+    Application(apply_commands, install_snapshot)
+                                what the product gives the runtime to replicate (the
+                                setting CONFIGSTORE_STATE_MACHINE names one)
     SNAPSHOT_REQUESTS_SQL, snapshot_requests_since(index), install_applied(cursor, index,
     batches)                    the runtime's part of a snapshot of the state machine
                                 (configstore.snapshot): the request ids still inside the
@@ -39,6 +42,7 @@ from collections.abc import Callable
 from django.db import connection
 
 from consensus import conf
+from consensus.applier import Application
 from consensus.client import (
     Committed,
     Outcome,
@@ -63,6 +67,7 @@ __all__ = [
     "LATENCY_BUCKETS",
     "REGISTRY",
     "SNAPSHOT_REQUESTS_SQL",
+    "Application",
     "ApplyCommands",
     "Command",
     "Committed",

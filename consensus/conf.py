@@ -145,18 +145,34 @@ def _within(value: float, low: float, high: float | None) -> None:
         raise ValueError(f"must be from {low:g} to {high:g}")
 
 
-def parse_peers(text: str) -> dict[str, str]:
-    """'n1=redis://h1:6379/0,n2=...' -> {'n1': 'redis://h1:6379/0', ...}"""
+def _pairs(text: str, variable: str, what: str) -> dict[str, str]:
+    """'n1=url1,n2=url2' -> {'n1': 'url1', 'n2': 'url2'} (ValueError naming `variable`)."""
     found: dict[str, str] = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
         node_id, sep, url = item.partition("=")
         if not sep or not node_id.strip() or not url.strip():
-            raise ValueError(f"CONFIGSTORE_PEERS entry {item!r} is not id=broker-url")
+            raise ValueError(f"{variable} entry {item!r} is not id={what}")
         if node_id.strip() in found:
-            raise ValueError(f"CONFIGSTORE_PEERS names {node_id.strip()!r} twice")
+            raise ValueError(f"{variable} names {node_id.strip()!r} twice")
         found[node_id.strip()] = url.strip()
+    return found
+
+
+def parse_peers(text: str) -> dict[str, str]:
+    """'n1=redis://h1:6379/0,n2=...' -> {'n1': 'redis://h1:6379/0', ...}"""
+    found = _pairs(text, "CONFIGSTORE_PEERS", "broker-url")
     if not found:
         raise ValueError("CONFIGSTORE_PEERS is empty")
+    return found
+
+
+def parse_peer_urls(text: str) -> dict[str, str]:
+    """'n1=http://h1:8000,n2=...' -> {'n1': 'http://h1:8000', ...}; empty: {} (none)."""
+    found = _pairs(text, "CONFIGSTORE_PEER_URLS", "web-url")
+    for node_id, url in found.items():
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"CONFIGSTORE_PEER_URLS: {node_id}'s URL {url!r} is not http(s)")
+        found[node_id] = url.rstrip("/")
     return found
 
 
@@ -260,6 +276,25 @@ class NodeSettings:
         "dropped as a duplicate, after them applied again; older ids are deleted. The same on "
         "every node (see [Backup, restore and bounded growth](#backup-restore-and-bounded-growth))",
     )
+    peer_urls: dict[str, str] = setting(
+        "CONFIGSTORE_PEER_URLS",
+        "",
+        parse_peer_urls,
+        "every node's web server as `id=base-url` (`http://` or `https://`), comma-separated, "
+        "identical on every node: a node that fell behind its peers' compacted logs fetches "
+        "a snapshot from one of them there (state transfer, authenticated with "
+        "`CONFIGSTORE_SECRET`). Unset: no state transfer, and so no log compaction (see "
+        "[Backup, restore and bounded growth](#backup-restore-and-bounded-growth))",
+        shown_default="unset",
+    )
+    log_tail: int = setting(
+        "CONFIGSTORE_LOG_TAIL",
+        "5000",
+        integer(0),
+        "chosen slots a node keeps below its applied index when it compacts its log: a peer "
+        "that was away for fewer slots catches up by replaying them, one further behind by "
+        "state transfer",
+    )
     app_db_role: str = setting(
         "CONFIGSTORE_APP_DB_ROLE",
         "",
@@ -294,6 +329,16 @@ class NodeSettings:
     def __post_init__(self) -> None:
         if self.node_id not in self.peers:
             raise ValueError(f"CONFIGSTORE_NODE_ID {self.node_id!r} is not in CONFIGSTORE_PEERS")
+        if self.peer_urls and set(self.peer_urls) != set(self.peers):
+            raise ValueError(
+                "CONFIGSTORE_PEER_URLS must name the nodes of CONFIGSTORE_PEERS, every one "
+                f"(it names {sorted(self.peer_urls)}, the peers are {sorted(self.peers)})"
+            )
+
+    @property
+    def state_transfer(self) -> bool:
+        """Whether this node's peers serve snapshots (and so whether logs are compacted)."""
+        return bool(self.peer_urls)
 
     @property
     def broker_url(self) -> str:

@@ -279,9 +279,10 @@ class NodeHost:
                     raise TypeError(f"not an input of the host: {item!r}")
         return self._handle(ready, f"{count} inputs")
 
-    def compact(self) -> int:
-        """Prune the durable log as far as the rule allows (see the module's docstring);
-        the compaction point after it. Called by the driver between steps (I/O)."""
+    def compact(self, max_slots: int | None = None) -> int:
+        """Prune the durable log as far as the rule allows (see the module's docstring), by
+        at most `max_slots` slots at once if given; the compaction point after it. Called by
+        the driver between steps (I/O)."""
         core = self._core_for_step()
         applied = self.state_machine.applied_index
         if applied is None:
@@ -289,6 +290,8 @@ class NodeHost:
         through = min(self.state_machine.snapshot_index, applied - self.log_tail)
         if self._compact_beyond_snapshot:
             through = applied - self.log_tail
+        if max_slots is not None:
+            through = min(through, core.compacted_through + max_slots)
         if through > core.compacted_through:
             self.storage.compact(through)
             core.on_compacted(through)

@@ -30,7 +30,7 @@ import redis
 from django.conf import settings
 
 from consensus import conf, inbox, storage
-from consensus.applier import Applier
+from consensus.applier import Application, Applier
 from consensus.envelope import BadEnvelope, Freshness, Opened, Sealer, open_envelope
 from consensus.faults import Faults
 from consensus.host import FromPeer, Input, MonotonicClock, NodeHost, ReadRequests, Submission
@@ -55,9 +55,18 @@ def status_key(node_id: str) -> str:
     return f"consensus:status:{node_id}"
 
 
-def load_state_machine(path: str):
+#: Slots pruned by one compaction at most: a first compaction of a long log (state transfer
+#: just configured) is spread over several status periods instead of one long transaction.
+COMPACT_STEP = 10_000
+
+
+def load_state_machine(path: str) -> Application:
+    """The Application named by `path` (the setting CONFIGSTORE_STATE_MACHINE)."""
     module, _, name = path.rpartition(".")
-    return getattr(import_module(module), name)
+    application = getattr(import_module(module), name)
+    if not isinstance(application, Application):
+        raise TypeError(f"{path} is not a consensus.api.Application")
+    return application
 
 
 class NodeRuntime:
@@ -67,23 +76,32 @@ class NodeRuntime:
         node_id: str,
         peers: dict[str, str],
         secret: bytes,
-        apply_commands,
+        application: Application,
         transport: CeleryTransport,
         faults: Faults,
         core_options: dict | None = None,
         max_envelope_bytes: int = 16 * 1024 * 1024,
+        state_transfer: bool = False,
+        log_tail: int = 5000,
         trace: bool = False,
     ) -> None:
         self.node_id = node_id
         self.peers = peers
         self.nodes = tuple(sorted(peers))
         self.secret = secret
-        self.apply_commands = apply_commands
+        self.application = application
         self.transport = transport
         self.faults = faults
         self.config = Config(node_id=node_id, nodes=self.nodes, **(core_options or {}))
         self.counters: Counter[str] = Counter()
-        self.applier = Applier(apply_commands, node_id, trace=trace)
+        self.applier = Applier(
+            application.apply_commands,
+            node_id,
+            # Installs need peers that serve snapshots; without them none is installed, so
+            # (Applier.snapshot_index) the log is not compacted either.
+            install_snapshot=application.install_snapshot if state_transfer else None,
+            trace=trace,
+        )
         self.last_contact: dict[str, float] = {}
         self._lock = threading.RLock()
         self._status_at = 0.0
@@ -114,6 +132,7 @@ class NodeRuntime:
             state_machine=self.applier,
             clock=MonotonicClock(),
             rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+            log_tail=log_tail,
             #: Log every step's timings (CONFIGSTORE_TRACE_STEPS=1): for profiling only.
             trace=trace,
         )
@@ -125,11 +144,13 @@ class NodeRuntime:
             node_id=node.node_id,
             peers=node.peers,
             secret=node.secret.encode(),
-            apply_commands=load_state_machine(settings.CONFIGSTORE_STATE_MACHINE),
+            application=load_state_machine(settings.CONFIGSTORE_STATE_MACHINE),
             transport=CeleryTransport(node.peers, max_bytes=node.max_envelope_bytes),
             faults=Faults(node.faults_file or None),
             core_options=node.core_options(),
             max_envelope_bytes=node.max_envelope_bytes,
+            state_transfer=node.state_transfer,
+            log_tail=node.log_tail,
             trace=node.trace_steps,
         )
 
@@ -243,7 +264,7 @@ class NodeRuntime:
         the next status publication."""
         with self._lock:
             try:
-                self.host.compact()
+                self.host.compact(COMPACT_STEP)
             except Exception:  # noqa: BLE001 - the database may be down; retried
                 self.counters["compact_failures"] += 1
                 log.warning("compaction failed; retried later", exc_info=True)
@@ -259,6 +280,8 @@ class NodeRuntime:
         return {
             **core,
             "quorum": quorum,
+            "state_transfer": self.applier.install is not None,
+            "snapshot_installed_index": self.applier.installed_index,
             "time": now,
             "peers": {
                 p: (round(now - self.last_contact[p], 3) if p in self.last_contact else None)
@@ -275,6 +298,8 @@ class NodeRuntime:
                 "apply_failures": self.applier.failures,
                 "storage_failures": self.host.storage_failures,
                 "read_notify_failures": self.applier.read_notify_failures,
+                "snapshot_installs": self.applier.installs,
+                "snapshot_install_failures": self.applier.install_failures,
                 **self.applier.outcomes,
             },
         }

@@ -418,6 +418,11 @@ def install_applied(cursor, applied_index: int, request_batches: Iterable[str]) 
         )
         installed += cursor.rowcount
     cursor.execute(_APPLIED_INDEX, [applied_index])
+    # At commit: this process's waiters look their requests up again (no "ids": all of
+    # them), and subscribers see the new index.
+    cursor.execute(
+        "SELECT pg_notify(%s, %s)", [APPLIED_CHANNEL, json.dumps({"index": applied_index})]
+    )
     # No chosen entry or accepted value at or below the index is needed (the snapshot
     # replaced them): the log is compacted through it, and a peer that needs those slots is
     # sent the snapshot.

@@ -494,6 +494,12 @@ class LocalCluster:
             "DATABASE_URL": self._app_db_urls[node_id],
             "CELERY_BROKER_URL": self._broker_urls[node_id],
             "CONFIGSTORE_FAULTS_FILE": str(self.faults_file),
+            # State transfer between the nodes' web servers (and so log compaction): only
+            # with web servers to serve snapshots.
+            "CONFIGSTORE_PEER_URLS": (
+                ",".join(f"{i}={self.web_url(i)}" for i in self.ids) if self.web else ""
+            ),
+            "CONFIGSTORE_SNAPSHOT_DIR": str(self.data_dir / "snapshots" / node_id),
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,

@@ -110,11 +110,15 @@ def test_every_node_serves_metrics_whose_counters_follow_a_small_load(make_clust
     while True:
         after = settled(cluster)
         # The workers' numbers are as of their last published status (every 0.5 s).
-        if time.monotonic() > deadline or all(
-            after[i].delta(before[i], "configstore_commands_applied_total", **committed) >= 20
-            and after[i].delta(before[i], "configstore_commands_applied_total", **conflicted)
-            for i in cluster.ids
-        ) and after["n2"].delta(before["n2"], "configstore_worker_read_index_requests_total"):
+        if (
+            time.monotonic() > deadline
+            or all(
+                after[i].delta(before[i], "configstore_commands_applied_total", **committed) >= 20
+                and after[i].delta(before[i], "configstore_commands_applied_total", **conflicted)
+                for i in cluster.ids
+            )
+            and after["n2"].delta(before["n2"], "configstore_worker_read_index_requests_total")
+        ):
             break
         time.sleep(0.5)
 
