@@ -207,6 +207,12 @@ class Applier:
     def _install(self, peer: str, index: int) -> None:
         """Carry out an ask to install `peer`'s snapshot (this thread: no apply runs)."""
         started = time.monotonic()
+        log.warning(
+            "node %s: fetching %s's snapshot (at least slot %d) to install it",
+            self.node_id,
+            peer,
+            index,
+        )
         try:
             installed = self.install(peer, index)
         except Exception:  # noqa: BLE001 - nothing changed; the peer asks again

@@ -1,8 +1,12 @@
 """What a fault run checks in the nodes' databases once the cluster has healed.
 
 - convergence: every node reaches the same applied index;
-- the chosen logs (slots 1..applied, no gap) and the applied state are identical on every
-  node (compared by hashes computed in PostgreSQL), and so is the audit history;
+- the chosen logs and the applied state are identical on every node (compared by hashes
+  computed in PostgreSQL), and so is the audit history. Logs are compacted (state
+  transfer): each node must hold every slot above its compaction point up to the applied
+  index, and the logs are compared over the slots every node still holds. The slots below
+  were seen while the run went on (`ChosenWatch`: each node's log read every 0.1 s); a slot
+  seen with two values anywhere is a problem, and so is a slot nobody saw;
 - so are the replicated identities (users, groups, tokens, prefix permissions) and the access
   history;
 - the audit history holds each applied config command exactly once, at its log index, in
@@ -16,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -27,8 +32,9 @@ from tests.linearizability.history import CONFLICT, DELETE, NOT_FOUND, OK, PUT, 
 
 _CHOSEN_HASH = """
     SELECT count(*), coalesce(md5(string_agg(slot::text || '=' || value::text, ';' ORDER BY slot)), '')
-    FROM consensus_chosen_slot WHERE slot <= %s
+    FROM consensus_chosen_slot WHERE slot > %s AND slot <= %s
 """
+_COMPACTED = "SELECT compacted_through FROM consensus_applied_state"
 _STATE_HASH = """
     SELECT count(*), coalesce(md5(string_agg(
         concat_ws('|', key, value::text, description, version, created_index, modified_index,
@@ -74,6 +80,8 @@ class Audit:
     history_rows: int = 0
     entries: int = 0
     hashes: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Slots every node had compacted by the audit (checked against the watched log).
+    log_slots_compacted: int = 0
 
     def problem(self, text: str) -> None:
         if len(self.problems) < 200:
@@ -106,7 +114,55 @@ def _applied_index(cluster: LocalCluster, node: str) -> int:
     return rows[0][0] if rows else 0
 
 
-def audit(cluster: LocalCluster, operations: list[Operation], failed: dict[str, str]) -> Audit:
+class ChosenWatch(threading.Thread):
+    """Every chosen slot any node holds, read every `interval` seconds while a run goes on
+    (a compacted slot is gone from the databases by the audit): slot -> value's JSON text,
+    and the slots seen with two different values (Paxos' agreement broken)."""
+
+    def __init__(self, cluster: LocalCluster, interval: float = 0.1) -> None:
+        super().__init__(name="chosen-watch", daemon=True)
+        self.cluster, self.interval = cluster, interval
+        self.seen: dict[int, str] = {}
+        self.conflicts: list[str] = []
+        self._above = dict.fromkeys(cluster.ids, 0)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.look()
+            self._halt.wait(self.interval)
+
+    def look(self) -> None:
+        for node in self.cluster.ids:
+            try:
+                rows = self.cluster.query(
+                    node,
+                    "SELECT slot, value::text FROM consensus_chosen_slot WHERE slot > %s "
+                    "ORDER BY slot",
+                    [self._above[node]],
+                )
+            except Exception:  # noqa: BLE001 - a database being restarted: next time
+                continue
+            for slot, value in rows:
+                known = self.seen.setdefault(slot, value)
+                if known != value and len(self.conflicts) < 10:
+                    self.conflicts.append(f"slot {slot} was seen chosen with two values")
+            if rows:
+                self._above[node] = rows[-1][0]
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+        self.look()
+
+
+def audit(
+    cluster: LocalCluster,
+    operations: list[Operation],
+    failed: dict[str, str],
+    watch: ChosenWatch | None = None,
+) -> Audit:
+    """`watch`: the log as seen during the run (needed where logs were compacted)."""
     result = Audit()
     try:
         result.applied_index = wait_converged(cluster)
@@ -114,16 +170,31 @@ def audit(cluster: LocalCluster, operations: list[Operation], failed: dict[str, 
         result.problem(str(error))
         return result
     try:
-        _audit_databases(result, cluster, operations, failed)
+        _audit_databases(result, cluster, operations, failed, watch)
     except psycopg.OperationalError as error:
         result.problem(f"a node's database refused the audit: {str(error).strip()}")
     return result
 
 
-def _audit_databases(result: Audit, cluster: LocalCluster, operations, failed) -> None:
+def _audit_databases(
+    result: Audit, cluster: LocalCluster, operations, failed, watch: ChosenWatch | None
+) -> None:
     applied = result.applied_index
+    compacted = {node: cluster.query(node, _COMPACTED)[0][0] for node in cluster.ids}
+    common = max(compacted.values())  # every node holds the slots above it
+    for node, below in compacted.items():
+        (held,) = cluster.query(
+            node,
+            "SELECT count(*) FROM consensus_chosen_slot WHERE slot > %s AND slot <= %s",
+            [below, applied],
+        )[0]
+        if held != applied - min(below, applied):
+            result.problem(
+                f"{node}'s chosen log has gaps between its compaction point {below} and the "
+                f"applied index {applied}"
+            )
     for name, sql, params in (
-        ("chosen log", _CHOSEN_HASH, [applied]),
+        ("chosen log", _CHOSEN_HASH, [common, applied]),
         ("applied state", _STATE_HASH, []),
         ("audit history", _HISTORY_HASH, []),
         ("access history", _ACCESS_HISTORY_HASH, []),
@@ -135,17 +206,30 @@ def _audit_databases(result: Audit, cluster: LocalCluster, operations, failed) -
         }
         if len(set(per_node.values())) != 1:
             result.problem(f"the {name} differs between nodes: {result.hashes[name]}")
-        if name == "chosen log" and any(count != applied for count, _ in per_node.values()):
-            result.problem(f"the chosen log has gaps below the applied index {applied}")
-    node = cluster.ids[0]
-    chosen = [
-        (slot, Value.from_json(value if not isinstance(value, str) else json.loads(value)))
+    log: dict[int, str] = dict(watch.seen) if watch is not None else {}
+    if watch is not None:
+        for problem in watch.conflicts:
+            result.problem(problem)
+    for node in cluster.ids:
         for slot, value in cluster.query(
             node,
-            "SELECT slot, value FROM consensus_chosen_slot WHERE slot <= %s ORDER BY slot",
+            "SELECT slot, value::text FROM consensus_chosen_slot WHERE slot <= %s",
             [applied],
+        ):
+            if log.setdefault(slot, value) != value:
+                result.problem(f"slot {slot} was seen chosen with two values")
+    unseen = [slot for slot in range(1, applied + 1) if slot not in log]
+    if unseen:
+        result.problem(
+            f"{len(unseen)} chosen slots were compacted on every node before the audit saw "
+            f"them (the first: {unseen[:5]}): the log cannot be checked against the history"
         )
+    chosen = [
+        (slot, Value.from_json(json.loads(value)))
+        for slot, value in sorted(log.items())
+        if slot <= applied
     ]
+    result.log_slots_compacted = min(compacted.values())
     rows = cluster.query(
         node,
         "SELECT id, index, request_id, command, operation, key, old_value, new_value,"

@@ -11,7 +11,12 @@ Faults, as Jepsen's etcd tests do them, on the processes and links of a LocalClu
     split         cut a random minority off from the majority
     bridge        cut the links between two nodes; a third sees both (overlapping majorities)
     ring          one-way links in a ring: each node hears only its predecessor
-The targets of process faults are the leader half of the time, else a random node.
+    kill-during-install  SIGKILL a follower's worker; at heal, restart it and, as soon as it
+                  starts fetching a peer's snapshot (the others compacted their logs past it:
+                  the run's log tail is short), SIGKILL it again, then restart it: an
+                  install cut anywhere must leave nothing half done
+The targets of process faults are the leader half of the time, else a random node. The
+faults come as a shuffled deck: each runs once in every len(FAULTS) faults.
 """
 
 from __future__ import annotations
@@ -38,7 +43,11 @@ FAULTS = (
     "split",
     "bridge",
     "ring",
+    "kill-during-install",
 )
+#: Seconds a restarted worker is watched for the start of a snapshot fetch (a worker takes
+#: up to ~15 s to start on a loaded 2-core machine), and the others' compaction is waited for.
+INSTALL_WATCH = 30.0
 
 
 @dataclass
@@ -59,13 +68,19 @@ class Nemesis:
     events: list[Event] = field(default_factory=list)
     #: Every process the nemesis killed (its pid): any other exit is a crash.
     killed: set[int] = field(default_factory=set)
+    #: Installs the nemesis cut by a SIGKILL (kill-during-install saw the fetch start).
+    installs_cut: int = 0
 
     def run(self, duration: float, stop: threading.Event) -> None:
         """Faults for `duration` seconds (or until `stop`), then everything healed."""
         deadline = time.monotonic() + duration
+        deck: list[str] = []
         try:
             while time.monotonic() < deadline and not stop.is_set():
-                fault = self.rng.choice(FAULTS)
+                if not deck:
+                    deck = list(FAULTS)
+                    self.rng.shuffle(deck)
+                fault = deck.pop()
                 event = Event(fault, [], self.clock())
                 heal = getattr(self, "_" + fault.replace("-", "_"))(event)
                 self.events.append(event)
@@ -166,6 +181,47 @@ class Nemesis:
         event.targets = ids
         self.cluster.cut([(a, b) for a in ids for b in ids if a != b and hears[b] != a])
         return self.cluster.heal
+
+    def _kill_during_install(self, event: Event):
+        leader = self.cluster.leader()
+        node = self.rng.choice([n for n in self.cluster.ids if n != leader])
+        event.targets = [node]
+        self._sigkill_worker(node)
+
+        def restart_kill_restart() -> None:
+            # Until the others' logs are compacted past it (the workload writes on).
+            deadline = time.monotonic() + INSTALL_WATCH
+            while time.monotonic() < deadline and not self._behind_compaction(node):
+                time.sleep(0.2)
+            log = self.cluster.data_dir / "logs" / f"worker-{node}.log"
+            seen = log.stat().st_size if log.exists() else 0
+            self.cluster.start_worker(node)
+            deadline = time.monotonic() + INSTALL_WATCH
+            while time.monotonic() < deadline:
+                with open(log, "rb") as f:
+                    f.seek(seen)
+                    if b"snapshot (at least slot" in f.read():
+                        time.sleep(self.rng.uniform(0.0, 0.3))  # mid-fetch or mid-install
+                        self._sigkill_worker(node)
+                        self.installs_cut += 1
+                        self.cluster.start_worker(node)
+                        return
+                time.sleep(0.02)
+
+        return restart_kill_restart
+
+    def _behind_compaction(self, node: str) -> bool:
+        """Whether every other node compacted its log past `node`'s applied index."""
+        sql = "SELECT applied_index, compacted_through FROM consensus_applied_state"
+        try:
+            applied = self.cluster.query(node, sql)[0][0]
+            return all(
+                self.cluster.query(other, sql)[0][1] > applied
+                for other in self.cluster.ids
+                if other != node
+            )
+        except Exception:  # noqa: BLE001 - a database being restarted: not yet
+            return False
 
     # ------------------------------------------------------------------ healing
 

@@ -38,7 +38,7 @@ from devcluster.localcluster import LocalCluster
 from tests.linearizability.checker import Verdict, check
 from tests.linearizability.history import DELETE, PUT, History
 from tests.nemesis import workload
-from tests.nemesis.audit import Audit, audit
+from tests.nemesis.audit import Audit, ChosenWatch, audit
 from tests.nemesis.faults import Nemesis, ProcessWatch
 from tests.nemesis.hostile import DEFAULT_INTENSITY, Hostile, Intensity
 from tests.nemesis.revocation import Revocation
@@ -47,6 +47,9 @@ from tests.nemesis.revocation import Revocation
 CLUSTER_ENV = {
     "CONFIGSTORE_WRITE_TIMEOUT_MS": str(workload.WRITE_SERVER_TIMEOUT_MS),
     "CONFIGSTORE_READ_TIMEOUT_MS": str(workload.WRITE_SERVER_TIMEOUT_MS),
+    # A short log tail: a worker killed for a few seconds falls behind its peers' compacted
+    # logs and catches up by state transfer, while compaction goes on beside catch-ups.
+    "CONFIGSTORE_LOG_TAIL": "20",
 }
 RECOVERY_TIMEOUT = 60.0
 FINAL_READS_TIMEOUT = 60.0  # for all the final reads of a node
@@ -73,6 +76,8 @@ class Report:
     hostile: Hostile | None = None
     revocation: Revocation | None = None
     recovery: dict[str, float] = field(default_factory=dict)  # node -> s to a write after healing
+    installs: int = 0  # snapshots installed by the nodes (their workers' logs)
+    installs_cut: int = 0  # installs the nemesis cut with a SIGKILL
     verdict: str = ""
     check_seconds: float = 0.0
     audit: Audit | None = None
@@ -99,6 +104,8 @@ class Report:
             f"  writes: {self.acknowledged_writes} acknowledged, {self.indeterminate_writes} "
             f"indeterminate ({self.indeterminate_share:.1%})",
             f"  faults injected: {sum(self.faults.values())} ({faults})",
+            f"  state transfer: {self.installs} snapshots installed, {self.installs_cut} "
+            "installs cut by a SIGKILL",
             "  by outcome: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())),
             *(
                 ["  hostile clients: off"]
@@ -117,7 +124,8 @@ class Report:
         if self.audit is not None:
             lines.append(
                 f"  audit: applied index {self.audit.applied_index} on every node, "
-                f"{self.audit.history_rows} history rows, {self.audit.entries} entries; "
+                f"{self.audit.history_rows} history rows, {self.audit.entries} entries, "
+                f"logs compacted through {self.audit.log_slots_compacted} on every node; "
                 + ("identical chosen logs, states and histories" if self.audit.ok else "FAILED")
             )
         lines += [f"  PROBLEM: {p}" for p in self.problems[:40]]
@@ -171,6 +179,8 @@ def run_faults(
     nemesis = Nemesis(cluster, random.Random(rng.randrange(2**32)), recorder.now)
     watch = ProcessWatch(cluster, nemesis)
     watch.start()
+    chosen = ChosenWatch(cluster)  # the log as it goes: the nodes compact theirs
+    chosen.start()
     if hostile is not None:
         report.hostile = Hostile(
             cluster, token, random.Random(rng.randrange(2**32)), stop, duration, intensity=hostile
@@ -194,6 +204,7 @@ def run_faults(
         if report.revocation is not None:
             report.revocation.join()
     report.faults = Counter(event.fault for event in nemesis.events)
+    report.installs_cut = nemesis.installs_cut
     report.problems += recorder.errors
     if report.hostile is not None:
         report.problems += report.hostile.problems
@@ -205,6 +216,10 @@ def run_faults(
             f"{report.recovery}"
         )
     _final_reads(cluster, urls, token, recorder, keyspace, run_id)
+    report.installs = sum(
+        log.read_text(errors="replace").count("'s snapshot at slot")
+        for log in (cluster.data_dir / "logs").glob("worker-*.log")
+    )
 
     history = History(
         tuple(recorder.operations),
@@ -243,7 +258,8 @@ def run_faults(
     report.verdict = result.describe().splitlines()[0]
     if result.verdict is not Verdict.LINEARIZABLE:
         report.problems.append(result.describe())
-    report.audit = audit(cluster, list(history.operations), recorder.failed)
+    chosen.stop()
+    report.audit = audit(cluster, list(history.operations), recorder.failed, chosen)
     report.problems += report.audit.problems
     if report.revocation is not None and report.audit.ok:
         report.problems += report.revocation.check()
