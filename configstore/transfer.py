@@ -71,19 +71,23 @@ class TransferError(Exception):
 # ------------------------------------------------------------------- authentication
 
 
-def _key() -> bytes:
-    return hmac.new(node().secret.encode(), b"configstore state transfer", "sha256").digest()
+def _key(secret: str | None = None) -> bytes:
+    secret = node().secret if secret is None else secret
+    return hmac.new(secret.encode(), b"configstore state transfer", "sha256").digest()
 
 
-def _mac(node_id: str, at: int, method: str, path: str) -> str:
+def _mac(node_id: str, at: int, method: str, path: str, secret: str | None = None) -> str:
     message = f"{node_id}\n{at}\n{method}\n{path}".encode()
-    return hmac.new(_key(), message, "sha256").hexdigest()
+    return hmac.new(_key(secret), message, "sha256").hexdigest()
 
 
-def peer_header(node_id: str, method: str, path: str, *, now: float | None = None) -> str:
-    """The authentication header of a request by `node_id` for `path` (with its query)."""
+def peer_header(
+    node_id: str, method: str, path: str, *, now: float | None = None, secret: str | None = None
+) -> str:
+    """The authentication header of a request by `node_id` for `path` (with its query), with
+    the cluster secret `secret` (default: this node's CONFIGSTORE_SECRET)."""
     at = int(time.time() if now is None else now)
-    return f"{node_id} {at} {_mac(node_id, at, method, path)}"
+    return f"{node_id} {at} {_mac(node_id, at, method, path, secret)}"
 
 
 def _authenticated(request: HttpRequest) -> str | None:

@@ -7,12 +7,15 @@ node's consensus tables bounded by the tail. The endpoints refuse anyone but a p
 from __future__ import annotations
 
 import json
+import os
+import random
+import re
 import time
 
 import pytest
 import requests
 
-from configstore.transfer import HEADER
+from configstore.transfer import HEADER, peer_header
 from tests.configstore.test_admin import Browser
 from tests.configstore.test_snapshot_cluster import digests
 from tests.runtime.test_cluster import _promise, _wait, put, wait_converged
@@ -20,6 +23,8 @@ from tests.runtime.test_cluster import _promise, _wait, put, wait_converged
 pytestmark = pytest.mark.cluster
 
 TAIL = 20
+SEED = int(os.environ.get("FUZZ_SEED", "20261208"))  # FUZZ_SEED=<n> replays a run
+FUZZ = 300  # requests of the seeded fuzz
 
 
 def _compacted(cluster, node: str) -> int:
@@ -108,10 +113,75 @@ def test_a_node_behind_the_compacted_logs_catches_up_by_state_transfer(make_clus
         assert chosen <= TAIL + 5 and accepted <= TAIL + 5, (node, chosen, accepted)
 
 
+def _fuzzed(rng: random.Random, cluster) -> tuple[str, dict, bool]:
+    """A request a hostile client or a broken peer might send: a path (the offer or a chunk,
+    or neither), and headers, signed right or wrong, with a Range or not; and whether it is
+    a peer's (rightly signed, fresh, for the path the server sees)."""
+    name = rng.choice(
+        [
+            "snapshot-1-" + "0" * 64 + ".gz",
+            "../../etc/passwd",
+            "%2e%2e%2fsecret",
+            ".lock",
+            "snapshot-99999999999999999999-" + "a" * 64 + ".gz",
+            "".join(rng.choice("abc-._/%\u00e9") for _ in range(rng.randrange(1, 40))),
+        ]
+    )
+    path = rng.choice(
+        [
+            f"/cluster/snapshot?at_least={rng.choice(['0', '1', '-1', 'x', '9' * 30, ''])}",
+            f"/cluster/snapshot/{name}",
+            "/cluster/snapshot?at_least=0&at_least=5",
+        ]
+    )
+    secret = rng.choice([cluster.secret] * 3 + [cluster.secret + "x", ""])
+    node = rng.choice(["n1", "n2"] * 2 + ["n9", "-", "n2 n3"])
+    at = time.time() + rng.choice([0] * 4 + [-3600, 3600, 1e12])
+    headers, cut = {}, False
+    if rng.random() < 0.8:
+        header = peer_header(node, "GET", path, now=at, secret=secret)
+        if rng.random() < 0.2:
+            header, cut = header[: rng.randrange(len(header))], True
+        headers[HEADER] = header
+    if rng.random() < 0.5:
+        headers["Range"] = rng.choice(
+            [
+                "bytes=0-",
+                "bytes=5-2",
+                "bytes=-5",
+                "bytes=0-0",
+                "lines=1-",
+                "bytes=" + "9" * 25 + "-",
+            ]
+        )
+    peer = (
+        HEADER in headers
+        and not cut
+        and node in ("n1", "n2")
+        and secret == cluster.secret
+        and abs(at - time.time()) < 60
+        and all(c.isascii() and c.isalnum() or c in "/?=&-._" for c in path)
+    )
+    return path, headers, peer
+
+
 def test_the_snapshot_endpoints_refuse_anyone_but_a_peer(make_cluster):
     cluster = make_cluster(web=True)
     cluster.wait_until_serving()
     url = cluster.web_url("n1")
+    rng = random.Random(SEED)
+    peers = 0
+    for _ in range(FUZZ):  # seeded: a failure replays with the same SEED
+        path, headers, peer = _fuzzed(rng, cluster)
+        peers += peer
+        answer = requests.get(url + path, headers=headers, timeout=30)
+        assert answer.status_code < 500, (SEED, path, headers, answer.text)
+        routed = path.startswith("/cluster/snapshot?") or re.fullmatch(
+            r"/cluster/snapshot/[^/?%\\]+", path
+        )
+        if routed:  # one of the two endpoints: only a peer gets past 401
+            assert (answer.status_code != 401) == peer, (SEED, path, headers, answer.text)
+    assert peers >= 10, peers  # the fuzz also went past the authentication
     for headers in (
         {},
         {HEADER: "n2 " + str(int(time.time())) + " " + "0" * 64},
@@ -122,5 +192,7 @@ def test_the_snapshot_endpoints_refuse_anyone_but_a_peer(make_cluster):
             answer = requests.get(url + path, headers=headers, timeout=30)
             assert answer.status_code == 401, (path, headers, answer.text)
             assert answer.json()["error"] == "unauthenticated"
-    assert not list((cluster.data_dir / "snapshots" / "n1").glob("snapshot-*"))
     assert requests.get(url + "/healthz", timeout=30).status_code == 200
+    # Only a correctly signed offer may have taken a snapshot: nothing half written is left.
+    assert not list((cluster.data_dir / "snapshots" / "n1").glob(".taking-*"))
+    assert cluster.processes["n1"].web.poll() is None
