@@ -90,6 +90,26 @@ def behind(log):
     return old, new, expected
 
 
+@pytest.fixture
+def empty(db) -> bytes:
+    """The snapshot of the empty database (taken before `behind` applies anything)."""
+    return save()
+
+
+@pytest.fixture
+def replaced(empty, behind):
+    """`behind`, with the database emptied: a replaced node's, migrated, nothing applied."""
+    snapshot.restore(io.BytesIO(empty), replace=True)
+    return behind
+
+
+def test_a_replaced_node_with_an_empty_database_installs_the_whole_state(replaced, as_app_role):
+    _, new, expected = replaced
+    assert snapshot.install(io.BytesIO(new)).applied_index == 14
+    assert state() == expected
+    assert gzip.decompress(save()).split(b"\n", 1)[1] == gzip.decompress(new).split(b"\n", 1)[1]
+
+
 def test_an_install_brings_a_node_that_is_behind_to_the_snapshot_as_the_app_role(
     behind, log, as_app_role
 ):
