@@ -335,13 +335,24 @@ def download(url: str, offer: Kept, into: Path) -> None:
 
 
 def install_from_peer(peer: str, at_least: int) -> int | None:
-    """Fetch `peer`'s snapshot of at least slot `at_least` and install it if it is above this
-    node's applied index (consensus.api.Application.install_snapshot). The index installed,
-    or None (not above it). Raises TransferError or snapshot.SnapshotError: nothing changed."""
-    url = node().peer_urls.get(peer)
-    if url is None:
+    """Fetch a snapshot of at least slot `at_least` and install it if it is above this
+    node's applied index (consensus.api.Application.install_snapshot). `peer` (the node that
+    asked, typically the leader, which streams catch-up) is asked last: another node that
+    has applied `at_least` serves it first, so that taking the snapshot costs the leader
+    nothing. The index installed, or None (not above it). Raises TransferError or
+    snapshot.SnapshotError: nothing changed."""
+    urls = node().peer_urls
+    if peer not in urls:
         raise TransferError(f"no web URL of {peer} in CONFIGSTORE_PEER_URLS")
-    offer = _offer(url, at_least)
+    others = sorted(p for p in urls if p not in (peer, node_id()))
+    for candidate in [*others, peer]:
+        try:
+            url, offer = urls[candidate], _offer(urls[candidate], at_least)
+            break
+        except TransferError as error:
+            if candidate == peer:
+                raise
+            log.info("no snapshot from %s (%s); asking the next peer", candidate, error)
     where = folder()
     into = where / f"incoming-{offer.name}"
     for stale in where.glob("incoming-*"):  # an earlier, other transfer's part
