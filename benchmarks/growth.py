@@ -1,26 +1,30 @@
-"""python -m benchmarks.growth [--puts 20000,100000] [--ops 20] [--window 1000]
-[--clients 32]
+"""python -m benchmarks.growth [--puts 20000,200000] [--ops 5] [--window 20000] [--tail 5000]
+[--clients 32] [--no-transfer] [--broker-index-offset 0]
 
 Do the consensus tables grow with the history? One real 3-node cluster (devcluster.
 localcluster, on the servers named by CONFIGSTORE_CLUSTER_DATABASE_URL / _BROKER_URL, else
 embedded ones) is grown to each size of `--puts` in turn: that many committed puts in all,
-in txns of `--ops` puts (one command per log slot: CONFIGSTORE_MAX_BATCH=1), and as many
-linearizable reads (read barriers, spread over the three nodes). After each size it
-prints, for one follower, every consensus_* and configstore_* table's row count, dead
-rows not yet vacuumed and pg_total_relation_size, and checks the history holds exactly one
-row per put applied.
+in txns of `--ops` puts (a txn is one command, and one command per log slot:
+CONFIGSTORE_MAX_BATCH=1), and as many linearizable reads (read barriers, spread over the
+three nodes). After each size it prints, for one follower, every consensus_* and
+configstore_* table's row count, dead rows not yet vacuumed and pg_total_relation_size; the
+consensus_* rows in all on every node against the bound "log tail + request window"; and
+checks the history: exactly one row per put applied (a txn of k puts is one command and k
+rows, all with the command's request id), so as many request ids as txns applied.
 
-What it shows: consensus_accepted_slot holds only the slots above the applied index
-(pruned by the applier, a bounded number per transaction), consensus_applied_request at
-most the request window (CONFIGSTORE_REQUEST_WINDOW, set to `--window` slots here so that
-it is reached at these sizes; the default is 100,000) plus what one transaction adds, and
-reads add no row anywhere. A table's size on disk follows its rows only as far as vacuum
-makes the deleted rows' space reusable (dead rows are printed): where the server runs no
-autovacuum (this machine's PostgreSQL has it off), the benchmark runs a plain VACUUM of
-the two pruned tables on every node every `--vacuum-every` seconds (default 2), as
-autovacuum would (0: never; at 10 s the accepted slots' file still grew here).
-consensus_chosen_slot still grows with the log: the chosen log is not compacted yet (that
-needs snapshot installation in the core). The history grows by design: it is the product.
+State transfer is on (`--no-transfer`: off): the cluster runs with its web servers, so
+CONFIGSTORE_PEER_URLS is set and every worker compacts its chosen log to `--tail` slots
+below its applied index (CONFIGSTORE_LOG_TAIL). What it shows: consensus_chosen_slot holds
+about the tail (plus what the compaction has not reached yet: it runs every 0.5 s),
+consensus_accepted_slot only the slots above the applied index (pruned by the applier),
+consensus_applied_request at most the request window (CONFIGSTORE_REQUEST_WINDOW, set to
+`--window` slots here so that it is reached at these sizes; the default is 100,000) plus
+what one transaction adds, and reads add no row anywhere. A table's size on disk follows
+its rows only as far as vacuum makes the deleted rows' space reusable (dead rows are
+printed; a plain VACUUM never gives space back to the system): where the server runs no
+autovacuum (this machine's PostgreSQL has it off), the benchmark runs a plain VACUUM of the
+three pruned tables on every node every `--vacuum-every` seconds (default 2), as
+autovacuum would (0: never). The history grows by design: it is the product.
 Asserts nothing but the history's count.
 """
 
@@ -39,7 +43,7 @@ import psycopg
 
 from benchmarks.rejoin import applied_index, spread
 from consensus.client import Committed
-from devcluster.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster, free_ports
 
 TABLES_SQL = (
     "SELECT c.relname, pg_total_relation_size(c.oid), coalesce(s.n_dead_tup, 0) FROM pg_class c "
@@ -50,7 +54,7 @@ TABLES_SQL = (
 )
 
 
-PRUNED = ("consensus_accepted_slot", "consensus_applied_request")
+PRUNED = ("consensus_chosen_slot", "consensus_accepted_slot", "consensus_applied_request")
 
 
 class Vacuum(threading.Thread):
@@ -114,12 +118,51 @@ def report(cluster: LocalCluster, node: str) -> dict[str, tuple[int, int]]:
     return found
 
 
+def _consensus_rows(cluster: LocalCluster, node: str, tail: int, window: int) -> str:
+    """`node`'s consensus_* rows in all against tail + window, with its applied index, its
+    log's compaction point and the tables the two bound."""
+    ((chosen, accepted, requests, applied, compacted),) = cluster.query(
+        node,
+        "SELECT (SELECT count(*) FROM consensus_chosen_slot), "
+        "(SELECT count(*) FROM consensus_accepted_slot), "
+        "(SELECT count(*) FROM consensus_applied_request), "
+        "(SELECT applied_index FROM consensus_applied_state), "
+        "(SELECT compacted_through FROM consensus_applied_state)",
+    )
+    every = cluster.query(node, TABLES_SQL)
+    total = 0
+    for table, _size, _dead in every:
+        if table.startswith("consensus_"):
+            total += cluster.query(node, f"SELECT count(*) FROM {table}")[0][0]
+    bound = tail + window
+    return (
+        f"{node}: applied {applied:,}, compacted through {compacted:,}; chosen {chosen:,} "
+        f"(tail {tail:,}), applied requests {requests:,} (window {window:,}), accepted "
+        f"{accepted:,}; consensus_* rows in all {total:,} (tail + window {bound:,}: "
+        + ("within" if total <= bound else f"over by {total - bound:,}")
+        + ")"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.growth", description=__doc__)
-    parser.add_argument("--puts", default="20000,100000")
-    parser.add_argument("--ops", type=int, default=20)
-    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--puts", default="20000,200000")
+    parser.add_argument("--ops", type=int, default=5)
+    parser.add_argument("--window", type=int, default=20000)
+    parser.add_argument("--tail", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument(
+        "--transfer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="web servers on: log compaction and state transfer (default: on)",
+    )
+    parser.add_argument(
+        "--broker-index-offset",
+        type=int,
+        default=0,
+        help="added to {index} of CONFIGSTORE_CLUSTER_BROKER_URL",
+    )
     parser.add_argument(
         "--vacuum-every",
         type=float,
@@ -131,13 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     data.chmod(0o755)
     cluster = LocalCluster.from_environment(
         data,
-        web=False,
+        web=args.transfer,
         fresh=True,
+        broker_index_offset=args.broker_index_offset,
         extra_env={
             "CONFIGSTORE_MAX_BATCH": "1",
             "CONFIGSTORE_WINDOW": "64",
             "CONFIGSTORE_REQUEST_WINDOW": str(args.window),
+            "CONFIGSTORE_LOG_TAIL": str(args.tail),
         },
+        **({"base_port": free_ports(3, consecutive=True)[0]} if args.transfer else {}),
     )
     results = []
     try:
@@ -152,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         if every:
             vacuum.start()
         print(
+            f"state transfer {'on' if args.transfer else 'off'}; CONFIGSTORE_LOG_TAIL "
+            f"{args.tail:,} slots, CONFIGSTORE_REQUEST_WINDOW {args.window:,} slots: bound "
+            f"for the consensus_* rows tail + window = {args.tail + args.window:,}; "
             f"autovacuum {autovacuum}; "
             + (
                 f"VACUUM of {', '.join(PRUNED)} every {every:g} s" if every else "no VACUUM of ours"
@@ -177,18 +226,28 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             results.append((size, report(cluster, follower)))
-            ((history, commands),) = cluster.query(
+            for node in cluster.ids:
+                print(f"  {_consensus_rows(cluster, node, args.tail, args.window)}", flush=True)
+            ((history, rows, requests, uneven),) = cluster.query(
                 follower,
                 "SELECT (SELECT count(*) FROM configstore_history), "
-                "(SELECT count(*) FROM configstore_history WHERE key LIKE 'growth/%%')",
+                "(SELECT count(*) FROM configstore_history WHERE key LIKE 'growth/%%'), "
+                "(SELECT count(DISTINCT request_id) FROM configstore_history "
+                "WHERE key LIKE 'growth/%%'), "
+                "(SELECT count(*) FROM (SELECT request_id FROM configstore_history "
+                "WHERE key LIKE 'growth/%%' GROUP BY request_id HAVING count(*) <> %s) u)",
+                [args.ops],
             )
             expected = size * args.ops
+            good = rows == expected == history and requests == size and uneven == 0
             print(
-                f"  history: {commands:,} rows for the {expected:,} puts applied "
-                f"({'one per put' if commands == expected == history else 'MISMATCH'})",
+                f"  history: {rows:,} rows for the {expected:,} puts applied, from {requests:,} "
+                f"request ids for the {size:,} txn commands applied, {uneven} commands without "
+                f"exactly {args.ops} rows; {history:,} rows in all "
+                f"({'one per put' if good else 'MISMATCH'})",
                 flush=True,
             )
-            if commands != expected:
+            if rows != expected:
                 raise SystemExit("the history does not hold exactly one row per applied put")
         (small, a), (large, b) = results[0], results[-1]
         print(f"from {small * args.ops:,} to {large * args.ops:,} puts ({large / small:.1f}x):")

@@ -1,4 +1,5 @@
 """python -m benchmarks.rejoin [--writes 5000,20000,50000] [--clients 16] [--probe 0.05] [--detail]
+[--transfer] [--broker-index-offset 0]
 
 What a returning node costs a healthy 3-node cluster (issue "A node that comes back must
 not hurt the cluster"), measured on real processes through the web tier's submit API
@@ -16,12 +17,26 @@ leader's), with the slots it lacked.
 
 Then restart time (worker start until its core publishes a status) and worker RSS, for the
 smallest and the largest log of the run. Prints figures; asserts nothing.
+
+`--transfer`: the cluster runs with its web servers (LocalCluster web=True), so every node's
+CONFIGSTORE_PEER_URLS is set: the workers compact their logs to CONFIGSTORE_LOG_TAIL slots
+below their applied index (default 5,000), and a node further behind than its peers'
+compaction point is told to install a peer's snapshot (state transfer). Printed besides:
+the leader's compaction point when the node returns, whether the node installed a snapshot
+(its status's counters, and the worker log's "installed ... snapshot at slot N in S s"
+lines), and the probe's p50 and p99 before the kill (all three nodes up: "without it") and
+while the node catches up, with the ratio of the two p50s. Without it (the default) the
+cluster has no web servers, so no compaction: the node always catches up by replay.
+Catch-up ends when the node's applied index is at least the leader's as read just before it
+(the leader's moves on with the probe's writes) and at least the others' when it returned.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -35,7 +50,7 @@ import redis
 
 from consensus.client import Committed
 from consensus.runtime import status_key
-from devcluster.localcluster import LocalCluster
+from devcluster.localcluster import LocalCluster, free_ports
 
 #: The issue's figures for today's code (catch-up seconds by writes while down).
 BEFORE = {5000: 34.0, 20000: 178.0, 50000: 142.0}
@@ -183,11 +198,17 @@ def _worker_rss(cluster: LocalCluster, node: str) -> float:
 
 
 def rejoin(
-    cluster: LocalCluster, writes: int, clients: int, interval: float, detail: bool = False
+    cluster: LocalCluster,
+    writes: int,
+    clients: int,
+    interval: float,
+    detail: bool = False,
+    transfer: bool = False,
 ) -> str:
     leader = cluster.wait_for_leader()
     away = next(i for i in cluster.ids if i != leader)
     others = [i for i in cluster.ids if i != away]
+    worker_log = cluster.data_dir / "logs" / f"worker-{away}.log"
     probe, watcher = Probe(cluster, leader, interval), Watcher(cluster)
     probe.start()
     watcher.start()
@@ -203,16 +224,20 @@ def rejoin(
         time.sleep(0.1)
     time.sleep(SETTLE)
     target = max(applied_index(cluster, i) for i in others)
+    compacted = _published(cluster, leader).get("compacted_through")
+    log_from = worker_log.stat().st_size if worker_log.exists() else 0
     back = time.monotonic()
     _start_and_wait_for_core(cluster, away)
     core_up = time.monotonic()
-    while applied_index(cluster, away) < target:
-        time.sleep(0.05)
-        if time.monotonic() - back > 600:
+    while True:
+        top = applied_index(cluster, leader)  # the leader's first: it only grows
+        reached = applied_index(cluster, away)
+        if reached >= max(top, target) or time.monotonic() - back > 600:
             break
+        time.sleep(0.05)
     caught = time.monotonic()
-    caught_up = applied_index(cluster, away) >= target
-    time.sleep(2)  # and nothing happens right after
+    caught_up = reached >= max(top, target)
+    time.sleep(2)  # and nothing happens right after (and the node publishes its status)
     probe.stopped.set()
     watcher.stopped.set()
     probe.join(10)
@@ -224,9 +249,9 @@ def rejoin(
     _, failed_all = probe.between(before_end, caught + 2)
     changes_writing = watcher.changes_between(before_end, back)
     changes = watcher.changes_between(back, caught + 2)
-    elections = json.loads(
-        redis.Redis.from_url(cluster.broker_url(away)).get(status_key(away)) or "{}"
-    ).get("elections")
+    published = _published(cluster, away)
+    elections = published.get("elections")
+    installs = _installs(published, worker_log, log_from)
     if detail:
         print(
             "  probes from the kill (s after the worker start: ms): "
@@ -238,6 +263,11 @@ def rejoin(
             flush=True,
         )
     old = BEFORE.get(writes)
+    phases = (
+        _transfer_phases(installs, compacted, before, during, target - behind_from)
+        if transfer
+        else ""
+    )
     return (
         f"{writes:>6} writes while {away} was down ({target - behind_from} slots behind, "
         f"written in {took:.0f} s): leader changes after it came back {changes} "
@@ -258,6 +288,52 @@ def rejoin(
             else f"NOT DONE after {caught - back:.0f} s"
         )
         + (f" (issue's figure for today's code: {old:.0f} s)" if old else "")
+        + phases
+    )
+
+
+def _published(cluster: LocalCluster, node: str) -> dict:
+    """`node`'s worker's last published status ({} if none)."""
+    return json.loads(redis.Redis.from_url(cluster.broker_url(node)).get(status_key(node)) or "{}")
+
+
+INSTALLED = re.compile(r"installed (\S+)'s snapshot at slot (\d+) in ([\d.]+) s")
+
+
+def _installs(published: dict, worker_log: Path, log_from: int) -> dict:
+    """What the node's worker says of snapshot installs since its start: its status's
+    counters and index, and the worker log's lines written since `log_from` (bytes)."""
+    lines = []
+    if worker_log.exists():
+        with open(worker_log, "rb") as f:
+            f.seek(log_from)
+            lines = INSTALLED.findall(f.read().decode(errors="replace"))
+    counters = published.get("counters", {})
+    return {
+        "state_transfer": published.get("state_transfer"),
+        "installs": counters.get("snapshot_installs"),
+        "failures": counters.get("snapshot_install_failures"),
+        "installed_index": published.get("snapshot_installed_index"),
+        "logged": [(peer, int(slot), float(secs)) for peer, slot, secs in lines],
+    }
+
+
+def _transfer_phases(
+    installs: dict, compacted, before: list[float], during: list[float], behind: int
+) -> str:
+    """The state-transfer figures of one rejoin, as printed lines."""
+    base = statistics.median(before) if before else float("nan")
+    catching = statistics.median(during) if during else float("nan")
+    logged = "; ".join(f"from {p} at slot {s} in {t:.1f} s" for p, s, t in installs["logged"])
+    return (
+        f"\n  state transfer {installs['state_transfer']}: {behind} slots behind, the "
+        f"leader's log compacted through {compacted} at the return; snapshot installs "
+        f"{installs['installs']} (failures {installs['failures']}), installed index "
+        f"{installs['installed_index']}; worker log: {logged or 'no install line'}"
+        f"\n  leader write probe: before the kill (3 nodes up) p50 {base:.1f} ms p99 "
+        f"{_pct(before, 99):.1f} ms ({len(before)} probes); while it caught up p50 "
+        f"{catching:.1f} ms p99 {_pct(during, 99):.1f} ms ({len(during)} probes); "
+        f"p50 ratio caught-up/before {catching / base:.2f}x"
     )
 
 
@@ -269,12 +345,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--detail", action="store_true", help="print every probe around the catch-up"
     )
+    parser.add_argument(
+        "--transfer",
+        action="store_true",
+        help="web servers on: log compaction and state transfer (see above)",
+    )
+    parser.add_argument(
+        "--broker-index-offset",
+        type=int,
+        default=0,
+        help="added to {index} of CONFIGSTORE_CLUSTER_BROKER_URL",
+    )
     args = parser.parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="configstore-rejoin-"))
     data.chmod(0o755)
-    cluster = LocalCluster.from_environment(data, web=False, fresh=True)
+    cluster = LocalCluster.from_environment(
+        data,
+        web=args.transfer,
+        fresh=True,
+        broker_index_offset=args.broker_index_offset,
+        **({"base_port": free_ports(3, consecutive=True)[0]} if args.transfer else {}),
+    )
     try:
         cluster.start()
+        if args.transfer:
+            tail = cluster.env(cluster.ids[0]).get("CONFIGSTORE_LOG_TAIL")
+            tail = tail or os.environ.get("CONFIGSTORE_LOG_TAIL") or "5000 (default)"
+            print(
+                f"state transfer on: web servers at {cluster.web_url(cluster.ids[0])}.., "
+                f"CONFIGSTORE_LOG_TAIL {tail}",
+                flush=True,
+            )
         leader = cluster.wait_for_leader()
         write(cluster, list(cluster.ids), 1000, 1)  # ~1,000 slots: one client, one per slot
         node = next(i for i in cluster.ids if i != leader)
@@ -285,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         for count in [int(w) for w in args.writes.split(",") if w]:
-            print(rejoin(cluster, count, args.clients, args.probe, args.detail), flush=True)
+            print(
+                rejoin(cluster, count, args.clients, args.probe, args.detail, args.transfer),
+                flush=True,
+            )
         cluster.wait_for_leader()
         node = next(i for i in cluster.ids if i != cluster.wait_for_leader())
         large = restart(cluster, node)
