@@ -406,10 +406,18 @@ def _delete_user(cursor, slot: int, command: AccessOperation):
     old, user_id, _ = _user(cursor, command.subject)
     if old is None:
         return None, None, _not_found(f"the user {command.subject!r}")
+    delete_users(cursor, [user_id])
+    return old, None, None
+
+
+def delete_users(cursor, user_ids: list[int]) -> None:
+    """Delete these users and everything that refers to them: their tokens (with this node's
+    record of their last use), memberships, permissions and this node's admin log entries.
+    The applier's, and a snapshot install's (configstore.snapshot.install)."""
     cursor.execute(
         "DELETE FROM configstore_token_use WHERE token_id IN "
-        "(SELECT token_id FROM configstore_api_token WHERE user_id = %s)",
-        [user_id],
+        "(SELECT token_id FROM configstore_api_token WHERE user_id = ANY(%s))",
+        [user_ids],
     )
     for table in (
         "auth_user_groups",
@@ -417,9 +425,8 @@ def _delete_user(cursor, slot: int, command: AccessOperation):
         "configstore_api_token",
         "django_admin_log",  # this node's own admin log: it refers to the user
     ):
-        cursor.execute(f"DELETE FROM {table} WHERE user_id = %s", [user_id])
-    cursor.execute("DELETE FROM auth_user WHERE id = %s", [user_id])
-    return old, None, None
+        cursor.execute(f"DELETE FROM {table} WHERE user_id = ANY(%s)", [user_ids])
+    cursor.execute("DELETE FROM auth_user WHERE id = ANY(%s)", [user_ids])
 
 
 def _group(cursor, name: str):
@@ -458,10 +465,15 @@ def _delete_group(cursor, slot: int, command: AccessOperation):
     old, group_id = _group(cursor, command.subject)
     if old is None:
         return None, None, _not_found(f"the group {command.subject!r}")
-    for table in ("auth_user_groups", "auth_group_permissions", "configstore_prefix_permission"):
-        cursor.execute(f"DELETE FROM {table} WHERE group_id = %s", [group_id])
-    cursor.execute("DELETE FROM auth_group WHERE id = %s", [group_id])
+    delete_groups(cursor, [group_id])
     return old, None, None
+
+
+def delete_groups(cursor, group_ids: list[int]) -> None:
+    """Delete these groups with their memberships, permissions and prefix permissions."""
+    for table in ("auth_user_groups", "auth_group_permissions", "configstore_prefix_permission"):
+        cursor.execute(f"DELETE FROM {table} WHERE group_id = ANY(%s)", [group_ids])
+    cursor.execute("DELETE FROM auth_group WHERE id = ANY(%s)", [group_ids])
 
 
 def _token(cursor, token_id: str):
@@ -502,7 +514,12 @@ def _delete_token(cursor, slot: int, command: AccessOperation):
     old = _token(cursor, command.subject)
     if old is None:
         return None, None, _not_found(f"the token {command.subject}")
-    cursor.execute("DELETE FROM configstore_api_token WHERE token_id = %s", [command.subject])
-    # This node's record of its last use goes with it (nothing grows with token churn).
-    cursor.execute("DELETE FROM configstore_token_use WHERE token_id = %s", [command.subject])
+    delete_tokens(cursor, [command.subject])
     return old, None, None
+
+
+def delete_tokens(cursor, token_ids: list[str]) -> None:
+    """Delete these tokens; this node's record of their last use goes with them (nothing
+    grows with token churn)."""
+    cursor.execute("DELETE FROM configstore_api_token WHERE token_id = ANY(%s)", [token_ids])
+    cursor.execute("DELETE FROM configstore_token_use WHERE token_id = ANY(%s)", [token_ids])

@@ -60,6 +60,7 @@ from typing import BinaryIO
 
 from django.db import connection, transaction
 
+from configstore import identity
 from consensus import api as consensus
 from consensus.conf import node as node_settings
 
@@ -336,14 +337,10 @@ def save(out: BinaryIO) -> Info:
                 [consensus.snapshot_requests_since(applied_index)] if section.insert is None else []
             )
             digest, rows = hashlib.sha256(), 0
-            with conn.cursor(name="configstore_snapshot") as rows_cursor:
-                rows_cursor.itersize = BATCH_ROWS
-                rows_cursor.execute(section.select, params)
-                for (text,) in rows_cursor:
-                    line = text.encode() + b"\n"
-                    digest.update(line)
-                    spool.write(line)
-                    rows += 1
+            for line in _lines(conn, section.select, params):
+                digest.update(line)
+                spool.write(line)
+                rows += 1
             described.append(
                 {
                     "name": section.name,
@@ -380,6 +377,16 @@ def save(out: BinaryIO) -> Info:
 def _raw():
     connection.ensure_connection()
     return connection.connection
+
+
+def _lines(conn, select: str, params) -> Iterator[bytes]:
+    """The rows of `select` (one text column) as the file's lines, read BATCH_ROWS at a
+    time through a server-side cursor of the current transaction."""
+    with conn.cursor(name="configstore_rows") as rows_cursor:
+        rows_cursor.itersize = BATCH_ROWS
+        rows_cursor.execute(select, params)
+        for (text,) in rows_cursor:
+            yield text.encode() + b"\n"
 
 
 # ---------------------------------------------------------------------------- restore
@@ -512,11 +519,7 @@ def restore(source: BinaryIO, *, replace: bool = False) -> Info:
             else:
                 for batch, count in batches:
                     cursor.execute(section.insert, [batch])
-                    if cursor.rowcount != count:
-                        raise SnapshotError(
-                            f"{section.name}: {count - cursor.rowcount} rows name a user, "
-                            "group or permission that is not there"
-                        )
+                    _inserted(cursor, section, count)
             rows[section.name] = described["rows"]
         reader.end()
         for table in _SERIAL:
@@ -607,13 +610,15 @@ def _append(cursor, reader: _Reader, section: _Section, described: dict, current
     if cursor.fetchone()[0]:
         raise SnapshotError(f"{section.name} holds rows above the applied index {current}")
     ours = hashlib.sha256()
-    with _raw().cursor(name="configstore_install") as rows_cursor:
-        rows_cursor.itersize = BATCH_ROWS
-        rows_cursor.execute(section.select_through, [current])
-        for (text,) in rows_cursor:
-            ours.update(text.encode() + b"\n")
+    for line in _lines(_raw(), section.select_through, [current]):
+        ours.update(line)
     name, digest, theirs, batch = section.name, hashlib.sha256(), hashlib.sha256(), []
     above = False
+
+    def insert(batch: list[str]) -> None:
+        cursor.execute(section.insert, ["[" + ",".join(batch) + "]"])
+        _inserted(cursor, section, len(batch))
+
     for n in range(described["rows"]):
         line = reader.line(f"row {n + 1} of {described['rows']} of {name}")
         digest.update(line)
@@ -627,8 +632,7 @@ def _append(cursor, reader: _Reader, section: _Section, described: dict, current
             continue
         batch.append(line.decode().rstrip("\n"))
         if len(batch) == BATCH_ROWS:
-            cursor.execute(section.insert, [("[" + ",".join(batch) + "]")])
-            _inserted(cursor, section, len(batch))
+            insert(batch)
             batch = []
     if digest.hexdigest() != described["sha256"]:
         raise SnapshotError(f"{name}: checksum mismatch (the file was changed or damaged)")
@@ -638,46 +642,26 @@ def _append(cursor, reader: _Reader, section: _Section, described: dict, current
             "its history diverged from the cluster's (restore the node from a snapshot)"
         )
     if batch:
-        cursor.execute(section.insert, [("[" + ",".join(batch) + "]")])
-        _inserted(cursor, section, len(batch))
-
-
-#: What of this node refers to the users, groups or tokens a live install deletes, by
-#: section: (table, its column naming the row's id), deleted first. The link tables are
-#: replaced later in the install anyway; this node's admin log and a token's last use are
-#: its own (as when the log deletes a user: configstore.identity).
-_REFERRERS = {
-    "auth_user": (
-        (
-            "configstore_token_use",
-            "token_id IN (SELECT token_id FROM configstore_api_token WHERE user_id = ANY(%s))",
-        ),
-        ("configstore_api_token", "user_id = ANY(%s)"),
-        ("auth_user_groups", "user_id = ANY(%s)"),
-        ("auth_user_user_permissions", "user_id = ANY(%s)"),
-        ("django_admin_log", "user_id = ANY(%s)"),
-    ),
-    "auth_group": (
-        ("auth_user_groups", "group_id = ANY(%s)"),
-        ("auth_group_permissions", "group_id = ANY(%s)"),
-        ("configstore_prefix_permission", "group_id = ANY(%s)"),
-    ),
-    "configstore_api_token": (("configstore_token_use", "token_id = ANY(%s)"),),
-}
-_ROW_IDS = {"auth_user": "id", "auth_group": "id", "configstore_api_token": "token_id"}
+        insert(batch)
 
 
 def _delete_missing(cursor, section: _Section) -> None:
     """Delete the rows of `section`'s table whose natural keys the snapshot lacks (its keys
-    are in configstore_install_keys), and first what refers to them."""
+    are in configstore_install_keys), with what refers to them, as the log deletes them."""
+    row_id, delete = _DELETES[section.name]
     cursor.execute(
-        f"SELECT {_ROW_IDS[section.name]} FROM {section.name} WHERE {_q(section.key)} NOT IN "
+        f"SELECT {row_id} FROM {section.name} WHERE {_q(section.key)} NOT IN "
         "(SELECT key FROM configstore_install_keys WHERE section = %s)",
         [section.name],
     )
-    gone = [row_id for (row_id,) in cursor.fetchall()]
-    if not gone:
-        return
-    for table, where in _REFERRERS[section.name]:
-        cursor.execute(f"DELETE FROM {table} WHERE {where}", [gone])
-    cursor.execute(f"DELETE FROM {section.name} WHERE {_ROW_IDS[section.name]} = ANY(%s)", [gone])
+    gone = [found for (found,) in cursor.fetchall()]
+    if gone:
+        delete(cursor, gone)
+
+
+#: How a live install deletes the rows of a keyed section: (the id the deletion takes, it).
+_DELETES = {
+    "auth_user": ("id", identity.delete_users),
+    "auth_group": ("id", identity.delete_groups),
+    "configstore_api_token": ("token_id", identity.delete_tokens),
+}

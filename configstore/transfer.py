@@ -39,7 +39,6 @@ import os
 import re
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -132,6 +131,7 @@ class Kept:
     applied_index: int
     bytes: int
     sha256: str
+    taken: float = 0.0  # its file's mtime (0: an offer from a peer)
 
     def offer(self) -> dict:
         return {
@@ -149,24 +149,17 @@ def kept() -> list[Kept]:
         match = _NAME.fullmatch(path.name)
         if match:
             try:
-                size = path.stat().st_size
+                stat = path.stat()
             except FileNotFoundError:
                 continue
-            found.append(Kept(path.name, int(match[1]), size, match[2]))
+            found.append(Kept(path.name, int(match[1]), stat.st_size, match[2], stat.st_mtime))
     return sorted(found, key=lambda k: k.applied_index, reverse=True)
 
 
 def served() -> list[dict]:
     """The snapshots this node keeps for its peers, for the admin's cluster page: each
     offer's fields and when it was taken (UTC)."""
-    found = []
-    for k in kept():
-        try:
-            taken = (folder() / k.name).stat().st_mtime
-        except FileNotFoundError:
-            continue
-        found.append({**k.offer(), "taken": datetime.fromtimestamp(taken, UTC)})
-    return found
+    return [{**k.offer(), "taken": datetime.fromtimestamp(k.taken, UTC)} for k in kept()]
 
 
 def take(at_least: int) -> Kept:
@@ -193,11 +186,11 @@ def take(at_least: int) -> Kept:
             os.replace(partial, where / name)
         finally:
             partial.unlink(missing_ok=True)
-        for old in kept()[KEPT:]:
+        newest = kept()  # the new one first: its index is the highest
+        for old in newest[KEPT:]:
             (where / old.name).unlink(missing_ok=True)
-        made = next(k for k in kept() if k.name == name)
-        log.info("took snapshot %s (%d bytes) for a peer", name, made.bytes)
-        return made
+        log.info("took snapshot %s (%d bytes) for a peer", name, newest[0].bytes)
+        return newest[0]
 
 
 # ------------------------------------------------------------------------ the views
@@ -312,15 +305,10 @@ def download(url: str, offer: Kept, into: Path) -> None:
             with open(into, "ab") as out:
                 out.write(body)
             failures = 0
-        except urllib.error.HTTPError as error:
-            if error.code == 404:  # no longer kept there: start over with a new offer
+        except (OSError, TransferError) as error:  # an HTTPError is an OSError
+            if getattr(error, "code", None) == 404:  # no longer kept there: a new offer
                 into.unlink(missing_ok=True)
                 raise TransferError(f"{url} no longer keeps {offer.name}") from None
-            failures += 1
-            if failures >= ATTEMPTS:
-                raise TransferError(f"{url}: {error}") from None
-            time.sleep(min(4.0, 0.25 * 2**failures))
-        except (OSError, TransferError) as error:
             failures += 1
             if failures >= ATTEMPTS:
                 raise TransferError(f"fetching {offer.name} from {url}: {error}") from None
