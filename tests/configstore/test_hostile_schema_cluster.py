@@ -5,6 +5,8 @@ workers froze (every write answered 503) and so did the web thread checking the 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 
@@ -32,6 +34,17 @@ def api(servers):
     finally:
         session.close()
         stop_cluster(cluster)
+
+
+@pytest.fixture(autouse=True)
+def quorum(api):
+    """Each test starts once every node publishes that it reaches a quorum (a worker busy
+    with the test before may publish late: its node then answers 503 no_quorum)."""
+    cluster, _ = api
+    deadline = time.monotonic() + 30
+    while not all(n.get("quorum") for n in cluster.status()["nodes"]):
+        assert time.monotonic() < deadline, cluster.status()
+        time.sleep(0.2)
 
 
 def assert_every_node_commits(cluster, call, key: str) -> None:
